@@ -1,0 +1,52 @@
+# The two commands of the README: `make run` and `make test`. Everything else is a step they take.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+# Local development defaults; the environment wins (see .env.example for every variable).
+export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/marketplace
+export CELERY_BROKER_URL ?= redis://127.0.0.1:6379/0
+export CELERY_RESULT_BACKEND ?= redis://127.0.0.1:6379/0
+export DJANGO_DEBUG ?= true
+
+.PHONY: run test setup lint typecheck clean
+
+$(BIN)/uv:
+	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found: install Python 3.11"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check uv==0.13.9
+
+$(VENV)/.synced: $(BIN)/uv requirements-dev.lock
+	$(BIN)/uv pip sync --quiet --python $(BIN)/python requirements-dev.lock
+	touch $@
+
+setup: $(VENV)/.synced
+
+# Sets up and runs web + worker + beat + Flower with demo data; Ctrl-C stops everything.
+run: setup
+	@$(BIN)/python -m marketplace.preflight
+	@mkdir -p var
+	$(BIN)/python manage.py migrate --noinput -v0
+	@test -s var/admin-password || $(BIN)/python -c "import secrets; print(secrets.token_urlsafe(12))" > var/admin-password
+	@DJANGO_SUPERUSER_PASSWORD=$$(cat var/admin-password) $(BIN)/python manage.py createsuperuser \
+		--noinput --username admin --email admin@example.com 2>/dev/null || true
+	$(BIN)/python manage.py seed_demo
+	@echo "Admin and Flower login: admin / $$(cat var/admin-password)  (stored in var/admin-password)"
+	@echo "API: http://127.0.0.1:8000/api/promos   Admin: http://127.0.0.1:8000/admin/   Flower: http://127.0.0.1:5555/"
+	FLOWER_BASIC_AUTH=admin:$$(cat var/admin-password) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start -f Procfile
+
+# Sets up and passes every test: lint, types, and the suite against real Postgres, Redis and workers.
+test: setup lint typecheck
+	$(BIN)/python -m marketplace.preflight
+	CELERY_BROKER_URL=redis://127.0.0.1:6379/15 CELERY_RESULT_BACKEND=redis://127.0.0.1:6379/15 \
+		$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy .
+
+clean:
+	rm -rf $(VENV) var

@@ -1,0 +1,194 @@
+"""Django and Celery settings, read once from the environment.
+
+Every variable is documented in ``.env.example``. A missing or malformed one stops the process at start
+with one line naming it (see ``marketplace.env``). Production secrets have no default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dj_database_url
+import django_stubs_ext
+from django.core.exceptions import ImproperlyConfigured
+
+from marketplace.env import env_bool, env_float, env_int, env_list, env_str, env_url
+
+# Lets generic classes such as ModelAdmin[Product] be subscripted at run time, as the type stubs declare.
+django_stubs_ext.monkeypatch()
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+# A development key exists only with DEBUG on, so a production deployment cannot start without its own.
+SECRET_KEY = env_str("DJANGO_SECRET_KEY", "dev-only-insecure-key") if DEBUG else env_str("DJANGO_SECRET_KEY")
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1"] if DEBUG else [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "observability",
+    "promotions",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "marketplace.urls"
+WSGI_APPLICATION = "marketplace.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASE_URL = env_url("DATABASE_URL", schemes=("postgres", "postgresql"))
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "var" / "static"
+
+SESSION_COOKIE_SECURE = not DEBUG
+CSRF_COOKIE_SECURE = not DEBUG
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["promotions.api.auth.BearerTokenAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "UNAUTHENTICATED_USER": None,
+}
+
+# --- Celery (read by marketplace/celery.py through the CELERY_ namespace) -------------------------------
+CELERY_BROKER_URL = env_url("CELERY_BROKER_URL", "redis://localhost:6379/0", schemes=("redis", "rediss"))
+CELERY_RESULT_BACKEND = env_url(
+    "CELERY_RESULT_BACKEND", "redis://localhost:6379/0", schemes=("redis", "rediss")
+)
+# JSON only: pickle would let anyone who can write to the broker run code in the worker.
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_RESULT_ACCEPT_CONTENT = ["json"]
+CELERY_RESULT_EXPIRES = env_int("CELERY_RESULT_EXPIRES_SECONDS", 86_400, minimum=60)
+CELERY_TIMEZONE = "UTC"
+CELERY_ENABLE_UTC = True
+# The seed's production settings.
+CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 1, minimum=1)
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_MAX_TASKS_PER_CHILD = env_int("CELERY_WORKER_MAX_TASKS_PER_CHILD", 1000, minimum=1)
+CELERY_WORKER_LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
+CELERY_WORKER_TASK_LOG_FORMAT = (
+    "[%(asctime)s: %(levelname)s/%(processName)s][%(task_name)s(%(task_id)s)] %(message)s"
+)
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A message not acknowledged within this many seconds is handed to another worker; every time limit,
+# countdown and ETA must stay below it or the task runs twice (checked at worker start).
+CELERY_BROKER_VISIBILITY_TIMEOUT_SECONDS = env_int(
+    "CELERY_BROKER_VISIBILITY_TIMEOUT_SECONDS", 3600, minimum=60
+)
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_BROKER_VISIBILITY_TIMEOUT_SECONDS}
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_BROKER_VISIBILITY_TIMEOUT_SECONDS}
+CELERY_BEAT_SCHEDULE_FILENAME = env_str(
+    "CELERY_BEAT_SCHEDULE_FILENAME", str(BASE_DIR / "var" / "celerybeat-schedule")
+)
+
+CHECK_PROMOS_INTERVAL_SECONDS = 60.0
+CLEANUP_INTERVAL_SECONDS = 3600.0
+NOTIFICATION_QUEUE_INTERVAL_SECONDS = 30.0
+
+# Keys and intervals are the seed's. Each message expires after one interval: after an outage, beat's
+# backlog of ticks must not run one after another; the next tick does the same work anyway.
+CELERY_BEAT_SCHEDULE = {
+    "check-flash-promos-every-minute": {
+        "task": "promotions.tasks.check_active_promos",
+        "schedule": CHECK_PROMOS_INTERVAL_SECONDS,
+        "options": {"expires": CHECK_PROMOS_INTERVAL_SECONDS},
+    },
+    "cleanup-expired-promos-every-hour": {
+        "task": "promotions.tasks.cleanup_expired_promos",
+        "schedule": CLEANUP_INTERVAL_SECONDS,
+        "options": {"expires": CLEANUP_INTERVAL_SECONDS},
+    },
+    "process-notification-queue-every-30s": {
+        "task": "promotions.tasks.process_notification_queue",
+        "schedule": NOTIFICATION_QUEUE_INTERVAL_SECONDS,
+        "options": {"expires": NOTIFICATION_QUEUE_INTERVAL_SECONDS},
+    },
+}
+
+# --- Promotions domain ------------------------------------------------------------------------------------
+# Promos starting (or ending) within this many seconds get a countdown task at their exact time, so they
+# change state on time instead of on the next sweep. Must exceed the sweep interval so no promo falls between.
+PROMO_TRANSITION_HORIZON_SECONDS = env_float("PROMO_TRANSITION_HORIZON_SECONDS", 90.0, minimum=1.0)
+if PROMO_TRANSITION_HORIZON_SECONDS <= CHECK_PROMOS_INTERVAL_SECONDS:
+    raise ImproperlyConfigured(
+        f"PROMO_TRANSITION_HORIZON_SECONDS must exceed the sweep ({CHECK_PROMOS_INTERVAL_SECONDS:.0f} s)."
+    )
+PROMO_RETENTION_DAYS = env_int("PROMO_RETENTION_DAYS", 30, minimum=1)
+PROMO_CLEANUP_BATCH_SIZE = env_int("PROMO_CLEANUP_BATCH_SIZE", 200, minimum=1)
+PROMO_CLEANUP_MAX_BATCHES = env_int("PROMO_CLEANUP_MAX_BATCHES", 50, minimum=1)
+NOTIFICATION_BATCH_SIZE = env_int("NOTIFICATION_BATCH_SIZE", 500, minimum=1)
+NOTIFICATION_MAX_ATTEMPTS = env_int("NOTIFICATION_MAX_ATTEMPTS", 5, minimum=1)
+NOTIFICATION_LEASE_SECONDS = env_int("NOTIFICATION_LEASE_SECONDS", 300, minimum=10)
+NOTIFICATION_RETRY_BASE_SECONDS = env_float("NOTIFICATION_RETRY_BASE_SECONDS", 30.0, minimum=0.1)
+NOTIFICATION_RETRY_MAX_SECONDS = env_float("NOTIFICATION_RETRY_MAX_SECONDS", 3600.0, minimum=1.0)
+NOTIFICATION_BACKEND = env_str("NOTIFICATION_BACKEND", "console")
+if NOTIFICATION_BACKEND not in {"console", "email", "sns"}:
+    raise ImproperlyConfigured(
+        f"NOTIFICATION_BACKEND={NOTIFICATION_BACKEND!r} must be console, email or sns."
+    )
+SNS_TOPIC_ARN = env_str("SNS_TOPIC_ARN", "")
+AWS_ENDPOINT_URL = env_str("AWS_ENDPOINT_URL", "")
+AWS_REGION = env_str("AWS_REGION", "us-east-1")
+if NOTIFICATION_BACKEND == "sns" and not SNS_TOPIC_ARN:
+    raise ImproperlyConfigured(
+        "Set the SNS_TOPIC_ARN environment variable (required when NOTIFICATION_BACKEND=sns)."
+    )
+
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT_SECONDS", 10, minimum=1)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "promos@marketplace.local")
+
+# --- Logging ------------------------------------------------------------------------------------------------
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": CELERY_WORKER_LOG_FORMAT}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+}

@@ -1,0 +1,1 @@
+"""Reliability and telemetry for every task: the base task, the error taxonomy, dead letters and logging."""

@@ -1,0 +1,13 @@
+"""Django app configuration for observability (base task, dead letters, logging)."""
+
+from django.apps import AppConfig
+
+
+class ObservabilityConfig(AppConfig):
+    name = "observability"
+    verbose_name = "Observability"
+
+    def ready(self) -> None:
+        from observability import logging as obs_logging
+
+        obs_logging.configure_structlog()

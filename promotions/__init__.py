@@ -1,0 +1,1 @@
+"""The flash promotions domain: products, promos, subscriptions and notifications."""

@@ -1,0 +1,71 @@
+"""Django admin for products, promos, subscriptions and notifications (read-mostly for the outbox)."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils import timezone
+
+from promotions.models import FlashPromo, Notification, Product, PromoStatus, Subscription
+
+
+@admin.register(Product)
+class ProductAdmin(admin.ModelAdmin[Product]):
+    list_display = ["id", "name", "price", "created_at"]
+    search_fields = ["name"]
+
+
+@admin.register(FlashPromo)
+class FlashPromoAdmin(admin.ModelAdmin[FlashPromo]):
+    list_display = [
+        "id",
+        "title",
+        "product",
+        "discount_percent",
+        "status",
+        "starts_at",
+        "ends_at",
+        "activated_at",
+    ]
+    list_filter = ["status"]
+    search_fields = ["title", "product__name"]
+    readonly_fields = [
+        "status",
+        "activated_at",
+        "ended_at",
+        "activation_enqueued",
+        "end_enqueued",
+        "created_at",
+    ]
+    actions = ["cancel"]
+
+    @admin.action(description="Cancel the selected scheduled or active promos")
+    def cancel(self, request: HttpRequest, queryset: QuerySet[FlashPromo]) -> None:
+        cancelled = queryset.filter(status__in=[PromoStatus.SCHEDULED, PromoStatus.ACTIVE]).update(
+            status=PromoStatus.CANCELLED, ended_at=timezone.now()
+        )
+        self.message_user(request, f"{cancelled} promo(s) cancelled.")
+
+
+@admin.register(Subscription)
+class SubscriptionAdmin(admin.ModelAdmin[Subscription]):
+    list_display = ["id", "email", "product", "created_at"]
+    search_fields = ["email"]
+    raw_id_fields = ["product"]
+
+
+@admin.register(Notification)
+class NotificationAdmin(admin.ModelAdmin[Notification]):
+    list_display = ["id", "promo", "channel", "status", "attempts", "next_attempt_at", "sent_at"]
+    list_filter = ["status", "channel"]
+    raw_id_fields = ["promo", "subscription"]
+    readonly_fields = [
+        "status",
+        "attempts",
+        "claim_token",
+        "lease_expires_at",
+        "idempotency_key",
+        "sent_at",
+        "last_error",
+    ]

@@ -1,0 +1,1 @@
+"""The JSON HTTP API of the promotions domain (Django REST framework)."""

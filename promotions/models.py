@@ -1,0 +1,134 @@
+"""Models of the promotions domain.
+
+A ``FlashPromo`` moves scheduled -> active -> ended (or to cancelled); ``Notification`` holds one row per
+promo x subscription x channel and is the durable outbox that the delivery tasks drain.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+
+
+class Product(models.Model):
+    name = models.CharField(max_length=200)
+    price = models.DecimalField(max_digits=10, decimal_places=2, validators=[MinValueValidator(0)])
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class PromoStatus(models.TextChoices):
+    SCHEDULED = "scheduled"
+    ACTIVE = "active"
+    ENDED = "ended"
+    CANCELLED = "cancelled"
+
+
+class FlashPromo(models.Model):
+    product = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="promos")
+    title = models.CharField(max_length=200)
+    discount_percent = models.PositiveSmallIntegerField(
+        validators=[MinValueValidator(1), MaxValueValidator(99)]
+    )
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField()
+    status = models.CharField(max_length=16, choices=PromoStatus.choices, default=PromoStatus.SCHEDULED)
+    activated_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    # Set when a countdown task has been published for the transition, so each sweep publishes it once.
+    activation_enqueued = models.BooleanField(default=False)
+    end_enqueued = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["starts_at", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(ends_at__gt=models.F("starts_at")), name="promo_ends_after_start"
+            ),
+            models.CheckConstraint(
+                condition=Q(discount_percent__gte=1, discount_percent__lte=99), name="promo_discount_1_to_99"
+            ),
+        ]
+        # Partial indexes keep each sweep proportional to the promos it touches, not to the table.
+        indexes = [
+            models.Index(fields=["starts_at"], name="promo_scheduled_start", condition=Q(status="scheduled")),
+            models.Index(fields=["ends_at"], name="promo_active_end", condition=Q(status="active")),
+            models.Index(
+                fields=["ended_at"], name="promo_finished_at", condition=Q(status__in=["ended", "cancelled"])
+            ),
+            models.Index(fields=["status", "starts_at"], name="promo_status_start"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.title} ({self.status})"
+
+
+class Subscription(models.Model):
+    product = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="subscriptions")
+    email = models.EmailField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["product", "email"], name="subscription_unique_email")]
+
+    def __str__(self) -> str:
+        return f"{self.email} -> product {self.product_id}"
+
+
+class Channel(models.TextChoices):
+    EMAIL = "email"
+
+
+class NotificationStatus(models.TextChoices):
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+class Notification(models.Model):
+    promo = models.ForeignKey(FlashPromo, on_delete=models.CASCADE, related_name="notifications")
+    subscription = models.ForeignKey(Subscription, on_delete=models.CASCADE, related_name="notifications")
+    channel = models.CharField(max_length=16, choices=Channel.choices, default=Channel.EMAIL)
+    status = models.CharField(
+        max_length=16, choices=NotificationStatus.choices, default=NotificationStatus.PENDING
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField()
+    # While ``sending``: the claim that owns the row and when that claim lapses (a dead worker's rows are
+    # reclaimed after it), so a late worker cannot overwrite a newer claim's outcome.
+    claim_token = models.UUIDField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+    # Sent with every delivery attempt so the provider can drop a duplicate after a redelivery.
+    idempotency_key = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["promo", "subscription", "channel"], name="notification_unique_target"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["next_attempt_at"], name="notification_due", condition=Q(status="pending")),
+            models.Index(
+                fields=["lease_expires_at"], name="notification_leased", condition=Q(status="sending")
+            ),
+            models.Index(fields=["promo", "status"], name="notification_promo_status"),
+        ]
+
+    def __str__(self) -> str:
+        return f"notification {self.pk} ({self.status})"

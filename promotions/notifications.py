@@ -1,0 +1,174 @@
+"""Notification delivery: claim a batch, send it through the channel backend, record each outcome.
+
+Claims use ``SELECT ... FOR UPDATE SKIP LOCKED`` so any number of workers drain the queue at once without
+two of them taking the same row. A claimed row is ``sending`` under a lease: if its worker dies, the next
+queue sweep puts it back to ``pending`` once the lease has expired. Outcomes are written only under the
+claim's token, so a worker that lost its lease cannot overwrite the newer claim's outcome.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import structlog
+from django.conf import settings
+from django.db import connection, transaction
+
+from observability.backoff import backoff_seconds
+from promotions.channels import DeliveryFailure, OutgoingMessage, get_backend
+from promotions.models import FlashPromo, Notification, Product, Subscription
+
+__all__ = ["DeliveryResult", "notifications_deliver_batch", "notifications_reclaim_expired"]
+
+log = structlog.get_logger(__name__)
+
+_NOTIFICATION = Notification._meta.db_table
+_PROMO = FlashPromo._meta.db_table
+_PRODUCT = Product._meta.db_table
+_SUBSCRIPTION = Subscription._meta.db_table
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    claimed: int
+    sent: int
+    retrying: int
+    failed: int
+
+    def summary(self) -> dict[str, int]:
+        return {"claimed": self.claimed, "sent": self.sent, "retrying": self.retrying, "failed": self.failed}
+
+
+def notifications_reclaim_expired(*, now: datetime) -> int:
+    """Put rows whose delivery lease lapsed (their worker died) back to ``pending``, or ``failed`` once
+    they used up their attempts. Returns the number of rows reclaimed."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE {_NOTIFICATION}
+               SET status = CASE WHEN attempts >= %(max_attempts)s THEN 'failed' ELSE 'pending' END,
+                   claim_token = NULL, lease_expires_at = NULL, next_attempt_at = %(now)s,
+                   last_error = 'delivery lease expired: the worker was lost mid-delivery'
+             WHERE status = 'sending' AND lease_expires_at <= %(now)s
+            """,  # noqa: S608 - table names come from model metadata, values are parameters
+            {"now": now, "max_attempts": settings.NOTIFICATION_MAX_ATTEMPTS},
+        )
+        reclaimed = int(cursor.rowcount)
+    if reclaimed:
+        log.warning("notifications.reclaimed", count=reclaimed)
+    return reclaimed
+
+
+def notifications_deliver_batch(*, now: datetime, batch_size: int | None = None) -> DeliveryResult:
+    """Claim up to ``batch_size`` due notifications, deliver them and record each outcome."""
+    token = uuid.uuid4()
+    messages = _claim(now=now, token=token, limit=batch_size or settings.NOTIFICATION_BATCH_SIZE)
+    if not messages:
+        return DeliveryResult(0, 0, 0, 0)
+    failures = get_backend(settings.NOTIFICATION_BACKEND).send(messages)
+    sent_ids = [m.notification_id for m in messages if m.notification_id not in failures]
+    retrying, failed = _record_outcomes(token=token, sent_ids=sent_ids, failures=failures)
+    result = DeliveryResult(claimed=len(messages), sent=len(sent_ids), retrying=retrying, failed=failed)
+    log.info("notifications.delivered", **result.summary())
+    return result
+
+
+def _claim(*, now: datetime, token: uuid.UUID, limit: int) -> list[OutgoingMessage]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            WITH due AS (
+                SELECT id FROM {_NOTIFICATION}
+                 WHERE status = 'pending' AND next_attempt_at <= %(now)s
+                 ORDER BY next_attempt_at
+                 LIMIT %(limit)s
+                   FOR UPDATE SKIP LOCKED
+            )
+            UPDATE {_NOTIFICATION} n
+               SET status = 'sending', attempts = n.attempts + 1,
+                   claim_token = %(token)s, lease_expires_at = %(lease_until)s
+              FROM due, {_SUBSCRIPTION} s, {_PROMO} p, {_PRODUCT} pr
+             WHERE n.id = due.id AND s.id = n.subscription_id AND p.id = n.promo_id AND pr.id = p.product_id
+            RETURNING n.id, n.idempotency_key, s.email, p.title, p.discount_percent, pr.name, p.ends_at
+            """,  # noqa: S608
+            {
+                "now": now,
+                "limit": limit,
+                "token": token,
+                "lease_until": now + timedelta(seconds=settings.NOTIFICATION_LEASE_SECONDS),
+            },
+        )
+        rows = cursor.fetchall()
+    return [
+        OutgoingMessage(
+            notification_id=pk,
+            idempotency_key=str(key),
+            recipient=email,
+            subject=f"{discount}% off {product}: {title}",
+            body=f"{title}: {product} is {discount}% off until {ends_at:%Y-%m-%d %H:%M} UTC.",
+        )
+        for pk, key, email, title, discount, product, ends_at in rows
+    ]
+
+
+@transaction.atomic
+def _record_outcomes(
+    *, token: uuid.UUID, sent_ids: list[int], failures: dict[int, DeliveryFailure]
+) -> tuple[int, int]:
+    """Mark ``sent_ids`` sent and back off or fail the rest; two statements. Returns (retrying, failed)."""
+    with connection.cursor() as cursor:
+        if sent_ids:
+            cursor.execute(
+                f"""
+                UPDATE {_NOTIFICATION}
+                   SET status = 'sent', sent_at = now(), claim_token = NULL, lease_expires_at = NULL,
+                       last_error = ''
+                 WHERE id = ANY(%(ids)s) AND claim_token = %(token)s
+                """,  # noqa: S608
+                {"ids": sent_ids, "token": token},
+            )
+        if not failures:
+            return 0, 0
+        ids = list(failures)
+        cursor.execute(
+            f"SELECT id, attempts FROM {_NOTIFICATION} WHERE id = ANY(%(ids)s) AND claim_token = %(token)s",  # noqa: S608
+            {"ids": ids, "token": token},
+        )
+        attempts = dict(cursor.fetchall())
+        give_up = [
+            pk
+            for pk in attempts
+            if failures[pk].permanent or attempts[pk] >= settings.NOTIFICATION_MAX_ATTEMPTS
+        ]
+        delays = [
+            backoff_seconds(
+                attempts[pk] - 1,
+                base=settings.NOTIFICATION_RETRY_BASE_SECONDS,
+                cap=settings.NOTIFICATION_RETRY_MAX_SECONDS,
+            )
+            for pk in attempts
+        ]
+        cursor.execute(
+            f"""
+            UPDATE {_NOTIFICATION} n
+               SET status = CASE WHEN n.id = ANY(%(give_up)s) THEN 'failed' ELSE 'pending' END,
+                   next_attempt_at = now() + make_interval(secs => f.delay),
+                   last_error = f.error, claim_token = NULL, lease_expires_at = NULL
+              FROM unnest(%(ids)s::bigint[], %(delays)s::float8[], %(errors)s::text[]) AS f(id, delay, error)
+             WHERE n.id = f.id AND n.claim_token = %(token)s
+            """,  # noqa: S608
+            {
+                "give_up": give_up,
+                "ids": list(attempts),
+                "delays": delays,
+                "errors": [failures[pk].error for pk in attempts],
+                "token": token,
+            },
+        )
+    for pk in give_up:
+        log.warning(
+            "notification.failed", notification_id=pk, error=failures[pk].error, attempts=attempts[pk]
+        )
+    return len(attempts) - len(give_up), len(give_up)

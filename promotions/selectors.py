@@ -1,0 +1,42 @@
+"""Reads of the promotions domain: what the API, the admin and the tasks ask of the database."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.db.models import Count, Q, QuerySet
+
+from promotions.models import FlashPromo, Notification, NotificationStatus, PromoStatus
+
+__all__ = ["notifications_count_due", "promo_get", "promo_pending_start", "promos_list"]
+
+_COUNTS = {
+    f"notifications_{status}": Count("notifications", filter=Q(notifications__status=status))
+    for status in NotificationStatus.values
+}
+
+
+def promos_list(*, status: str | None = None) -> QuerySet[FlashPromo]:
+    """Promos, soonest start first, with notification counts by status; optionally of one status."""
+    promos = FlashPromo.objects.annotate(**_COUNTS).order_by("starts_at", "id")
+    return promos.filter(status=status) if status else promos
+
+
+def promo_get(*, promo_id: int) -> FlashPromo:
+    """One promo with notification counts; raises ``FlashPromo.DoesNotExist``."""
+    return promos_list().get(pk=promo_id)
+
+
+def promo_pending_start(*, promo_id: int) -> datetime | None:
+    """The start time of ``promo_id`` if it is still scheduled, else None."""
+    return (
+        FlashPromo.objects.filter(pk=promo_id, status=PromoStatus.SCHEDULED)
+        .values_list("starts_at", flat=True)
+        .first()
+    )
+
+
+def notifications_count_due(*, now: datetime, limit: int) -> int:
+    """Pending notifications due by ``now``, counted up to ``limit`` (a bounded scan of the due index)."""
+    due = Notification.objects.filter(status=NotificationStatus.PENDING, next_attempt_at__lte=now)
+    return due.values("id")[:limit].count()

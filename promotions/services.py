@@ -1,0 +1,206 @@
+"""Writes and rules of the promotions domain: promo state transitions, fan-out and cleanup.
+
+Every sweep is set-based: a constant number of SQL statements however many promos are due, and each
+statement is conditional on the current state, so running a sweep twice - or two at once - changes nothing
+more than running it once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import structlog
+from django.conf import settings
+from django.db import connection, transaction
+
+from promotions.models import Channel, FlashPromo, Notification, Product, PromoStatus, Subscription
+
+__all__ = [
+    "PromoSyncResult",
+    "Transition",
+    "product_create",
+    "promo_create",
+    "promos_claim_upcoming_transitions",
+    "promos_cleanup_finished",
+    "promos_sync_state",
+    "subscription_create",
+]
+
+log = structlog.get_logger(__name__)
+
+_PROMO = FlashPromo._meta.db_table
+_NOTIFICATION = Notification._meta.db_table
+_SUBSCRIPTION = Subscription._meta.db_table
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A promo state change due at ``due_at`` that a countdown task should carry out."""
+
+    promo_id: int
+    due_at: datetime
+
+
+@dataclass
+class PromoSyncResult:
+    activated: list[int] = field(default_factory=list)
+    ended: list[int] = field(default_factory=list)
+    #: Promos whose whole window passed while scheduled (an outage): ended without going live.
+    skipped: list[int] = field(default_factory=list)
+    notifications_queued: int = 0
+    activation_lags_seconds: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "activated": len(self.activated),
+            "ended": len(self.ended),
+            "skipped": len(self.skipped),
+            "notifications_queued": self.notifications_queued,
+        }
+
+
+def product_create(*, name: str, price: Decimal) -> Product:
+    return Product.objects.create(name=name, price=price)
+
+
+def subscription_create(*, product: Product, email: str) -> tuple[Subscription, bool]:
+    """Subscribe ``email`` to ``product``; repeating it returns the existing row and ``created=False``."""
+    return Subscription.objects.get_or_create(product=product, email=email.strip().lower())
+
+
+def promo_create(
+    *, product: Product, title: str, discount_percent: int, starts_at: datetime, ends_at: datetime
+) -> FlashPromo:
+    return FlashPromo.objects.create(
+        product=product, title=title, discount_percent=discount_percent, starts_at=starts_at, ends_at=ends_at
+    )
+
+
+@transaction.atomic
+def promos_sync_state(*, now: datetime, promo_id: int | None = None) -> PromoSyncResult:
+    """Activate due promos, end finished ones and queue one notification per subscriber of each activated
+    promo - all promos, or only ``promo_id``. Four statements whatever the number of promos."""
+    only_one = "AND id = %(promo_id)s" if promo_id is not None else ""
+    params = {"now": now, "promo_id": promo_id}
+    result = PromoSyncResult()
+    with connection.cursor() as cursor:
+        # A promo whose window already closed never goes live: customers must not be told of a dead deal.
+        cursor.execute(
+            f"""
+            UPDATE {_PROMO}
+               SET status = CASE WHEN ends_at <= %(now)s THEN 'ended' ELSE 'active' END,
+                   activated_at = CASE WHEN ends_at <= %(now)s THEN NULL ELSE %(now)s END,
+                   ended_at = CASE WHEN ends_at <= %(now)s THEN %(now)s ELSE NULL END
+             WHERE status = 'scheduled' AND starts_at <= %(now)s {only_one}
+            RETURNING id, status, starts_at
+            """,  # noqa: S608 - table names come from model metadata, values are parameters
+            params,
+        )
+        for pk, status, starts_at in cursor.fetchall():
+            if status == PromoStatus.ACTIVE:
+                result.activated.append(pk)
+                result.activation_lags_seconds.append((now - starts_at).total_seconds())
+            else:
+                result.skipped.append(pk)
+        cursor.execute(
+            f"""
+            UPDATE {_PROMO} SET status = 'ended', ended_at = %(now)s
+             WHERE status = 'active' AND ends_at <= %(now)s {only_one}
+            RETURNING id
+            """,  # noqa: S608
+            params,
+        )
+        result.ended = [row[0] for row in cursor.fetchall()]
+        if result.activated:
+            result.notifications_queued = _notifications_fan_out(cursor, promo_ids=result.activated, now=now)
+    for pk, lag in zip(result.activated, result.activation_lags_seconds, strict=True):
+        log.info("promo.activated", promo_id=pk, activation_lag_ms=round(lag * 1000, 1))
+    for pk in result.ended:
+        log.info("promo.ended", promo_id=pk)
+    for pk in result.skipped:
+        log.warning("promo.skipped", promo_id=pk, reason="window closed before activation")
+    return result
+
+
+def _notifications_fan_out(cursor: object, *, promo_ids: list[int], now: datetime) -> int:
+    """One INSERT ... SELECT for all subscribers of ``promo_ids``; the unique key makes it idempotent."""
+    cursor.execute(  # type: ignore[attr-defined]
+        f"""
+        INSERT INTO {_NOTIFICATION}
+               (promo_id, subscription_id, channel, status, attempts, next_attempt_at, last_error,
+                idempotency_key, created_at)
+        SELECT p.id, s.id, %(channel)s, 'pending', 0, %(now)s, '', gen_random_uuid(), %(now)s
+          FROM {_PROMO} p JOIN {_SUBSCRIPTION} s ON s.product_id = p.product_id
+         WHERE p.id = ANY(%(ids)s)
+        ON CONFLICT (promo_id, subscription_id, channel) DO NOTHING
+        """,  # noqa: S608
+        {"ids": promo_ids, "now": now, "channel": Channel.EMAIL.value},
+    )
+    return int(cursor.rowcount)  # type: ignore[attr-defined]
+
+
+def promos_claim_upcoming_transitions(*, now: datetime) -> list[Transition]:
+    """Mark and return the starts and ends due within the transition horizon that no countdown task has
+    been published for yet. Two statements; a promo is returned once per transition."""
+    params = {"horizon_end": now + timedelta(seconds=settings.PROMO_TRANSITION_HORIZON_SECONDS)}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE {_PROMO} SET activation_enqueued = TRUE
+             WHERE status = 'scheduled' AND NOT activation_enqueued AND starts_at <= %(horizon_end)s
+            RETURNING id, starts_at
+            """,  # noqa: S608
+            params,
+        )
+        transitions = [Transition(pk, due_at) for pk, due_at in cursor.fetchall()]
+        cursor.execute(
+            f"""
+            UPDATE {_PROMO} SET end_enqueued = TRUE
+             WHERE status IN ('scheduled', 'active') AND NOT end_enqueued AND ends_at <= %(horizon_end)s
+            RETURNING id, ends_at
+            """,  # noqa: S608
+            params,
+        )
+        transitions += [Transition(pk, due_at) for pk, due_at in cursor.fetchall()]
+    return transitions
+
+
+def promos_cleanup_finished(*, now: datetime) -> dict[str, int]:
+    """Delete promos ended or cancelled more than ``PROMO_RETENTION_DAYS`` ago, with their notifications.
+
+    Deleted, not archived: a promo's effect on prices lives on in the orders that used it, and its
+    notifications are a delivery log with no value once the promo is over. Every statement deletes at most
+    ``PROMO_CLEANUP_BATCH_SIZE`` rows in its own short transaction, so no run holds long locks even for a
+    promo with 100,000 notifications; a run stops after ``PROMO_CLEANUP_MAX_BATCHES`` statements and the
+    next run goes on where it stopped.
+    """
+    cutoff = now - timedelta(days=settings.PROMO_RETENTION_DAYS)
+    batch = settings.PROMO_CLEANUP_BATCH_SIZE
+    totals = {"promos_deleted": 0, "notifications_deleted": 0, "batches": 0}
+    finished = FlashPromo.objects.filter(
+        status__in=[PromoStatus.ENDED, PromoStatus.CANCELLED], ended_at__lt=cutoff
+    )
+    with connection.cursor() as cursor:
+        while totals["batches"] < settings.PROMO_CLEANUP_MAX_BATCHES:
+            promo_ids = list(finished.order_by("ended_at").values_list("id", flat=True)[:batch])
+            if not promo_ids:
+                break
+            totals["batches"] += 1
+            cursor.execute(
+                f"""
+                DELETE FROM {_NOTIFICATION} WHERE id IN (
+                    SELECT id FROM {_NOTIFICATION} WHERE promo_id = ANY(%(ids)s) LIMIT %(batch)s)
+                """,  # noqa: S608
+                {"ids": promo_ids, "batch": batch},
+            )
+            if cursor.rowcount:
+                totals["notifications_deleted"] += cursor.rowcount
+                continue
+            # No notification is left for these promos: the promos go, with no cascade left to follow.
+            cursor.execute(f"DELETE FROM {_PROMO} WHERE id = ANY(%(ids)s)", {"ids": promo_ids})  # noqa: S608
+            totals["promos_deleted"] += cursor.rowcount
+    if totals["batches"]:
+        log.info("promos.cleaned_up", **totals, retention_days=settings.PROMO_RETENTION_DAYS)
+    return totals
