@@ -39,6 +39,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Serves the admin's static files from gunicorn in the one-image deployment.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -111,6 +113,8 @@ CELERY_WORKER_TASK_LOG_FORMAT = (
     "[%(asctime)s: %(levelname)s/%(processName)s][%(task_name)s(%(task_id)s)] %(message)s"
 )
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Lets `celery -A marketplace control pool_restart` reload the children (the seed's soft restart).
+CELERY_WORKER_POOL_RESTARTS = True
 # A message not acknowledged within this many seconds is handed to another worker; every time limit,
 # countdown and ETA must stay below it or the task runs twice (checked at worker start).
 CELERY_BROKER_VISIBILITY_TIMEOUT_SECONDS = env_int(

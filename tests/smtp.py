@@ -1,0 +1,48 @@
+"""A local SMTP server for tests (aiosmtpd): the email provider's network boundary, nothing more."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections import Counter
+from email import message_from_bytes
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+
+class _Handler:
+    def __init__(self, sink: SmtpSink) -> None:
+        self._sink = sink
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd API
+        message = message_from_bytes(envelope.content)
+        with self._sink.lock:
+            self._sink.messages.append(message)
+        return "250 OK"
+
+
+class SmtpSink:
+    """Records every message it receives; ``keys()`` counts them by ``X-Idempotency-Key``."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.messages: list[Any] = []
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self._controller = Controller(_Handler(self), hostname="127.0.0.1", port=self.port)
+
+    def start(self) -> None:
+        self._controller.start()
+
+    def stop(self) -> None:
+        self._controller.stop()
+
+    def clear(self) -> None:
+        with self.lock:
+            self.messages.clear()
+
+    def keys(self) -> Counter[str]:
+        with self.lock:
+            return Counter(str(m["X-Idempotency-Key"]) for m in self.messages)
