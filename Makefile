@@ -38,8 +38,7 @@ run: setup
 # Sets up and passes every test: lint, types, and the suite against real Postgres, Redis and workers.
 test: setup lint typecheck
 	$(BIN)/python -m marketplace.preflight
-	CELERY_BROKER_URL=redis://127.0.0.1:6379/15 CELERY_RESULT_BACKEND=redis://127.0.0.1:6379/15 \
-		$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -6,6 +6,7 @@ malformed variable stops the process at start with one line that names it (``Imp
 
 from __future__ import annotations
 
+import math
 import os
 from urllib.parse import urlparse
 
@@ -69,6 +70,8 @@ def env_float(name: str, default: float, *, minimum: float | None = None) -> flo
         number = float(value)
     except ValueError:
         raise ImproperlyConfigured(f"{name}={value!r} is not a number.") from None
+    if not math.isfinite(number):
+        raise ImproperlyConfigured(f"{name}={value!r} is not a finite number.")
     if minimum is not None and number < minimum:
         raise ImproperlyConfigured(f"{name}={number} is below its minimum of {minimum}.")
     return number
@@ -88,7 +91,5 @@ def env_url(name: str, default: str | object = _UNSET, *, schemes: tuple[str, ..
     parsed = urlparse(value)
     if parsed.scheme not in schemes or not (parsed.hostname or parsed.path):
         allowed = ", ".join(f"{scheme}://" for scheme in schemes)
-        raise ImproperlyConfigured(
-            f"{name} must be a URL starting with {allowed} (got scheme {parsed.scheme!r})."
-        )
+        raise ImproperlyConfigured(f"{name} must be a URL starting with {allowed} (got scheme {parsed.scheme!r}).")
     return value

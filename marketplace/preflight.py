@@ -32,7 +32,7 @@ def _check_postgres(url: str) -> str | None:
     except psycopg.OperationalError as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         where = f"{parsed.hostname}:{parsed.port or 5432}"
-        return f"Postgres at {where} is not reachable ({reason}): {_HINTS['postgres']}."
+        return f"Postgres at {where} refused the connection ({reason}): if it is not running, {_HINTS['postgres']}."
     return None
 
 
@@ -45,8 +45,12 @@ def _check_redis(url: str) -> str | None:
 
 
 def main() -> int:
+    database_url = os.environ.get("DATABASE_URL")
+    if not database_url:
+        print("preflight: set the DATABASE_URL environment variable (see .env.example).", file=sys.stderr)
+        return 1
     problems = [
-        _check_postgres(os.environ["DATABASE_URL"]),
+        _check_postgres(database_url),
         _check_redis(os.environ.get("CELERY_BROKER_URL", "redis://localhost:6379/0")),
     ]
     for problem in filter(None, problems):

@@ -92,9 +92,7 @@ REST_FRAMEWORK = {
 
 # --- Celery (read by marketplace/celery.py through the CELERY_ namespace) -------------------------------
 CELERY_BROKER_URL = env_url("CELERY_BROKER_URL", "redis://localhost:6379/0", schemes=("redis", "rediss"))
-CELERY_RESULT_BACKEND = env_url(
-    "CELERY_RESULT_BACKEND", "redis://localhost:6379/0", schemes=("redis", "rediss")
-)
+CELERY_RESULT_BACKEND = env_url("CELERY_RESULT_BACKEND", "redis://localhost:6379/0", schemes=("redis", "rediss"))
 # JSON only: pickle would let anyone who can write to the broker run code in the worker.
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
@@ -109,22 +107,16 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_MAX_TASKS_PER_CHILD = env_int("CELERY_WORKER_MAX_TASKS_PER_CHILD", 1000, minimum=1)
 CELERY_WORKER_LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
-CELERY_WORKER_TASK_LOG_FORMAT = (
-    "[%(asctime)s: %(levelname)s/%(processName)s][%(task_name)s(%(task_id)s)] %(message)s"
-)
+CELERY_WORKER_TASK_LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s][%(task_name)s(%(task_id)s)] %(message)s"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Lets `celery -A marketplace control pool_restart` reload the children (the seed's soft restart).
 CELERY_WORKER_POOL_RESTARTS = True
 # A message not acknowledged within this many seconds is handed to another worker; every time limit,
 # countdown and ETA must stay below it or the task runs twice (checked at worker start).
-CELERY_BROKER_VISIBILITY_TIMEOUT_SECONDS = env_int(
-    "CELERY_BROKER_VISIBILITY_TIMEOUT_SECONDS", 3600, minimum=60
-)
+CELERY_BROKER_VISIBILITY_TIMEOUT_SECONDS = env_int("CELERY_BROKER_VISIBILITY_TIMEOUT_SECONDS", 3600, minimum=60)
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_BROKER_VISIBILITY_TIMEOUT_SECONDS}
 CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_BROKER_VISIBILITY_TIMEOUT_SECONDS}
-CELERY_BEAT_SCHEDULE_FILENAME = env_str(
-    "CELERY_BEAT_SCHEDULE_FILENAME", str(BASE_DIR / "var" / "celerybeat-schedule")
-)
+CELERY_BEAT_SCHEDULE_FILENAME = env_str("CELERY_BEAT_SCHEDULE_FILENAME", str(BASE_DIR / "var" / "celerybeat-schedule"))
 
 CHECK_PROMOS_INTERVAL_SECONDS = 60.0
 CLEANUP_INTERVAL_SECONDS = 3600.0
@@ -168,16 +160,12 @@ NOTIFICATION_RETRY_BASE_SECONDS = env_float("NOTIFICATION_RETRY_BASE_SECONDS", 3
 NOTIFICATION_RETRY_MAX_SECONDS = env_float("NOTIFICATION_RETRY_MAX_SECONDS", 3600.0, minimum=1.0)
 NOTIFICATION_BACKEND = env_str("NOTIFICATION_BACKEND", "console")
 if NOTIFICATION_BACKEND not in {"console", "email", "sns"}:
-    raise ImproperlyConfigured(
-        f"NOTIFICATION_BACKEND={NOTIFICATION_BACKEND!r} must be console, email or sns."
-    )
+    raise ImproperlyConfigured(f"NOTIFICATION_BACKEND={NOTIFICATION_BACKEND!r} must be console, email or sns.")
 SNS_TOPIC_ARN = env_str("SNS_TOPIC_ARN", "")
 AWS_ENDPOINT_URL = env_str("AWS_ENDPOINT_URL", "")
 AWS_REGION = env_str("AWS_REGION", "us-east-1")
 if NOTIFICATION_BACKEND == "sns" and not SNS_TOPIC_ARN:
-    raise ImproperlyConfigured(
-        "Set the SNS_TOPIC_ARN environment variable (required when NOTIFICATION_BACKEND=sns)."
-    )
+    raise ImproperlyConfigured("Set the SNS_TOPIC_ARN environment variable (required when NOTIFICATION_BACKEND=sns).")
 
 EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
 EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
@@ -189,6 +177,8 @@ DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "promos@marketplace.local")
 
 # --- Logging ------------------------------------------------------------------------------------------------
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+    raise ImproperlyConfigured(f"LOG_LEVEL={LOG_LEVEL!r} must be DEBUG, INFO, WARNING, ERROR or CRITICAL.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -44,6 +44,4 @@ class ObservableTask(DjangoTask):  # type: ignore[type-arg]
 
     def retry_delay_seconds(self, retries: int) -> float:
         """Countdown before the retry that follows ``retries`` earlier ones (see ``backoff_seconds``)."""
-        return backoff_seconds(
-            retries, base=self.retry_backoff_base_seconds, cap=self.retry_backoff_max_seconds
-        )
+        return backoff_seconds(retries, base=self.retry_backoff_base_seconds, cap=self.retry_backoff_max_seconds)

@@ -92,18 +92,14 @@ class EmailBackend:
                     to=[message.recipient],
                     connection=connection,
                     headers={
-                        "Message-ID": make_msgid(
-                            idstring=message.idempotency_key, domain="marketplace.local"
-                        ),
+                        "Message-ID": make_msgid(idstring=message.idempotency_key, domain="marketplace.local"),
                         "X-Idempotency-Key": message.idempotency_key,
                     },
                 )
                 try:
                     email.send()
                 except smtplib.SMTPRecipientsRefused as exc:
-                    failures[message.notification_id] = DeliveryFailure(
-                        f"recipient refused: {exc}"[:500], True
-                    )
+                    failures[message.notification_id] = DeliveryFailure(f"recipient refused: {exc}"[:500], True)
                 except (OSError, smtplib.SMTPException) as exc:
                     failures[message.notification_id] = _failure(exc)
         finally:

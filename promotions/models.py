@@ -35,9 +35,7 @@ class PromoStatus(models.TextChoices):
 class FlashPromo(models.Model):
     product = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="promos")
     title = models.CharField(max_length=200)
-    discount_percent = models.PositiveSmallIntegerField(
-        validators=[MinValueValidator(1), MaxValueValidator(99)]
-    )
+    discount_percent = models.PositiveSmallIntegerField(validators=[MinValueValidator(1), MaxValueValidator(99)])
     starts_at = models.DateTimeField()
     ends_at = models.DateTimeField()
     status = models.CharField(max_length=16, choices=PromoStatus.choices, default=PromoStatus.SCHEDULED)
@@ -51,9 +49,7 @@ class FlashPromo(models.Model):
     class Meta:
         ordering = ["starts_at", "id"]
         constraints = [
-            models.CheckConstraint(
-                condition=Q(ends_at__gt=models.F("starts_at")), name="promo_ends_after_start"
-            ),
+            models.CheckConstraint(condition=Q(ends_at__gt=models.F("starts_at")), name="promo_ends_after_start"),
             models.CheckConstraint(
                 condition=Q(discount_percent__gte=1, discount_percent__lte=99), name="promo_discount_1_to_99"
             ),
@@ -62,9 +58,7 @@ class FlashPromo(models.Model):
         indexes = [
             models.Index(fields=["starts_at"], name="promo_scheduled_start", condition=Q(status="scheduled")),
             models.Index(fields=["ends_at"], name="promo_active_end", condition=Q(status="active")),
-            models.Index(
-                fields=["ended_at"], name="promo_finished_at", condition=Q(status__in=["ended", "cancelled"])
-            ),
+            models.Index(fields=["ended_at"], name="promo_finished_at", condition=Q(status__in=["ended", "cancelled"])),
             models.Index(fields=["status", "starts_at"], name="promo_status_start"),
         ]
 
@@ -100,9 +94,7 @@ class Notification(models.Model):
     promo = models.ForeignKey(FlashPromo, on_delete=models.CASCADE, related_name="notifications")
     subscription = models.ForeignKey(Subscription, on_delete=models.CASCADE, related_name="notifications")
     channel = models.CharField(max_length=16, choices=Channel.choices, default=Channel.EMAIL)
-    status = models.CharField(
-        max_length=16, choices=NotificationStatus.choices, default=NotificationStatus.PENDING
-    )
+    status = models.CharField(max_length=16, choices=NotificationStatus.choices, default=NotificationStatus.PENDING)
     attempts = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField()
     # While ``sending``: the claim that owns the row and when that claim lapses (a dead worker's rows are
@@ -118,15 +110,11 @@ class Notification(models.Model):
     class Meta:
         ordering = ["id"]
         constraints = [
-            models.UniqueConstraint(
-                fields=["promo", "subscription", "channel"], name="notification_unique_target"
-            )
+            models.UniqueConstraint(fields=["promo", "subscription", "channel"], name="notification_unique_target")
         ]
         indexes = [
             models.Index(fields=["next_attempt_at"], name="notification_due", condition=Q(status="pending")),
-            models.Index(
-                fields=["lease_expires_at"], name="notification_leased", condition=Q(status="sending")
-            ),
+            models.Index(fields=["lease_expires_at"], name="notification_leased", condition=Q(status="sending")),
             models.Index(fields=["promo", "status"], name="notification_promo_status"),
         ]
 

@@ -114,9 +114,7 @@ def _claim(*, now: datetime, token: uuid.UUID, limit: int) -> list[OutgoingMessa
 
 
 @transaction.atomic
-def _record_outcomes(
-    *, token: uuid.UUID, sent_ids: list[int], failures: dict[int, DeliveryFailure]
-) -> tuple[int, int]:
+def _record_outcomes(*, token: uuid.UUID, sent_ids: list[int], failures: dict[int, DeliveryFailure]) -> tuple[int, int]:
     """Mark ``sent_ids`` sent and back off or fail the rest; two statements. Returns (retrying, failed)."""
     with connection.cursor() as cursor:
         if sent_ids:
@@ -138,9 +136,7 @@ def _record_outcomes(
         )
         attempts = dict(cursor.fetchall())
         give_up = [
-            pk
-            for pk in attempts
-            if failures[pk].permanent or attempts[pk] >= settings.NOTIFICATION_MAX_ATTEMPTS
+            pk for pk in attempts if failures[pk].permanent or attempts[pk] >= settings.NOTIFICATION_MAX_ATTEMPTS
         ]
         delays = [
             backoff_seconds(
@@ -168,7 +164,5 @@ def _record_outcomes(
             },
         )
     for pk in give_up:
-        log.warning(
-            "notification.failed", notification_id=pk, error=failures[pk].error, attempts=attempts[pk]
-        )
+        log.warning("notification.failed", notification_id=pk, error=failures[pk].error, attempts=attempts[pk])
     return len(attempts) - len(give_up), len(give_up)

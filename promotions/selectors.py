@@ -30,9 +30,7 @@ def promo_get(*, promo_id: int) -> FlashPromo:
 def promo_pending_start(*, promo_id: int) -> datetime | None:
     """The start time of ``promo_id`` if it is still scheduled, else None."""
     return (
-        FlashPromo.objects.filter(pk=promo_id, status=PromoStatus.SCHEDULED)
-        .values_list("starts_at", flat=True)
-        .first()
+        FlashPromo.objects.filter(pk=promo_id, status=PromoStatus.SCHEDULED).values_list("starts_at", flat=True).first()
     )
 
 

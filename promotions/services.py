@@ -179,9 +179,7 @@ def promos_cleanup_finished(*, now: datetime) -> dict[str, int]:
     cutoff = now - timedelta(days=settings.PROMO_RETENTION_DAYS)
     batch = settings.PROMO_CLEANUP_BATCH_SIZE
     totals = {"promos_deleted": 0, "notifications_deleted": 0, "batches": 0}
-    finished = FlashPromo.objects.filter(
-        status__in=[PromoStatus.ENDED, PromoStatus.CANCELLED], ended_at__lt=cutoff
-    )
+    finished = FlashPromo.objects.filter(status__in=[PromoStatus.ENDED, PromoStatus.CANCELLED], ended_at__lt=cutoff)
     with connection.cursor() as cursor:
         while totals["batches"] < settings.PROMO_CLEANUP_MAX_BATCHES:
             promo_ids = list(finished.order_by("ended_at").values_list("id", flat=True)[:batch])

@@ -60,9 +60,7 @@ def process_notification_queue() -> dict[str, int]:
     """Safety net for deliveries: reclaim rows of dead workers and publish batches for what is due."""
     now = timezone.now()
     reclaimed = notifications.notifications_reclaim_expired(now=now)
-    due = selectors.notifications_count_due(
-        now=now, limit=MAX_BATCHES_PER_SWEEP * settings.NOTIFICATION_BATCH_SIZE
-    )
+    due = selectors.notifications_count_due(now=now, limit=MAX_BATCHES_PER_SWEEP * settings.NOTIFICATION_BATCH_SIZE)
     return {"reclaimed": reclaimed, "due": due, "batches_published": _publish_batches(due)}
 
 

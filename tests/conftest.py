@@ -28,8 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 #: Tests own this Redis database: it is flushed at the start of the session.
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
-celery_app.conf.broker_url = TEST_REDIS_URL
-celery_app.conf.result_backend = TEST_REDIS_URL
+# Celery reads CELERY_BROKER_URL from the environment before its configuration: set both.
+os.environ["CELERY_BROKER_URL"] = os.environ["CELERY_RESULT_BACKEND"] = TEST_REDIS_URL
+celery_app.conf.update(broker_url=TEST_REDIS_URL, result_backend=TEST_REDIS_URL)
 
 
 def wait_for(condition: Callable[[], Any], *, timeout: float = 20.0, interval: float = 0.05, what: str = "") -> Any:

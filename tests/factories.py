@@ -5,34 +5,35 @@ from __future__ import annotations
 from datetime import timedelta
 from decimal import Decimal
 
-import factory
+import factory.django
 from django.utils import timezone
+from factory.declarations import LazyAttribute, LazyFunction, Sequence, SubFactory
 
 from promotions.models import FlashPromo, Product, Subscription
 
 
-class ProductFactory(factory.django.DjangoModelFactory):
+class ProductFactory(factory.django.DjangoModelFactory[Product]):
     class Meta:
         model = Product
 
-    name = factory.Sequence(lambda n: f"Product {n}")
+    name = Sequence(lambda n: f"Product {n}")
     price = Decimal("10.00")
 
 
-class PromoFactory(factory.django.DjangoModelFactory):
+class PromoFactory(factory.django.DjangoModelFactory[FlashPromo]):
     class Meta:
         model = FlashPromo
 
-    product = factory.SubFactory(ProductFactory)
-    title = factory.Sequence(lambda n: f"Promo {n}")
+    product = SubFactory(ProductFactory)
+    title = Sequence(lambda n: f"Promo {n}")
     discount_percent = 20
-    starts_at = factory.LazyFunction(lambda: timezone.now() + timedelta(hours=1))
-    ends_at = factory.LazyAttribute(lambda promo: promo.starts_at + timedelta(hours=1))
+    starts_at = LazyFunction(lambda: timezone.now() + timedelta(hours=1))
+    ends_at = LazyAttribute(lambda promo: promo.starts_at + timedelta(hours=1))
 
 
-class SubscriptionFactory(factory.django.DjangoModelFactory):
+class SubscriptionFactory(factory.django.DjangoModelFactory[Subscription]):
     class Meta:
         model = Subscription
 
-    product = factory.SubFactory(ProductFactory)
-    email = factory.Sequence(lambda n: f"shopper{n}@example.com")
+    product = SubFactory(ProductFactory)
+    email = Sequence(lambda n: f"shopper{n}@example.com")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from decimal import Decimal
 from io import StringIO
+from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -185,9 +186,7 @@ def test_anyone_can_subscribe_to_a_product(anonymous):
     """Given a product and no token, when an email subscribes, then 201 returns the new subscription."""
     product = ProductFactory()
 
-    response = anonymous.post(
-        f"/api/products/{product.pk}/subscriptions", {"email": "ann@example.com"}, format="json"
-    )
+    response = anonymous.post(f"/api/products/{product.pk}/subscriptions", {"email": "ann@example.com"}, format="json")
 
     assert response.status_code == 201
     subscription = Subscription.objects.get()
@@ -225,9 +224,7 @@ def test_one_address_may_subscribe_to_several_products(anonymous):
     assert sorted(Subscription.objects.values_list("product_id", flat=True)) == [p.pk for p in products]
 
 
-@pytest.mark.parametrize(
-    "payload", [{"email": "not-an-email"}, {"email": ""}, {"email": "a@b@example.com"}, {}]
-)
+@pytest.mark.parametrize("payload", [{"email": "not-an-email"}, {"email": ""}, {"email": "a@b@example.com"}, {}])
 def test_invalid_email_is_400_on_email(anonymous, payload):
     """Given a product, when an invalid or missing email subscribes, then 400 has errors under ``email``
     and no subscription exists."""
@@ -247,9 +244,7 @@ def test_subscribing_to_an_unknown_product_is_404(anonymous):
     """Given no product with the id, when an email subscribes to it, then 404 and nothing is stored."""
     missing_id = ProductFactory().pk + 1
 
-    response = anonymous.post(
-        f"/api/products/{missing_id}/subscriptions", {"email": "ann@example.com"}, format="json"
-    )
+    response = anonymous.post(f"/api/products/{missing_id}/subscriptions", {"email": "ann@example.com"}, format="json")
 
     assert response.status_code == 404
     assert not Subscription.objects.exists()
@@ -413,7 +408,7 @@ def promos_by_status() -> dict[str, list[FlashPromo]]:
     """Two promos of each of scheduled, active and ended, with starts interleaved across statuses."""
     now = timezone.now()
     product = ProductFactory()
-    promos: dict[str, list[FlashPromo]] = {"scheduled": [], "active": [], "ended": []}
+    promos: dict[str, list[Any]] = {"scheduled": [], "active": [], "ended": []}
     for index, status in enumerate(["ended", "active", "scheduled"] * 2):
         starts_at = now + timedelta(minutes=10 * (index - 3))
         extra = {"activated_at": starts_at} if status != "scheduled" else {}
@@ -469,9 +464,7 @@ def _notify(promo: FlashPromo, counts: dict[str, int]) -> None:
     now = timezone.now()
     for status, count in counts.items():
         for subscription in SubscriptionFactory.create_batch(count, product=promo.product):
-            Notification.objects.create(
-                promo=promo, subscription=subscription, status=status, next_attempt_at=now
-            )
+            Notification.objects.create(promo=promo, subscription=subscription, status=status, next_attempt_at=now)
 
 
 def test_promo_detail_shows_times_state_and_notification_counts(anonymous):
@@ -548,6 +541,7 @@ def test_readyz_is_ok_when_the_database_and_broker_answer(anonymous):
 def test_readyz_is_503_naming_the_broker_when_it_does_not_answer(anonymous, monkeypatch):
     """Given a broker URL nothing listens on, when ``/readyz`` is requested, then 503 marks the broker
     unreachable while the database check stays ok."""
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:1/0")
     monkeypatch.setattr(celery_app.conf, "broker_url", "redis://127.0.0.1:1/0")
 
     response = anonymous.get("/readyz")

@@ -144,7 +144,7 @@ def test_flower_runs_and_requires_authentication(worker_env, tmp_path):
             def status(headers: dict[str, str]) -> int | None:
                 request = urllib.request.Request(f"http://127.0.0.1:{port}/", headers=headers)
                 try:
-                    with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310 - local URL
+                    with urllib.request.urlopen(request, timeout=2) as response:
                         return int(response.status)
                 except urllib.error.HTTPError as error:
                     return error.code

@@ -240,9 +240,7 @@ def test_named_volumes_are_declared(compose: dict[str, Any], services: Services)
     """Every named volume a service mounts is declared at the top level, and postgres and redis keep their
     data in one."""
     named = {
-        name: {
-            source for source, _ in _volume_mounts(service) if source and not source.startswith((".", "/"))
-        }
+        name: {source for source, _ in _volume_mounts(service) if source and not source.startswith((".", "/"))}
         for name, service in services.items()
     }
     assert set().union(*named.values()) <= set(compose.get("volumes", {}))
@@ -264,9 +262,7 @@ def test_bind_mounted_files_exist_and_localstack_init_scripts_are_executable(ser
 
 
 @pytest.mark.parametrize(("name", "command"), SEED_COMMANDS.items())
-def test_seed_celery_services_keep_their_names_and_commands(
-    services: Services, name: str, command: str
-) -> None:
+def test_seed_celery_services_keep_their_names_and_commands(services: Services, name: str, command: str) -> None:
     """The seed's `celery` and `celery-beat` services exist, are built from the repository and run exactly
     the seed's command."""
     assert services[name]["build"] == "."
@@ -374,9 +370,7 @@ def test_web_healthcheck_requests_healthz_on_an_allowed_host(
 
 def test_app_healthchecks_need_no_curl(services: Services) -> None:
     """python:3.11-slim ships neither curl nor wget, so app healthchecks use Python or the celery CLI."""
-    checked = {
-        name: _healthcheck_command(services[name]) for name in APP_SERVICES if "healthcheck" in services[name]
-    }
+    checked = {name: _healthcheck_command(services[name]) for name in APP_SERVICES if "healthcheck" in services[name]}
     assert checked.keys() >= {"web", "celery"}
     assert [name for name, command in checked.items() if re.search(r"\b(curl|wget)\b", command)] == []
 
@@ -440,9 +434,7 @@ def test_variables_required_by_compose_are_documented_as_required(
     assert [name for name in required if "Required" not in env_docs[name]] == []
 
 
-def test_every_variable_settings_reads_is_documented(
-    settings_reads: dict[str, bool], env_docs: dict[str, str]
-) -> None:
+def test_every_variable_settings_reads_is_documented(settings_reads: dict[str, bool], env_docs: dict[str, str]) -> None:
     """Every variable settings.py reads has an entry in .env.example."""
     assert settings_reads.keys() - env_docs.keys() == set()
 

@@ -60,7 +60,10 @@ def test_sync_ends_finished_promos_and_skips_those_whose_window_passed():
     product = ProductFactory()
     SubscriptionFactory(product=product)
     finished = PromoFactory(
-        product=product, status="active", starts_at=now - timedelta(hours=2), ends_at=now - timedelta(minutes=1)
+        product=product,
+        status="active",
+        starts_at=now - timedelta(hours=2),
+        ends_at=now - timedelta(minutes=1),
     )
     missed = PromoFactory(product=product, starts_at=now - timedelta(hours=2), ends_at=now - timedelta(hours=1))
 

@@ -125,9 +125,7 @@ def test_bad_environment_stops_start_up_naming_the_variable(overrides, name):
 
 def test_sns_backend_starts_with_a_topic():
     """Given NOTIFICATION_BACKEND=sns with SNS_TOPIC_ARN set, when Django starts, then it exits 0."""
-    result = _run(
-        "-c", SETUP, NOTIFICATION_BACKEND="sns", SNS_TOPIC_ARN="arn:aws:sns:us-east-1:000000000000:promos"
-    )
+    result = _run("-c", SETUP, NOTIFICATION_BACKEND="sns", SNS_TOPIC_ARN="arn:aws:sns:us-east-1:000000000000:promos")
 
     assert result.returncode == 0, result.stderr
 

@@ -11,8 +11,12 @@ import pytest
 from django.utils import timezone
 
 from promotions.models import FlashPromo, Notification, PromoStatus
-from promotions.tasks import check_active_promos, cleanup_expired_promos, deliver_notification_batch
-from promotions.tasks import process_notification_queue
+from promotions.tasks import (
+    check_active_promos,
+    cleanup_expired_promos,
+    deliver_notification_batch,
+    process_notification_queue,
+)
 from tests.conftest import ROOT, wait_for
 from tests.factories import ProductFactory, PromoFactory, SubscriptionFactory
 
@@ -41,9 +45,7 @@ def test_staggered_promos_go_live_within_a_second_of_their_start():
     """50 promos starting at staggered times each go live within 1 s of ``starts_at`` (not the next minute)."""
     product = ProductFactory()
     start = timezone.now() + timedelta(seconds=3)
-    promos = [
-        PromoFactory(product=product, starts_at=start + timedelta(milliseconds=150 * n)) for n in range(50)
-    ]
+    promos = [PromoFactory(product=product, starts_at=start + timedelta(milliseconds=150 * n)) for n in range(50)]
     check_active_promos.delay().get(timeout=15)
 
     wait_for(

@@ -63,6 +63,5 @@ class PromoOutput(serializers.ModelSerializer[FlashPromo]):
     def get_notifications(self, promo: FlashPromo) -> dict[str, int]:
         """Counts by status, annotated by ``selectors.promos_list``."""
         return {
-            status: getattr(promo, f"notifications_{status}")
-            for status in ("pending", "sending", "sent", "failed")
+            status: getattr(promo, f"notifications_{status}") for status in ("pending", "sending", "sent", "failed")
         }

@@ -62,8 +62,9 @@ class PromoCollectionView(APIView):
         with transaction.atomic():
             promo = services.promo_create(product=product, **data)
             # A sweep right after the commit publishes the countdown of a promo that starts within the
-            # minute; waiting for the next beat tick could make it go live up to 60 s late.
-            transaction.on_commit(tasks.check_active_promos.delay)
+            # minute; waiting for the next beat tick could make it go live up to 60 s late. Robust: with
+            # the broker down the promo is saved all the same and the next beat tick picks it up.
+            transaction.on_commit(tasks.check_active_promos.delay, robust=True)
         return Response(serializers.PromoOutput(selectors.promo_get(promo_id=promo.pk)).data, status=201)
 
 

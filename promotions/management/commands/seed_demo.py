@@ -24,9 +24,7 @@ class Command(BaseCommand):
     help = "Create demo products, subscribers and promos that start over the next few minutes."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument(
-            "--subscribers", type=int, default=25, help="Subscribers per product (default 25)."
-        )
+        parser.add_argument("--subscribers", type=int, default=25, help="Subscribers per product (default 25).")
         parser.add_argument("--promos", type=int, default=6, help="Promos to create (default 6).")
         parser.add_argument(
             "--every", type=int, default=30, help="Seconds between consecutive promo starts (default 30)."
