@@ -69,6 +69,8 @@ TEMPLATES = [
 
 DATABASE_URL = env_url("DATABASE_URL", schemes=("postgres", "postgresql"))
 DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
+# An unreachable database fails fast (the worker's main process writes dead letters; it must not hang).
+DATABASES["default"]["OPTIONS"] = {"connect_timeout": env_int("DATABASE_CONNECT_TIMEOUT_SECONDS", 5, minimum=1)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LANGUAGE_CODE = "en-us"
@@ -111,6 +113,10 @@ CELERY_WORKER_TASK_LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s][%(
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Lets `celery -A marketplace control pool_restart` reload the children (the seed's soft restart).
 CELERY_WORKER_POOL_RESTARTS = True
+# Redis transport and consumer that dead-letter what Celery would drop: undecodable bytes, envelopes
+# without a delivery tag, unregistered tasks, messages without task headers.
+CELERY_BROKER_TRANSPORT = "observability.transport:Transport"
+CELERY_WORKER_CONSUMER = "observability.consumer:DeadLetteringConsumer"
 # A message not acknowledged within this many seconds is handed to another worker; every time limit,
 # countdown and ETA must stay below it or the task runs twice (checked at worker start).
 CELERY_BROKER_VISIBILITY_TIMEOUT_SECONDS = env_int("CELERY_BROKER_VISIBILITY_TIMEOUT_SECONDS", 3600, minimum=60)
@@ -140,7 +146,18 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": NOTIFICATION_QUEUE_INTERVAL_SECONDS,
         "options": {"expires": NOTIFICATION_QUEUE_INTERVAL_SECONDS},
     },
+    "purge-expired-dead-letters-daily": {
+        "task": "observability.tasks.purge_expired_dead_letters",
+        "schedule": 86_400.0,
+        "options": {"expires": 3600.0},
+    },
 }
+
+# --- Dead letters -------------------------------------------------------------------------------------------
+# A message whose execution killed its worker this many times is quarantined instead of run again.
+DEAD_LETTER_MAX_DELIVERIES = env_int("DEAD_LETTER_MAX_DELIVERIES", 3, minimum=1)
+DEAD_LETTER_DELIVERY_COUNTER_TTL_SECONDS = env_int("DEAD_LETTER_DELIVERY_COUNTER_TTL_SECONDS", 7 * 86_400, minimum=60)
+DEAD_LETTER_RETENTION_DAYS = env_int("DEAD_LETTER_RETENTION_DAYS", 30, minimum=1)
 
 # --- Promotions domain ------------------------------------------------------------------------------------
 # Promos starting (or ending) within this many seconds get a countdown task at their exact time, so they

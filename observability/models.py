@@ -6,7 +6,6 @@ what is needed to understand the failure and to publish the task again; replays 
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
@@ -80,7 +79,6 @@ class DeadLetterReplay(models.Model):
     queue = models.CharField(max_length=255, blank=True, default="")
     operator = models.CharField(max_length=150)
     replayed_at = models.DateTimeField()
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
 
     class Meta:
         ordering = ["-replayed_at", "-id"]

@@ -1,47 +1,133 @@
-"""``ObservableTask``: the one base class every task of the project runs through (the app's ``task_cls``).
+"""``ObservableTask``: the one base class every task of the project runs through (the app's ``task_cls``),
+and the two tasks that keep dead letters: deferred recording and retention.
 
-Its class attributes state every reliability default in one place. Tasks stay thin and never catch
+The class attributes state every reliability default in one place. Tasks stay thin and never catch
 exceptions: this class owns the failure policy of ``observability.errors`` - transient errors retry with
-exponential backoff and jitter, permanent ones give up at once.
+exponential backoff and jitter, permanent ones give up at once - and its request
+(``observability.requests``) turns every terminal failure into a dead letter.
+
+This module is imported to resolve the app's ``task_cls``, possibly before Django's app registry is ready:
+models are imported inside the task bodies.
 """
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
+import structlog
+from celery import shared_task
 from celery.contrib.django.task import DjangoTask
+from django.conf import settings
+from django.utils import timezone
 
 from observability.backoff import backoff_seconds
-from observability.errors import ErrorKind, classify
+from observability.errors import ErrorKind, PermanentError, classify
 
-__all__ = ["ObservableTask"]
+__all__ = ["ObservableTask", "purge_expired_dead_letters", "record_dead_letter"]
+
+log = structlog.get_logger(__name__)
+
+# Compare-and-delete: a run releases the singleton lock only if it still holds it.
+_RELEASE_LOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
 class ObservableTask(DjangoTask):  # type: ignore[type-arg]
+    #: Worker-side request: a dead letter for every terminal failure, before acknowledgement.
+    Request = "observability.requests:ObservableRequest"
+    #: Worker strategy: redelivered messages count their deliveries; poison messages are quarantined.
+    Strategy = "observability.strategy:quarantining"
     #: Acknowledge after the task ran, so a worker crash hands the message to another worker.
     acks_late = True
-    #: A child killed mid-task (SIGKILL, OOM) requeues its message instead of acknowledging it.
+    #: A child killed mid-task (SIGKILL, OOM) requeues its message; ``max_deliveries`` bounds the loop.
     reject_on_worker_lost = True
+    #: Deliveries of one message before it is quarantined as a poison message instead of run again.
+    max_deliveries: int = settings.DEAD_LETTER_MAX_DELIVERIES
     #: Seconds before ``SoftTimeLimitExceeded`` is raised inside the task (a transient error: retried).
     soft_time_limit: int | None = 240
     #: Seconds before the child running the task is killed. Must stay below the broker visibility timeout.
     time_limit: int | None = 300
-    #: Retries of transient errors before the task gives up.
+    #: Retries of transient errors before the task is dead-lettered.
     max_retries: int | None = 5
     #: First retry waits about this many seconds; each later one doubles it.
     retry_backoff_base_seconds: float = 2.0
     #: No retry waits longer than this.
     retry_backoff_max_seconds: float = 300.0
+    #: Periodic work: two overlapping runs never execute at once; the second records that it skipped.
+    singleton: bool = False
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.singleton and self.request.called_directly is False:
+            return self._run_alone(*args, **kwargs)
+        return self._run_with_retry_policy(*args, **kwargs)
+
+    def _run_with_retry_policy(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().__call__(*args, **kwargs)
-        except Exception as exc:
+        except Exception as exc:  # the last-resort handler: every failure is classified here
             if classify(exc) is ErrorKind.TRANSIENT and self.request.called_directly is False:
                 # Once max_retries is used up, retry() re-raises ``exc`` itself: a final failure.
                 raise self.retry(exc=exc, countdown=self.retry_delay_seconds(self.request.retries)) from exc
             raise
 
+    def _run_alone(self, *args: Any, **kwargs: Any) -> Any:
+        from observability.redis_client import broker_redis
+
+        key = f"observability:singleton:{self.name}"
+        client = broker_redis()
+        # The lock outlives no run: it expires with the hard time limit, when the child is killed.
+        run_id = str(self.request.id)
+        if not client.set(key, run_id, nx=True, ex=int(self.time_limit or 300)):
+            log.warning("task.skipped", task_name=self.name, reason="a previous run is still in progress")
+            return {"skipped": 1}
+        try:
+            return self._run_with_retry_policy(*args, **kwargs)
+        finally:
+            client.eval(_RELEASE_LOCK, 1, key, run_id)
+
     def retry_delay_seconds(self, retries: int) -> float:
         """Countdown before the retry that follows ``retries`` earlier ones (see ``backoff_seconds``)."""
         return backoff_seconds(retries, base=self.retry_backoff_base_seconds, cap=self.retry_backoff_max_seconds)
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:  # type: ignore[override]
+        delay = _delay_seconds(options.get("countdown"), options.get("eta"))
+        limit = settings.CELERY_BROKER_VISIBILITY_TIMEOUT_SECONDS
+        if delay is not None and delay >= limit:
+            # Redis hands an unacknowledged message to another worker after the visibility timeout: a task
+            # held longer by a worker (ETA) would run twice. Schedule far-off work from the database.
+            raise PermanentError(
+                f"{self.name}: a countdown/ETA of {delay:.0f} s reaches the broker visibility timeout "
+                f"({limit} s) and would run twice; schedule it from the database instead"
+            )
+        return super().apply_async(args, kwargs, **options)
+
+
+def _delay_seconds(countdown: float | None, eta: datetime | str | None) -> float | None:
+    if countdown is not None:
+        return float(countdown)
+    if isinstance(eta, datetime):
+        return (eta - timezone.now()).total_seconds()
+    return None
+
+
+@shared_task(
+    base=ObservableTask, name="observability.record_dead_letter", max_retries=None, retry_backoff_max_seconds=60.0
+)
+def record_dead_letter(failure: dict[str, Any]) -> dict[str, int]:
+    """Write a dead letter that could not be written when it happened (Postgres was down). Retries -
+    forever, with backoff capped at a minute - until the database takes it."""
+    from observability.dead_letters import Failure, dead_letter_record
+
+    return {"dead_letter_id": dead_letter_record(Failure(**failure)).pk}
+
+
+@shared_task(base=ObservableTask, singleton=True)
+def purge_expired_dead_letters() -> dict[str, int]:
+    """Delete dead letters last failed more than ``DEAD_LETTER_RETENTION_DAYS`` ago, counting and logging
+    what goes (never silently)."""
+    from observability.dead_letters import dead_letters_purge
+    from observability.models import DeadLetter
+
+    cutoff = timezone.now() - timedelta(days=settings.DEAD_LETTER_RETENTION_DAYS)
+    expired = DeadLetter.objects.filter(last_failed_at__lt=cutoff)
+    return dead_letters_purge(expired, reason=f"retention ({settings.DEAD_LETTER_RETENTION_DAYS} days)")

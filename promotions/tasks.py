@@ -12,6 +12,7 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
+from observability.tasks import ObservableTask
 from promotions import notifications, selectors, services
 from promotions.services import PromoSyncResult
 
@@ -27,7 +28,7 @@ __all__ = [
 MAX_BATCHES_PER_SWEEP = 1000
 
 
-@shared_task
+@shared_task(base=ObservableTask, singleton=True)
 def check_active_promos() -> dict[str, int]:
     """Activate due promos, end finished ones, and publish a countdown task for each transition due
     before the next sweep, so promos go live on time rather than on the next minute."""
@@ -55,7 +56,7 @@ def sync_promo(promo_id: int) -> dict[str, int]:
     return result.summary()
 
 
-@shared_task
+@shared_task(base=ObservableTask, singleton=True)
 def process_notification_queue() -> dict[str, int]:
     """Safety net for deliveries: reclaim rows of dead workers and publish batches for what is due."""
     now = timezone.now()
@@ -70,7 +71,7 @@ def deliver_notification_batch() -> dict[str, int]:
     return notifications.notifications_deliver_batch(now=timezone.now()).summary()
 
 
-@shared_task
+@shared_task(base=ObservableTask, singleton=True)
 def cleanup_expired_promos() -> dict[str, int]:
     """Delete promos finished longer than the retention period ago, in bounded batches."""
     return services.promos_cleanup_finished(now=timezone.now())

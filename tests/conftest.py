@@ -127,7 +127,9 @@ def start_worker(
 
     def start(*extra_args: str, env: dict[str, str] | None = None) -> WorkerProcess:
         log_path = tmp_path_factory.mktemp("worker") / "worker.log"
-        worker = WorkerProcess({**worker_env, **(env or {})}, log_path, "--concurrency=2", *extra_args)
+        worker = WorkerProcess(
+            {**worker_env, **(env or {})}, log_path, "--concurrency=2", "--include=tests.tasks", *extra_args
+        )
         started.append(worker)
         worker.wait_ready()
         return worker

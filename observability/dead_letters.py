@@ -1,0 +1,264 @@
+"""Dead-letter services: record a failed message, replay entries, purge them.
+
+``dead_letter_record_safely`` is what the worker calls on every terminal path. It writes to Postgres
+before the broker message is acknowledged; if Postgres is unreachable it publishes the record as an
+``observability.record_dead_letter`` task that retries until the database is back, and if the broker is
+unreachable too it raises, so the caller leaves the message unacknowledged: a dead letter is never dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import structlog
+from celery import current_app
+from django.db import DatabaseError, IntegrityError, close_old_connections, transaction
+from django.db.models import Count, F, QuerySet
+from django.db.models.functions import Greatest
+from django.utils import timezone
+from kombu.exceptions import OperationalError as BrokerOperationalError
+
+from observability.models import DeadLetter, DeadLetterReplay, DeadLetterStatus
+
+__all__ = [
+    "Failure",
+    "ReplayResult",
+    "dead_letter_record",
+    "dead_letter_record_safely",
+    "dead_letters_discard",
+    "dead_letters_purge",
+    "dead_letters_replay",
+]
+
+log = structlog.get_logger(__name__)
+
+#: Message headers of Celery's protocol 2 that describe one delivery; a replay gets fresh ones.
+PROTOCOL_HEADERS = frozenset(
+    {
+        "lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries", "timelimit",
+        "root_id", "parent_id", "argsrepr", "kwargsrepr", "origin", "ignore_result", "replaced_task_nesting",
+        "stamped_headers", "stamps", "redelivered", "traceparent", "tracestate",
+    }
+)  # fmt: skip
+#: Header naming the dead letter a replayed task comes from.
+REPLAY_OF_HEADER = "x-dead-letter-replay-of"
+#: Header carrying the trace id of the failure a replayed task comes from (for a span link).
+REPLAY_TRACE_HEADER = "x-dead-letter-trace-id"
+#: Countdown before a record that could not be written is tried again from the record task.
+DEFERRED_RECORD_COUNTDOWN_SECONDS = 5
+
+
+@dataclass
+class Failure:
+    """Everything known about a message that reached a dead end; JSON-serialisable."""
+
+    reason: str
+    task_name: str = ""
+    task_id: str = ""
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, Any] = field(default_factory=dict)
+    queue: str = ""
+    exchange: str = ""
+    routing_key: str = ""
+    raw_message: str = ""
+    retries: int = 0
+    delivery_count: int = 1
+    exception_type: str = ""
+    exception_message: str = ""
+    traceback: str = ""
+    worker_host: str = field(default_factory=socket.gethostname)
+    failed_at: str = field(default_factory=lambda: timezone.now().isoformat())
+
+    @property
+    def dedup_key(self) -> str:
+        if self.task_id:
+            return self.task_id[:100]
+        return "raw:" + hashlib.sha256(self.raw_message.encode()).hexdigest()[:64]
+
+    @property
+    def fingerprint(self) -> str:
+        parts = f"{self.task_name}|{self.reason}|{self.exception_type}"
+        return hashlib.sha256(parts.encode()).hexdigest()[:16]
+
+    @property
+    def trace_id(self) -> str:
+        """The trace id of the W3C ``traceparent`` header the producer set, if any."""
+        parts = str(self.headers.get("traceparent", "")).split("-")
+        return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def dead_letter_record(failure: Failure) -> DeadLetter:
+    """Insert the entry, or update the one already recorded for the same message. Raises DatabaseError."""
+    failed_at = datetime.fromisoformat(failure.failed_at)
+    for _ in range(2):  # a concurrent insert of the same key turns into an update on the second pass
+        try:
+            with transaction.atomic():
+                updated = DeadLetter.objects.filter(dedup_key=failure.dedup_key).update(
+                    last_failed_at=Greatest("last_failed_at", failed_at),
+                    failure_count=F("failure_count") + 1,
+                    delivery_count=Greatest("delivery_count", failure.delivery_count),
+                )
+                if updated:
+                    return DeadLetter.objects.get(dedup_key=failure.dedup_key)
+                return DeadLetter.objects.create(
+                    dedup_key=failure.dedup_key,
+                    fingerprint=failure.fingerprint,
+                    trace_id=failure.trace_id,
+                    first_failed_at=failed_at,
+                    last_failed_at=failed_at,
+                    **{k: v for k, v in failure.to_json().items() if k != "failed_at"},
+                )
+        except IntegrityError:
+            continue
+    raise IntegrityError(f"could not record dead letter {failure.dedup_key}")
+
+
+def dead_letter_record_safely(failure: Failure) -> DeadLetter | None:
+    """Record ``failure``; if Postgres is down, defer it to the record task. Returns the entry, or None
+    when deferred. Raises only when neither Postgres nor the broker could take it (do not acknowledge)."""
+    close_old_connections()  # the worker's main process keeps its connection across failures
+    try:
+        entry = dead_letter_record(failure)
+    except DatabaseError as exc:
+        log.error("dead_letter.deferred", task_id=failure.task_id, reason=failure.reason, error=str(exc))
+        try:
+            # To the failed message's own queue: a worker that consumes it is known to exist.
+            current_app.send_task(
+                "observability.record_dead_letter",
+                args=[failure.to_json()],
+                countdown=DEFERRED_RECORD_COUNTDOWN_SECONDS,
+                queue=failure.queue or None,
+                retry=False,
+            )
+        except (BrokerOperationalError, OSError) as broker_exc:
+            log.critical("dead_letter.unrecorded", task_id=failure.task_id, error=str(broker_exc))
+            raise
+        return None
+    log.warning(
+        "dead_letter.recorded",
+        dead_letter_id=entry.pk,
+        task_name=failure.task_name,
+        task_id=failure.task_id,
+        reason=failure.reason,
+        exception_type=failure.exception_type,
+    )
+    return entry
+
+
+@dataclass
+class ReplayResult:
+    published: list[tuple[int, str]] = field(default_factory=list)
+    skipped: dict[int, str] = field(default_factory=dict)
+
+
+def dead_letters_replay(
+    entries: QuerySet[DeadLetter],
+    *,
+    operator: str,
+    again: bool = False,
+    queue: str | None = None,
+    limit: int | None = None,
+    rate: float | None = None,
+    dry_run: bool = False,
+    chunk_size: int = 200,
+    on_progress: Callable[[int], object] | None = None,
+) -> ReplayResult:
+    """Publish the task of each entry again, under a new task id, and mark it replayed.
+
+    Entries are taken in id order, ``chunk_size`` at a time under ``SELECT ... FOR UPDATE SKIP LOCKED``,
+    and marked in the same transaction that publishes them, so two operators replaying at once never
+    publish one entry twice. Only pending entries are taken unless ``again``; only registered tasks are
+    published. ``rate`` caps publications per second. A crash between publishing and the commit leaves
+    the entry pending: at worst published twice, never marked replayed without being published.
+    """
+    current_app.loader.import_default_modules()
+    registered = set(current_app.tasks)
+    statuses = [DeadLetterStatus.PENDING, DeadLetterStatus.REPLAYED] if again else [DeadLetterStatus.PENDING]
+    candidates = entries.filter(status__in=statuses).order_by("id")
+    result = ReplayResult()
+    started = time.monotonic()
+    last_id = 0
+    while limit is None or len(result.published) < limit:
+        with transaction.atomic():
+            chunk = list(candidates.filter(id__gt=last_id).select_for_update(skip_locked=True)[:chunk_size])
+            if not chunk:
+                break
+            last_id = chunk[-1].pk
+            replays: list[DeadLetterReplay] = []
+            for entry in chunk:
+                if limit is not None and len(result.published) >= limit:
+                    break
+                if entry.task_name not in registered:
+                    result.skipped[entry.pk] = f"task {entry.task_name or '(none)'} is not registered"
+                    continue
+                if rate:
+                    _pace(started, len(result.published), rate)
+                new_id = str(uuid.uuid4())
+                if not dry_run:
+                    replays.append(_publish(entry, new_id=new_id, queue=queue, operator=operator))
+                result.published.append((entry.pk, new_id))
+                if on_progress:
+                    on_progress(1)
+            DeadLetterReplay.objects.bulk_create(replays)
+            DeadLetter.objects.filter(pk__in=[r.dead_letter_id for r in replays]).update(
+                status=DeadLetterStatus.REPLAYED
+            )
+    for entry_id, new_id in result.published:
+        log.info(
+            "dead_letter.replayed", dead_letter_id=entry_id, new_task_id=new_id, operator=operator, dry_run=dry_run
+        )
+    return result
+
+
+def _pace(started: float, published: int, rate: float) -> None:
+    # Absolute schedule, not a sleep per message: the average rate holds whatever publishing costs.
+    delay = started + published / rate - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def _publish(entry: DeadLetter, *, new_id: str, queue: str | None, operator: str) -> DeadLetterReplay:
+    headers = {k: v for k, v in entry.headers.items() if k not in PROTOCOL_HEADERS}
+    headers[REPLAY_OF_HEADER] = entry.pk
+    if entry.trace_id:
+        headers[REPLAY_TRACE_HEADER] = entry.trace_id
+    target_queue = queue or entry.queue or None
+    current_app.send_task(
+        entry.task_name,
+        args=entry.args,
+        kwargs=entry.kwargs,
+        task_id=new_id,
+        headers=headers,
+        queue=target_queue,
+        routing_key=None if queue else (entry.routing_key or None),
+        exchange=None if queue else (entry.exchange or None),
+    )
+    return DeadLetterReplay(
+        dead_letter=entry, new_task_id=new_id, queue=target_queue or "", operator=operator, replayed_at=timezone.now()
+    )
+
+
+def dead_letters_discard(entries: QuerySet[DeadLetter], *, operator: str) -> int:
+    """Mark pending entries discarded (kept for the record, never replayed by ``--all``)."""
+    count = entries.filter(status=DeadLetterStatus.PENDING).update(status=DeadLetterStatus.DISCARDED)
+    log.info("dead_letters.discarded", count=count, operator=operator)
+    return count
+
+
+def dead_letters_purge(entries: QuerySet[DeadLetter], *, reason: str) -> dict[str, int]:
+    """Delete ``entries``; returns the counts by status and logs them (purging is never silent)."""
+    counts = {row["status"]: row["n"] for row in entries.order_by().values("status").annotate(n=Count("id"))}
+    entries.delete()
+    log.warning("dead_letters.purged", reason=reason, total=sum(counts.values()), **counts)
+    return counts

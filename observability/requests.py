@@ -1,0 +1,116 @@
+"""``ObservableRequest``: the worker-side request of every ``ObservableTask``, run in the worker's main
+process, where the raw message is still at hand and before the message is acknowledged.
+
+Every terminal failure (retries used up, permanent error, hard time limit) becomes a dead letter, written
+before Celery acknowledges the message; if it can be neither written nor deferred, the message is left
+unacknowledged. (Poison messages are quarantined earlier, by ``observability.strategy``.)
+"""
+
+from __future__ import annotations
+
+import structlog
+from billiard.einfo import ExceptionInfo, ExceptionWithTraceback  # type: ignore[attr-defined]
+from billiard.exceptions import WorkerLostError
+from celery.exceptions import Ignore, Reject, Retry, Terminated, TimeLimitExceeded
+from celery.worker import state
+from celery.worker.request import Request
+from kombu.exceptions import OperationalError as BrokerOperationalError
+
+from observability import dead_letters
+from observability.errors import ErrorKind, classify
+from observability.models import DeadLetterReason
+from observability.strategy import DELIVERY_COUNT_HEADER
+
+__all__ = ["ObservableRequest", "terminal_reason"]
+
+log = structlog.get_logger(__name__)
+
+_NOT_TERMINAL = (Retry, Ignore, Terminated, WorkerLostError, SystemExit, KeyboardInterrupt)
+
+
+def terminal_reason(exc: BaseException, *, retries: int, max_retries: int | None) -> DeadLetterReason | None:
+    """Why a failure ends the message's life, or None when the message lives on (retried, requeued)."""
+    if isinstance(exc, _NOT_TERMINAL) or (isinstance(exc, Reject) and getattr(exc, "requeue", False)):
+        return None
+    if isinstance(exc, TimeLimitExceeded):
+        return DeadLetterReason.TIME_LIMIT_EXCEEDED
+    if classify(exc) is ErrorKind.TRANSIENT and max_retries is not None and retries >= max_retries:
+        return DeadLetterReason.MAX_RETRIES_EXCEEDED
+    return DeadLetterReason.NON_RETRYABLE_ERROR
+
+
+def _exception_type(exc: BaseException) -> str:
+    # An exception that could not cross the process boundary arrives wrapped, with its class name kept.
+    name = getattr(exc, "exc_cls_name", None)
+    module = getattr(exc, "exc_module", None) or type(exc).__module__
+    return f"{module}.{name or type(exc).__qualname__}"
+
+
+class ObservableRequest(Request):
+    #: Set when a hard time limit could not be recorded: the failure that follows must not acknowledge.
+    _unrecorded_timeout = False
+
+    def on_failure(self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False) -> None:
+        exc: BaseException = exc_info.exception  # type: ignore[assignment]
+        if isinstance(exc, ExceptionWithTraceback):
+            exc = exc.exc
+        if isinstance(exc, TimeLimitExceeded):
+            # Recorded by on_timeout, which the pool calls first for the same run.
+            reason = None
+            if self._unrecorded_timeout:
+                state.task_ready(self)
+                return
+        else:
+            reason = terminal_reason(exc, retries=self.retries, max_retries=self.task.max_retries)
+        if reason is not None and not self._dead_letter(
+            reason, _exception_type(exc), str(exc), str(exc_info.traceback or "")
+        ):
+            state.task_ready(self)
+            return
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        if not soft and not state.should_terminate:
+            recorded = self._dead_letter(
+                DeadLetterReason.TIME_LIMIT_EXCEEDED,
+                _exception_type(TimeLimitExceeded(timeout)),
+                f"hard time limit ({timeout} s) exceeded: the child process was killed",
+                "",
+            )
+            if not recorded:
+                self._unrecorded_timeout = True
+                state.task_ready(self)
+                return
+        super().on_timeout(soft, timeout)
+
+    @property
+    def retries(self) -> int:
+        return int(self.request_dict.get("retries") or 0)
+
+    def _dead_letter(self, reason: DeadLetterReason, exception_type: str, message: str, traceback: str) -> bool:
+        """Record the failure; False when it could be neither written nor deferred (do not acknowledge)."""
+        delivery_info = self.delivery_info or {}
+        broker_message = getattr(self, "_message", None)
+        headers = dict(broker_message.headers or {}) if broker_message is not None else {}
+        failure = dead_letters.Failure(
+            reason=reason.value,
+            task_name=self.name,
+            task_id=self.id,
+            args=list(self.args or []),
+            kwargs=dict(self.kwargs or {}),
+            headers=headers,
+            queue=delivery_info.get("routing_key") or "",
+            exchange=delivery_info.get("exchange") or "",
+            routing_key=delivery_info.get("routing_key") or "",
+            retries=self.retries,
+            delivery_count=int(headers.get(DELIVERY_COUNT_HEADER, 1)),
+            exception_type=exception_type,
+            exception_message=message[:10_000],
+            traceback=traceback,
+            worker_host=self.hostname or "",
+        )
+        try:
+            dead_letters.dead_letter_record_safely(failure)
+        except (BrokerOperationalError, OSError):
+            return False
+        return True

@@ -1,0 +1,97 @@
+"""The Redis transport with a guarded read path (``CELERY_BROKER_TRANSPORT`` points here).
+
+kombu 5.7 decodes each message it pops inside the worker's event loop: bytes that are not JSON crash the
+worker (the message, already popped, is gone), and a JSON envelope without a delivery tag breaks the
+connection, which makes every unacknowledged message run again. Here an envelope that kombu cannot turn
+into a message is dead-lettered as ``undecodable_message`` (raw bytes kept) and the worker goes on.
+"""
+
+from __future__ import annotations
+
+import base64
+from queue import Empty
+from typing import Any
+
+import structlog
+from kombu.exceptions import OperationalError as BrokerOperationalError
+from kombu.transport import redis as kombu_redis
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
+
+__all__ = ["Transport", "envelope_error"]
+
+log = structlog.get_logger(__name__)
+
+
+def envelope_error(payload: Any, channel: kombu_redis.Channel) -> str | None:
+    """Why ``payload`` cannot become a kombu message, or None when it can."""
+    if not isinstance(payload, dict):
+        return "the message is not a JSON object"
+    properties = payload.get("properties")
+    if not isinstance(properties, dict) or "delivery_tag" not in properties:
+        return "the message has no properties.delivery_tag"
+    delivery_info = properties.get("delivery_info")
+    if not isinstance(delivery_info, dict) or not {"exchange", "routing_key"} <= delivery_info.keys():
+        return "the message has no properties.delivery_info with exchange and routing_key"
+    if not isinstance(payload.get("headers") or {}, dict):
+        return "the message headers are not an object"
+    body = payload.get("body")
+    if body:
+        try:
+            channel.decode_body(body, properties.get("body_encoding"))
+        except (ValueError, TypeError, LookupError) as exc:
+            return f"the message body cannot be decoded: {exc}"
+    return None
+
+
+class Channel(kombu_redis.Channel):
+    def _brpop_read(self, **options: Any) -> bool:
+        # kombu 5.7's _brpop_read, but for the marked lines.
+        try:
+            try:
+                dest__item = self.client.parse_response(self.client.connection, "BRPOP", **options)
+            except self.connection_errors:  # type: ignore[attr-defined]
+                self.client.connection.disconnect()
+                raise
+            if dest__item:
+                dest, item = dest__item
+                dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
+                self._queue_cycle.rotate(dest)  # type: ignore[attr-defined]
+                self._deliver_or_dead_letter(item, dest)  # marked: was _deliver(loads(item), dest)
+                return True
+            raise Empty()
+        finally:
+            self._in_poll = None
+            self._flush_brpop_reauth()  # type: ignore[attr-defined]
+
+    def _deliver_or_dead_letter(self, item: bytes, queue: str) -> None:
+        try:
+            payload = loads(bytes_to_str(item))
+            error = envelope_error(payload, self)
+        except (ValueError, TypeError) as exc:
+            error = f"the message is not JSON: {exc}"
+        if error is None:
+            self.connection._deliver(payload, queue)
+            return
+        self._dead_letter(item, queue, error)
+
+    def _dead_letter(self, item: bytes, queue: str, error: str) -> None:
+        from observability import dead_letters  # the transport loads before Django's app registry
+
+        failure = dead_letters.Failure(
+            reason="undecodable_message",
+            queue=queue,
+            routing_key=queue,
+            raw_message=item.decode("utf-8", "replace")[:100_000],
+            exception_type="kombu.exceptions.DecodeError",
+            exception_message=error,
+        )
+        try:
+            dead_letters.dead_letter_record_safely(failure)
+        except (BrokerOperationalError, OSError):
+            # Postgres and the broker are both out of reach: the bytes survive in the log alone.
+            log.critical("dead_letter.lost", queue=queue, raw_base64=base64.b64encode(item).decode())
+
+
+class Transport(kombu_redis.Transport):
+    Channel = Channel

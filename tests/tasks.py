@@ -1,0 +1,91 @@
+"""Tasks that exist only for the tests, loaded by test workers with ``--include=tests.tasks``.
+
+Each records what happened to it in Redis (the test's own database), so a test can assert on the runs a
+worker made without sharing memory with it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import redis
+from celery import current_app, shared_task
+
+from observability.errors import PermanentError, TransientError
+from observability.tasks import ObservableTask
+
+
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(current_app.conf.broker_url)
+
+
+def runs(token: str) -> list[float]:
+    """Start times of the runs of the task called with ``token``."""
+    return [float(t) for t in _redis().lrange(f"test:runs:{token}", 0, -1)]  # type: ignore[union-attr]
+
+
+def _record_run(token: str) -> int:
+    return int(_redis().rpush(f"test:runs:{token}", time.time()))  # type: ignore[arg-type]
+
+
+@shared_task(
+    base=ObservableTask,
+    name="tests.flaky",
+    max_retries=3,
+    retry_backoff_base_seconds=0.3,
+    retry_backoff_max_seconds=5.0,
+)
+def flaky(token: str, failures: int) -> int:
+    """Fails with a transient error on its first ``failures`` runs, then returns its run number."""
+    run = _record_run(token)
+    if run <= failures:
+        raise TransientError(f"transient failure {run} of {failures}")
+    return run
+
+
+@shared_task(name="tests.permanent")
+def permanent(token: str) -> None:
+    _record_run(token)
+    raise PermanentError("this input can never work")
+
+
+@shared_task(base=ObservableTask, name="tests.sleeper", soft_time_limit=1, time_limit=2)
+def sleeper(token: str, seconds: float) -> str:
+    """Stuck where the soft limit cannot reach it (the soft-limit signal is ignored, as in a C call),
+    so only the hard limit ends it."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    _record_run(token)
+    time.sleep(seconds)
+    return "woke up"
+
+
+@shared_task(name="tests.kills_its_worker")
+def kills_its_worker(token: str) -> None:
+    """Dies like an OOM kill: SIGKILL to its own process, every time."""
+    _record_run(token)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@shared_task(name="tests.slow_once")
+def slow_once(token: str) -> int:
+    """First run publishes its pid and hangs (a test kills it); later runs return their run number."""
+    run = _record_run(token)
+    if run == 1:
+        _redis().set(f"test:pid:{token}", os.getpid())
+        time.sleep(60)
+    return run
+
+
+@shared_task(name="tests.echo")
+def echo(token: str) -> str:
+    _record_run(token)
+    return token
+
+
+@shared_task(base=ObservableTask, name="tests.overlapping", singleton=True)
+def overlapping(token: str, seconds: float) -> str:
+    _record_run(token)
+    time.sleep(seconds)
+    return "ran"

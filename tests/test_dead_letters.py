@@ -1,0 +1,275 @@
+"""Every failure ends retried, succeeded or dead-lettered - never lost, never looping. Real worker
+processes, real Redis, real Postgres."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from datetime import timedelta
+
+import pytest
+from celery.result import AsyncResult
+from django.conf import settings
+from django.core.management import call_command
+from django.utils import timezone
+
+from observability.errors import PermanentError
+from observability.models import DeadLetter, DeadLetterReplay
+from tests import tasks
+from tests.conftest import ROOT, wait_for
+from tests.tcp_proxy import TcpProxy
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+
+def token() -> str:
+    return uuid.uuid4().hex
+
+
+def dead_letter_of(task_id: str, timeout: float = 20):
+    return wait_for(
+        lambda: DeadLetter.objects.filter(task_id=task_id).first(), timeout=timeout, what=f"dead letter of {task_id}"
+    )
+
+
+@pytest.mark.usefixtures("celery_worker")
+class TestRetriesAndTerminalFailures:
+    def test_transient_failures_retry_then_succeed(self):
+        """A task failing transiently twice (max_retries 3) succeeds on its third run; no dead letter."""
+        t = token()
+        assert tasks.flaky.delay(t, 2).get(timeout=20) == 3
+        assert not DeadLetter.objects.exists()
+
+    def test_retries_used_up_end_as_one_entry_after_growing_delays(self):
+        """Always failing transiently: exactly max_retries retries with growing delays, then one
+        ``max_retries_exceeded`` entry."""
+        t = token()
+        result = tasks.flaky.delay(t, 100)
+        entry = dead_letter_of(result.id)
+
+        starts = tasks.runs(t)
+        assert len(starts) == 1 + tasks.flaky.max_retries
+        delays = [b - a for a, b in itertools.pairwise(starts)]
+        floors = [tasks.flaky.retry_backoff_base_seconds * 2**n / 2 for n in range(len(delays))]
+        assert all(delay >= floor for delay, floor in zip(delays, floors, strict=True)), delays
+        assert all(later > earlier - 0.05 for earlier, later in itertools.pairwise(delays)), delays
+        assert (entry.reason, entry.retries, entry.status) == ("max_retries_exceeded", 3, "pending")
+        assert entry.exception_type == "observability.errors.TransientError"
+        assert entry.args == [t, 100]
+        assert "TransientError" in entry.traceback
+        assert DeadLetter.objects.count() == 1
+
+    def test_permanent_error_is_dead_lettered_at_once(self):
+        """A permanent error: one entry, zero retries, one run."""
+        t = token()
+        entry = dead_letter_of(tasks.permanent.delay(t).id)
+        assert (entry.reason, entry.retries) == ("non_retryable_error", 0)
+        assert entry.exception_type == "observability.errors.PermanentError"
+        assert entry.exception_message == "this input can never work"
+        assert (entry.queue, entry.routing_key) == ("celery", "celery")
+        assert entry.headers["task"] == "tests.permanent"
+        assert len(entry.fingerprint) == 16
+        assert len(tasks.runs(t)) == 1
+
+    def test_hard_time_limit_records_and_the_worker_goes_on(self):
+        """A run killed at its hard time limit becomes one ``time_limit_exceeded`` entry; the worker keeps
+        serving."""
+        t = token()
+        entry = dead_letter_of(tasks.sleeper.delay(t, 30).id)
+        assert entry.reason == "time_limit_exceeded"
+        assert entry.exception_type == "billiard.exceptions.TimeLimitExceeded"
+        assert entry.failure_count == 1
+        assert tasks.echo.delay("after").get(timeout=15) == "after"
+        assert DeadLetter.objects.count() == 1
+
+    def test_a_poison_message_is_quarantined_after_max_deliveries(self):
+        """A task that kills its worker process every time runs ``max_deliveries`` times, then its next
+        delivery becomes one ``poison_message`` entry instead of a run; the worker goes on."""
+        t = token()
+        entry = dead_letter_of(tasks.kills_its_worker.delay(t).id, timeout=60)
+        assert entry.reason == "poison_message"
+        assert entry.delivery_count == settings.DEAD_LETTER_MAX_DELIVERIES + 1
+        assert len(tasks.runs(t)) == settings.DEAD_LETTER_MAX_DELIVERIES
+        assert tasks.echo.delay("next").get(timeout=20) == "next"
+        assert DeadLetter.objects.count() == 1
+
+    def test_a_task_whose_worker_process_is_killed_runs_again_and_completes(self, redis_client):
+        """SIGKILL to the child running a task: the message is requeued and the task completes."""
+        t = token()
+        result = tasks.slow_once.delay(t)
+        pid = int(wait_for(lambda: redis_client.get(f"test:pid:{t}"), what="the task to start"))
+        os.kill(pid, signal.SIGKILL)
+        assert result.get(timeout=30) == 2
+        assert not DeadLetter.objects.exists()
+
+    def test_unknown_task_and_garbage_become_entries_and_the_worker_survives(self, redis_client):
+        """An unregistered task name and bytes that are not a message, pushed straight into the queue,
+        each become one entry; the next valid task runs."""
+        from marketplace.celery import app
+
+        unknown = app.send_task("no.such.task", args=[1], kwargs={"a": 2})
+        redis_client.lpush("celery", b"{this is not json")
+        redis_client.lpush("celery", json.dumps({"body": "bm90IGEgdGFzaw==", "headers": {}, "properties": {}}))
+
+        assert tasks.echo.delay("alive").get(timeout=20) == "alive"
+        entry = dead_letter_of(unknown.id)
+        assert (entry.reason, entry.task_name, entry.args, entry.kwargs) == (
+            "unregistered_task", "no.such.task", [1], {"a": 2},
+        )  # fmt: skip
+        garbage = wait_for(
+            lambda: (
+                list(DeadLetter.objects.filter(reason="undecodable_message").order_by("id"))
+                if DeadLetter.objects.filter(reason="undecodable_message").count() == 2
+                else None
+            ),
+            what="two undecodable entries",
+        )
+        assert garbage[0].raw_message == "{this is not json"
+        assert "delivery_tag" in garbage[1].exception_message
+
+
+def test_database_down_while_dead_lettering_loses_nothing(start_worker, worker_env):
+    """The worker's database goes away as a task fails for good: the entry is deferred to the broker and
+    written once the database is back."""
+    db = settings.DATABASES["default"]
+    proxy = TcpProxy(target_port=int(db["PORT"] or 5432))
+    proxy.start()
+    url = f"postgres://{db['USER']}@127.0.0.1:{proxy.port}/{db['NAME']}"
+    worker = start_worker("-Q", "db-outage", env={"DATABASE_URL": url})
+    proxy.cut()
+    t = token()
+    result = tasks.permanent.apply_async((t,), queue="db-outage")
+
+    wait_for(lambda: "record_dead_letter" in worker.log() and "Retry in" in worker.log(), timeout=30,
+             what="the deferred record to fail once while the database is down")  # fmt: skip
+    assert not DeadLetter.objects.filter(task_id=result.id).exists()
+    proxy.start()
+
+    entry = dead_letter_of(result.id, timeout=60)
+    assert entry.reason == "non_retryable_error"
+    assert len(tasks.runs(t)) == 1
+
+
+class TestReplay:
+    @pytest.mark.usefixtures("celery_worker")
+    def test_a_replayed_entry_runs_and_succeeds(self):
+        """Replaying an entry publishes its task under a new id, which succeeds; the history says so."""
+        t = token()
+        failed = tasks.flaky.delay(t, 4)  # 4 failing runs: 1 + 3 retries
+        entry = dead_letter_of(failed.id)
+
+        call_command("dlq", "replay", str(entry.pk), "--operator", "alice")
+
+        entry.refresh_from_db()
+        replay = DeadLetterReplay.objects.get(dead_letter=entry)
+        assert entry.status == "replayed"
+        assert (replay.operator, replay.queue) == ("alice", "celery")
+        assert AsyncResult(replay.new_task_id).get(timeout=20) == 5
+        assert replay.new_task_id != failed.id
+
+    def test_two_concurrent_replays_publish_each_entry_once(self, redis_client, worker_env):
+        """Two operators run ``dlq replay --all`` at once: every entry is published exactly once."""
+        queue = f"replay-{token()}"
+        # A task the command's own process registers (it does not load the test tasks).
+        _entries(300, queue=queue, task_name="promotions.tasks.deliver_notification_batch", args=[])
+        command = [sys.executable, "manage.py", "dlq", "replay", "--all"]
+        runs = [subprocess.Popen(command, cwd=ROOT, env=worker_env, stdout=subprocess.PIPE, text=True)
+                for _ in range(2)]  # fmt: skip
+        outputs = [run.communicate(timeout=120)[0] for run in runs]
+
+        assert all(run.returncode == 0 for run in runs)
+        published = [json.loads(m)["headers"]["id"] for m in redis_client.lrange(queue, 0, -1)]
+        assert len(published) == len(set(published)) == 300
+        assert DeadLetterReplay.objects.count() == 300
+        assert not DeadLetter.objects.filter(status="pending").exists()
+        assert sum(int(o.strip().rsplit("Published ", 1)[1].split()[0]) for o in outputs) == 300
+
+    def test_rate_caps_publishing_speed(self):
+        """``--rate 50`` publishes 100 entries at 50 per second, within 5%."""
+        _entries(100, queue=f"rate-{token()}")
+        call_command("dlq", "replay", "--all", "--rate", "50")
+
+        times = sorted(DeadLetterReplay.objects.values_list("replayed_at", flat=True))
+        rate = (len(times) - 1) / (times[-1] - times[0]).total_seconds()
+        assert 50 * 0.95 <= rate <= 50 * 1.05, rate
+
+    def test_dry_run_changes_nothing(self, redis_client, capsys):
+        """``--dry-run`` prints what would be published and publishes, marks and records nothing."""
+        queue = f"dry-{token()}"
+        _entries(5, queue=queue)
+        call_command("dlq", "replay", "--all", "--dry-run")
+
+        assert "Would publish 5 task(s)" in capsys.readouterr().out
+        assert redis_client.llen(queue) == 0
+        assert DeadLetter.objects.filter(status="pending").count() == 5
+        assert not DeadLetterReplay.objects.exists()
+
+    def test_replayed_entries_are_published_again_only_with_again(self, redis_client):
+        """An entry already replayed is skipped by ``--all`` and published again with ``--again``."""
+        queue = f"again-{token()}"
+        (entry,) = _entries(1, queue=queue)
+        call_command("dlq", "replay", str(entry.pk))
+        call_command("dlq", "replay", "--all")
+        assert redis_client.llen(queue) == 1
+        call_command("dlq", "replay", str(entry.pk), "--again")
+        assert redis_client.llen(queue) == 2
+
+    def test_unregistered_tasks_are_not_replayed(self, redis_client, capsys):
+        """Only tasks this code base registers are published."""
+        queue = f"unregistered-{token()}"
+        _entries(1, queue=queue, task_name="no.such.task")
+        call_command("dlq", "replay", "--all")
+        assert redis_client.llen(queue) == 0
+        assert "is not registered" in capsys.readouterr().err
+
+
+def _entries(
+    count: int, *, queue: str, task_name: str = "tests.echo", args: list[object] | None = None
+) -> list[DeadLetter]:
+    now = timezone.now()
+    return DeadLetter.objects.bulk_create(
+        DeadLetter(
+            dedup_key=uuid.uuid4().hex, task_id=uuid.uuid4().hex, task_name=task_name, reason="non_retryable_error",
+            args=[f"replayed-{n}"] if args is None else args, queue=queue, routing_key=queue,
+            headers={"x-custom": "kept"},
+            exception_type="observability.errors.PermanentError", fingerprint="f" * 16,
+            first_failed_at=now, last_failed_at=now,
+        )
+        for n in range(count)
+    )  # fmt: skip
+
+
+class TestGuardRails:
+    def test_a_worker_refuses_to_start_when_a_time_limit_reaches_the_visibility_timeout(self, worker_env):
+        """With a visibility timeout below the tasks' 300 s hard limit the worker exits naming them."""
+        env = {**worker_env, "CELERY_BROKER_VISIBILITY_TIMEOUT_SECONDS": "120"}
+        worker = subprocess.run(
+            [sys.executable, "-m", "celery", "-A", "marketplace", "worker", "--concurrency=1"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert worker.returncode != 0
+        assert "refusing to start" in worker.stderr
+        assert "promotions.tasks.check_active_promos: time_limit 300 s reaches the visibility timeout" in worker.stderr
+
+    def test_a_countdown_beyond_the_visibility_timeout_is_refused_at_publish(self):
+        """Publishing with a countdown the broker would not hold is an error, not a silent double run."""
+        with pytest.raises(PermanentError, match="visibility timeout"):
+            tasks.echo.apply_async(("late",), countdown=settings.CELERY_BROKER_VISIBILITY_TIMEOUT_SECONDS)
+        with pytest.raises(PermanentError, match="would run twice"):
+            tasks.echo.apply_async(("late",), eta=timezone.now() + timedelta(days=1))
+
+    @pytest.mark.usefixtures("celery_worker")
+    def test_overlapping_runs_of_a_singleton_task_never_execute_together(self):
+        """Two runs of a periodic (singleton) task at once: one runs, the other records that it skipped."""
+        t = token()
+        first = tasks.overlapping.delay(t, 3)
+        wait_for(lambda: tasks.runs(t), what="the first run to start")
+        second = tasks.overlapping.delay(t, 3)
+        assert second.get(timeout=20) == {"skipped": 1}
+        assert first.get(timeout=20) == "ran"
+        assert len(tasks.runs(t)) == 1
