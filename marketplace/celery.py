@@ -14,3 +14,5 @@ app = Celery("marketplace", task_cls="observability.tasks:ObservableTask")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 app.steps["worker"].add("observability.guards:VisibilityTimeoutGuard")
+
+import observability.wiring  # noqa: E402, F401 - connects logging, Sentry and telemetry to Celery's signals

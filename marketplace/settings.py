@@ -111,6 +111,8 @@ CELERY_WORKER_MAX_TASKS_PER_CHILD = env_int("CELERY_WORKER_MAX_TASKS_PER_CHILD",
 CELERY_WORKER_LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
 CELERY_WORKER_TASK_LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s][%(task_name)s(%(task_id)s)] %(message)s"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Queue of tasks published without a route (every task of the project); one name per environment is common.
+CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_TASK_DEFAULT_QUEUE", "celery")
 # Lets `celery -A marketplace control pool_restart` reload the children (the seed's soft restart).
 CELERY_WORKER_POOL_RESTARTS = True
 # Redis transport and consumer that dead-letter what Celery would drop: undecodable bytes, envelopes
@@ -128,30 +130,36 @@ CHECK_PROMOS_INTERVAL_SECONDS = 60.0
 CLEANUP_INTERVAL_SECONDS = 3600.0
 NOTIFICATION_QUEUE_INTERVAL_SECONDS = 30.0
 
+
+def _every(seconds: float, task: str, key: str, *, expires: float | None = None) -> tuple[str, dict[str, object]]:
+    # The x-schedule-entry header names the entry in check-ins and in the beat last-success gauge.
+    options = {"expires": expires or seconds, "headers": {"x-schedule-entry": key}}
+    return key, {"task": task, "schedule": seconds, "options": options}
+
+
 # Keys and intervals are the seed's. Each message expires after one interval: after an outage, beat's
 # backlog of ticks must not run one after another; the next tick does the same work anyway.
-CELERY_BEAT_SCHEDULE = {
-    "check-flash-promos-every-minute": {
-        "task": "promotions.tasks.check_active_promos",
-        "schedule": CHECK_PROMOS_INTERVAL_SECONDS,
-        "options": {"expires": CHECK_PROMOS_INTERVAL_SECONDS},
-    },
-    "cleanup-expired-promos-every-hour": {
-        "task": "promotions.tasks.cleanup_expired_promos",
-        "schedule": CLEANUP_INTERVAL_SECONDS,
-        "options": {"expires": CLEANUP_INTERVAL_SECONDS},
-    },
-    "process-notification-queue-every-30s": {
-        "task": "promotions.tasks.process_notification_queue",
-        "schedule": NOTIFICATION_QUEUE_INTERVAL_SECONDS,
-        "options": {"expires": NOTIFICATION_QUEUE_INTERVAL_SECONDS},
-    },
-    "purge-expired-dead-letters-daily": {
-        "task": "observability.tasks.purge_expired_dead_letters",
-        "schedule": 86_400.0,
-        "options": {"expires": 3600.0},
-    },
-}
+CELERY_BEAT_SCHEDULE = dict(
+    [
+        _every(
+            CHECK_PROMOS_INTERVAL_SECONDS, "promotions.tasks.check_active_promos", "check-flash-promos-every-minute"
+        ),
+        _every(
+            CLEANUP_INTERVAL_SECONDS, "promotions.tasks.cleanup_expired_promos", "cleanup-expired-promos-every-hour"
+        ),
+        _every(
+            NOTIFICATION_QUEUE_INTERVAL_SECONDS,
+            "promotions.tasks.process_notification_queue",
+            "process-notification-queue-every-30s",
+        ),
+        _every(
+            86_400.0,
+            "observability.tasks.purge_expired_dead_letters",
+            "purge-expired-dead-letters-daily",
+            expires=3600.0,
+        ),
+    ]
+)
 
 # --- Dead letters -------------------------------------------------------------------------------------------
 # A message whose execution killed its worker this many times is quarantined instead of run again.
@@ -196,10 +204,23 @@ DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "promos@marketplace.local")
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
     raise ImproperlyConfigured(f"LOG_LEVEL={LOG_LEVEL!r} must be DEBUG, INFO, WARNING, ERROR or CRITICAL.")
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": CELERY_WORKER_LOG_FORMAT}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
-}
+# auto: JSON lines when stderr is not a terminal, readable lines on a terminal.
+LOG_FORMAT = env_str("LOG_FORMAT", "auto")
+if LOG_FORMAT not in {"auto", "json", "console"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r} must be auto, json or console.")
+# Keys whose values never reach a log line or a Sentry event (secrets are always redacted too).
+LOG_REDACT_KEYS = env_list("LOG_REDACT_KEYS", ["email", "recipient", "phone", "address"])
+# observability.logging configures stdlib logging and structlog together, for Django and Celery alike.
+LOGGING_CONFIG = None
+
+# --- Telemetry ----------------------------------------------------------------------------------------------
+# OpenTelemetry is configured by the standard OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT turns export on;
+# OTEL_SERVICE_NAME overrides marketplace-<role>). Without an endpoint, no provider is installed: zero cost.
+OTEL_EXPORTER_OTLP_ENDPOINT = env_str("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+OTEL_METRIC_EXPORT_INTERVAL_MILLIS = env_int("OTEL_METRIC_EXPORT_INTERVAL", 15_000, minimum=100)
+# Gauges the worker's main process measures (once per worker, not in every child).
+TELEMETRY_GAUGES = ["observability.gauges.register", "promotions.metrics.register_gauges"]
+
+# --- Sentry -------------------------------------------------------------------------------------------------
+SENTRY_DSN = env_str("SENTRY_DSN", "")
+SENTRY_ENVIRONMENT = env_str("SENTRY_ENVIRONMENT", "development" if DEBUG else "production")

@@ -10,4 +10,4 @@ class ObservabilityConfig(AppConfig):
     def ready(self) -> None:
         from observability import logging as obs_logging
 
-        obs_logging.configure_structlog()
+        obs_logging.configure_logging()

@@ -13,7 +13,7 @@ from celery.worker.consumer import Consumer
 from kombu.exceptions import OperationalError as BrokerOperationalError
 from kombu.message import Message
 
-from observability import dead_letters
+from observability import dead_letters, telemetry
 from observability.models import DeadLetterReason
 
 __all__ = ["DeadLetteringConsumer", "failure_from_message"]
@@ -50,10 +50,12 @@ def failure_from_message(
 
 
 def _record(message: Message, reason: DeadLetterReason, error: str, exception_type: str) -> bool:
+    failure = failure_from_message(message, reason, error, exception_type)
     try:
-        dead_letters.dead_letter_record_safely(failure_from_message(message, reason, error, exception_type))
+        dead_letters.dead_letter_record_safely(failure)
     except (BrokerOperationalError, OSError):
         return False
+    telemetry.task_outcome_in_main(failure.task_name, failure.queue, "rejected", exception_type.rsplit(".")[-1], None)
     return True
 
 

@@ -25,6 +25,7 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerOperationalError
 
+from observability import sentry, telemetry
 from observability.models import DeadLetter, DeadLetterReplay, DeadLetterStatus
 
 __all__ = [
@@ -49,8 +50,6 @@ PROTOCOL_HEADERS = frozenset(
 )  # fmt: skip
 #: Header naming the dead letter a replayed task comes from.
 REPLAY_OF_HEADER = "x-dead-letter-replay-of"
-#: Header carrying the trace id of the failure a replayed task comes from (for a span link).
-REPLAY_TRACE_HEADER = "x-dead-letter-trace-id"
 #: Countdown before a record that could not be written is tried again from the record task.
 DEFERRED_RECORD_COUNTDOWN_SECONDS = 5
 
@@ -152,13 +151,17 @@ def dead_letter_record_safely(failure: Failure) -> DeadLetter | None:
         task_id=failure.task_id,
         reason=failure.reason,
         exception_type=failure.exception_type,
+        trace_id=failure.trace_id or None,
     )
+    telemetry.dead_letter_created(failure.task_name, failure.reason)
+    sentry.report_dead_letter(failure, entry.pk)
     return entry
 
 
 @dataclass
 class ReplayResult:
     published: list[tuple[int, str]] = field(default_factory=list)
+    task_names: list[str] = field(default_factory=list)
     skipped: dict[int, str] = field(default_factory=dict)
 
 
@@ -208,12 +211,15 @@ def dead_letters_replay(
                 if not dry_run:
                     replays.append(_publish(entry, new_id=new_id, queue=queue, operator=operator))
                 result.published.append((entry.pk, new_id))
+                result.task_names.append(entry.task_name)
                 if on_progress:
                     on_progress(1)
             DeadLetterReplay.objects.bulk_create(replays)
             DeadLetter.objects.filter(pk__in=[r.dead_letter_id for r in replays]).update(
                 status=DeadLetterStatus.REPLAYED
             )
+    if not dry_run:
+        telemetry.dead_letters_replayed(result.task_names)
     for entry_id, new_id in result.published:
         log.info(
             "dead_letter.replayed", dead_letter_id=entry_id, new_task_id=new_id, operator=operator, dry_run=dry_run
@@ -231,8 +237,8 @@ def _pace(started: float, published: int, rate: float) -> None:
 def _publish(entry: DeadLetter, *, new_id: str, queue: str | None, operator: str) -> DeadLetterReplay:
     headers = {k: v for k, v in entry.headers.items() if k not in PROTOCOL_HEADERS}
     headers[REPLAY_OF_HEADER] = entry.pk
-    if entry.trace_id:
-        headers[REPLAY_TRACE_HEADER] = entry.trace_id
+    if entry.headers.get("traceparent"):
+        headers[telemetry.REPLAY_TRACEPARENT_HEADER] = entry.headers["traceparent"]
     target_queue = queue or entry.queue or None
     current_app.send_task(
         entry.task_name,
@@ -260,5 +266,6 @@ def dead_letters_purge(entries: QuerySet[DeadLetter], *, reason: str) -> dict[st
     """Delete ``entries``; returns the counts by status and logs them (purging is never silent)."""
     counts = {row["status"]: row["n"] for row in entries.order_by().values("status").annotate(n=Count("id"))}
     entries.delete()
+    telemetry.dead_letters_purged(counts)
     log.warning("dead_letters.purged", reason=reason, total=sum(counts.values()), **counts)
     return counts

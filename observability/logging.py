@@ -1,27 +1,327 @@
-"""structlog configuration: events with key/value context, rendered through stdlib logging.
+"""Logging: structlog events and stdlib records (Django, Celery, kombu) through one processor chain, one handler.
 
-Tasks and services log events (``log.info("promo.activated", promo_id=...)``); the handlers and formats
-come from stdlib logging (Celery's worker formats in the worker, Django's ``LOGGING`` elsewhere).
+The contract, for whoever reads the lines:
+
+- ``configure_logging()`` gives the root logger one stream handler (stderr by default). Off a terminal each
+  line is a JSON object: ``timestamp`` (ISO 8601, UTC), ``level``, ``logger``, ``process`` (``MainProcess``,
+  ``ForkPoolWorker-1``), ``event`` (a stdlib record's message), then every bound and event key, and
+  ``exception`` (the formatted traceback) when there is one. On a terminal the lines follow Celery's formats:
+  ``[asctime: LEVEL/process] event key=value ...``, with ``[task_name(task_id)]`` after the brackets inside a
+  task.
+- Inside a task (``bind_task_context``) every line carries ``task_name``, ``task_id`` and ``retries``; inside
+  a valid OpenTelemetry span it carries ``trace_id`` and ``span_id`` (hex).
+- Values of secret-like keys (any key containing ``password``, ``token``, ``secret``, ...) and of the PII keys
+  of ``settings.LOG_REDACT_KEYS`` become ``"[redacted]"``, at any depth; objects the caller passed are never
+  mutated. ``redact_mapping`` applies the same rule elsewhere (Sentry events).
+- Records carry no caller (file, line, function): no line shows it, and finding it costs a stack walk per line.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any, TextIO
+
 import structlog
+from django.conf import settings
+from opentelemetry.trace import get_current_span
+from structlog.typing import EventDict, Processor, WrappedLogger
 
-__all__ = ["configure_structlog"]
+__all__ = [
+    "REDACTED",
+    "bind_task_context",
+    "clear_task_context",
+    "configure_logging",
+    "redact_mapping",
+]
+
+#: What a redacted value becomes.
+REDACTED = "[redacted]"
+#: A key containing one of these (case-insensitive, ``-`` read as ``_``) holds a secret: ``EMAIL_HOST_PASSWORD``,
+#: ``x-api-token``, ``AWS_SECRET_ACCESS_KEY``.
+SECRET_KEY_PARTS = (
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "authorization",
+    "api_key",
+    "apikey",
+    "dsn",
+    "cookie",
+    "sessionid",
+    "secret_key",
+    "access_key",
+)
+_FORMATS = ("auto", "json", "console")
+_TASK_KEYS = ("task_name", "task_id", "retries")
+# Values that hold no keys: the redaction walk stops at once (an exact type check, cheaper than isinstance).
+_ATOMS = frozenset({str, int, float, bool, type(None)})
+# Containers nested deeper than this are left as they are (and a self-referencing one does not loop).
+_MAX_DEPTH = 16
 
 
-def configure_structlog() -> None:
-    """Route structlog through stdlib logging, with context variables merged into every event."""
+class _Redactor:
+    """Replaces the values of sensitive keys; remembers its verdict for each key it has seen."""
+
+    def __init__(self, pii_keys: list[str]) -> None:
+        self._pii = frozenset(_normalise(key) for key in pii_keys)
+        self._verdicts: dict[str, bool] = {}
+
+    def is_sensitive(self, key: str) -> bool:
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            normal = _normalise(key)
+            verdict = normal in self._pii or any(part in normal for part in SECRET_KEY_PARTS)
+            if len(self._verdicts) > 4096:  # keys are mostly a fixed vocabulary; bound the odd dynamic ones
+                self._verdicts.clear()
+            self._verdicts[key] = verdict
+        return verdict
+
+    def redact_in_place(self, event_dict: EventDict) -> None:
+        """Redact ``event_dict``'s own values; nested containers are copied only where something changes."""
+        for key, value in event_dict.items():
+            if self.is_sensitive(key):
+                event_dict[key] = REDACTED
+            elif type(value) not in _ATOMS:
+                event_dict[key] = self.redacted(value, 1)
+
+    def redacted(self, value: Any, depth: int) -> Any:
+        """``value`` with sensitive entries replaced: ``value`` itself when nothing is, else a new container."""
+        if type(value) in _ATOMS or depth > _MAX_DEPTH:
+            return value
+        if isinstance(value, Mapping):
+            copy: dict[Any, Any] | None = None
+            for key, item in value.items():
+                new = REDACTED if isinstance(key, str) and self.is_sensitive(key) else self.redacted(item, depth + 1)
+                if new is not item:
+                    if copy is None:
+                        copy = dict(value)
+                    copy[key] = new
+            return value if copy is None else copy
+        if isinstance(value, list | tuple):
+            items: list[Any] | None = None
+            for index, item in enumerate(value):
+                new = self.redacted(item, depth + 1)
+                if new is not item:
+                    if items is None:
+                        items = list(value)
+                    items[index] = new
+            if items is None:
+                return value
+            return tuple(items) if isinstance(value, tuple) else items
+        return value
+
+
+def _normalise(key: str) -> str:
+    return key.lower().replace("-", "_")
+
+
+# The redactor follows settings.LOG_REDACT_KEYS (override_settings included): rebuilt when the list changes.
+_redactor: tuple[object, _Redactor] | None = None
+
+
+def _current_redactor() -> _Redactor:
+    global _redactor
+    keys = settings.LOG_REDACT_KEYS
+    cached = _redactor
+    if cached is None or cached[0] is not keys:
+        cached = _redactor = (keys, _Redactor(list(keys)))
+    return cached[1]
+
+
+def redact_mapping(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``mapping`` with the values of secret-like and PII keys replaced by ``REDACTED``, at any depth.
+
+    ``mapping`` and what it contains are left untouched; unchanged nested containers are shared, not copied.
+    """
+    copy = dict(mapping)
+    _current_redactor().redact_in_place(copy)
+    return copy
+
+
+def bind_task_context(*, task_name: str, task_id: str, retries: int) -> None:
+    """Carry the running task on every line this context logs, until ``clear_task_context``."""
+    structlog.contextvars.bind_contextvars(task_name=task_name, task_id=task_id, retries=retries)
+
+
+def clear_task_context() -> None:
+    """Forget everything bound to this context: the task's keys and whatever its code bound during the run.
+
+    The next task that runs in this process (prefork child or thread) starts from a clean context.
+    """
+    structlog.contextvars.clear_contextvars()
+
+
+# --- Processors ---------------------------------------------------------------------------------------------
+
+
+def _redact_event(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    _current_redactor().redact_in_place(event_dict)
+    return event_dict
+
+
+def _add_trace_context(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    context = get_current_span().get_span_context()
+    if context.is_valid and "trace_id" not in event_dict:
+        event_dict["trace_id"] = format(context.trace_id, "032x")
+        event_dict["span_id"] = format(context.span_id, "016x")
+    return event_dict
+
+
+# Run when the line is emitted, for structlog events and stdlib records alike; the renderer runs in the handler.
+# These are module-level objects, so every configure_logging() builds an identical chain: loggers cached by
+# an earlier call (cache_logger_on_first_use) behave exactly like new ones.
+_SHARED_PROCESSORS: tuple[Processor, ...] = (
+    structlog.contextvars.merge_contextvars,
+    _add_trace_context,
+    _redact_event,
+    structlog.processors.format_exc_info,
+)
+
+
+class _UtcTimestamps:
+    """ISO 8601 UTC timestamps with microseconds; the formatted second is reused (most lines share it)."""
+
+    def __init__(self) -> None:
+        self._last: tuple[int, str] = (-1, "")
+
+    def __call__(self, created: float) -> str:
+        second = int(created)
+        last = self._last
+        if last[0] != second:
+            last = self._last = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        return f"{last[1]}.{int((created - second) * 1_000_000):06d}Z"
+
+
+def _json_fallback(value: object) -> str:
+    return str(value)
+
+
+class _JsonRenderer:
+    """One JSON object per line; the header keys come first and come from the stdlib record."""
+
+    _HEADER = frozenset({"timestamp", "level", "logger", "process", "event"})
+
+    def __init__(self) -> None:
+        self._timestamps = _UtcTimestamps()
+        # One encoder for all lines: json.dumps with options builds a new one per call (~2 us).
+        self._encoder = json.JSONEncoder(default=_json_fallback, separators=(",", ":"))
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> str:
+        record: logging.LogRecord = event_dict.pop("_record")
+        event_dict.pop("_from_structlog", None)
+        line = {
+            "timestamp": self._timestamps(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "process": record.processName,
+            "event": event_dict.pop("event", ""),
+        }
+        if self._HEADER.isdisjoint(event_dict):
+            line.update(event_dict)
+        else:  # an event key named like a header key does not replace the header
+            for key, value in event_dict.items():
+                line.setdefault(key, value)
+        return self._encoder.encode(line)
+
+
+_LEVEL_COLOURS = {
+    "DEBUG": "\x1b[34m",
+    "INFO": "\x1b[32m",
+    "WARNING": "\x1b[33m",
+    "ERROR": "\x1b[31m",
+    "CRITICAL": "\x1b[1;31m",
+}
+_DIM, _RESET = "\x1b[2m", "\x1b[0m"
+
+
+class _ConsoleRenderer:
+    """Celery's worker formats (``CELERY_WORKER_LOG_FORMAT``, ``..._TASK_LOG_FORMAT``) with key=value pairs."""
+
+    def __init__(self, *, colours: bool) -> None:
+        self._colours = colours
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> str:
+        record: logging.LogRecord = event_dict.pop("_record")
+        event_dict.pop("_from_structlog", None)
+        event = event_dict.pop("event", "")
+        exception = event_dict.pop("exception", None)
+        asctime = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created)) + f",{int(record.msecs):03d}"
+        level = record.levelname
+        if self._colours:
+            level = f"{_LEVEL_COLOURS.get(level, '')}{level}{_RESET}"
+        line = f"[{asctime}: {level}/{record.processName}]"
+        if "task_name" in event_dict and "task_id" in event_dict:
+            line += f"[{event_dict.pop('task_name')}({event_dict.pop('task_id')})]"
+        line += f" {event}"
+        for key, value in event_dict.items():
+            text = value if isinstance(value, str) and value and " " not in value else repr(value)
+            line += f" {_DIM}{key}={_RESET}{text}" if self._colours else f" {key}={text}"
+        if exception:
+            line += f"\n{exception}"
+        return line
+
+
+# --- Configuration ------------------------------------------------------------------------------------------
+
+
+class _StructlogHandler(logging.StreamHandler[TextIO]):
+    """The handler ``configure_logging`` installs: marked by its class, so a second call replaces it."""
+
+
+def configure_logging(*, level: str | int | None = None, fmt: str | None = None, stream: TextIO | None = None) -> None:
+    """Send structlog events and stdlib records to ``stream`` through one processor chain; safe to call again.
+
+    ``level`` (a name or a number: Celery's ``setup_logging`` signal passes a number) defaults to
+    ``settings.LOG_LEVEL``; ``fmt`` (``auto``, ``json`` or ``console``) to ``settings.LOG_FORMAT``, where
+    ``auto`` means JSON unless ``stream`` is a terminal; ``stream`` to ``sys.stderr``. A second call replaces
+    the handler of the first; handlers installed by others (pytest's capture, Sentry) are left alone.
+    """
+    numeric_level = _numeric_level(settings.LOG_LEVEL if level is None else level)
+    fmt = settings.LOG_FORMAT if fmt is None else fmt
+    if fmt not in _FORMATS:
+        raise ValueError(f"fmt={fmt!r} must be one of {', '.join(_FORMATS)}")
+    stream = sys.stderr if stream is None else stream
+    tty = stream.isatty()
+    renderer: Processor = (
+        _JsonRenderer() if fmt == "json" or (fmt == "auto" and not tty) else _ConsoleRenderer(colours=tty)
+    )
+
+    handler = _StructlogHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(processors=[renderer], foreign_pre_chain=list(_SHARED_PROCESSORS))
+    )
+    root = logging.getLogger()
+    for previous in [h for h in root.handlers if isinstance(h, _StructlogHandler)]:
+        root.removeHandler(previous)
+        previous.close()
+    root.addHandler(handler)
+    root.setLevel(numeric_level)
+    # No line shows the caller (file, line, function) and finding it walks the stack for every record:
+    # 6.4 us of a 35.5 us JSON line from structlog, 3.3 of 27.7 from stdlib (timeit, dev container).
+    # The switch is process-wide, as the logging HOWTO's "Optimization" section documents it.
+    logging._srcfile = None
+
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
             structlog.stdlib.filter_by_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(sort_keys=False),
+            *_SHARED_PROCESSORS,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+
+
+def _numeric_level(level: str | int) -> int:
+    if isinstance(level, int):
+        return level
+    try:
+        return logging.getLevelNamesMapping()[level.upper()]
+    except KeyError:
+        raise ValueError(f"level={level!r} is not a logging level name") from None

@@ -8,6 +8,8 @@ unacknowledged. (Poison messages are quarantined earlier, by ``observability.str
 
 from __future__ import annotations
 
+import time
+
 import structlog
 from billiard.einfo import ExceptionInfo, ExceptionWithTraceback  # type: ignore[attr-defined]
 from billiard.exceptions import WorkerLostError
@@ -16,7 +18,7 @@ from celery.worker import state
 from celery.worker.request import Request
 from kombu.exceptions import OperationalError as BrokerOperationalError
 
-from observability import dead_letters
+from observability import dead_letters, telemetry
 from observability.errors import ErrorKind, classify
 from observability.models import DeadLetterReason
 from observability.strategy import DELIVERY_COUNT_HEADER
@@ -67,6 +69,9 @@ class ObservableRequest(Request):
         ):
             state.task_ready(self)
             return
+        if isinstance(exc, WorkerLostError):
+            # The child died mid-run and reported nothing: count the run here (it will be redelivered).
+            self._count_outcome("failed", "WorkerLostError")
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
     def on_timeout(self, soft: bool, timeout: float) -> None:
@@ -81,7 +86,14 @@ class ObservableRequest(Request):
                 self._unrecorded_timeout = True
                 state.task_ready(self)
                 return
+            self._count_outcome("dead_lettered", "TimeLimitExceeded")
         super().on_timeout(soft, timeout)
+
+    def _count_outcome(self, outcome: str, error_type: str) -> None:
+        started = self.time_start
+        duration = time.time() - started if started else None
+        queue = (self.delivery_info or {}).get("routing_key") or ""
+        telemetry.task_outcome_in_main(self.name, queue, outcome, error_type, duration)
 
     @property
     def retries(self) -> int:

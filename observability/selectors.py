@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Count, Min, QuerySet
+from django.db.models import Count, Min, Q, QuerySet
 from django.utils import timezone
 
 from observability.models import DeadLetter, DeadLetterStatus
@@ -40,8 +40,9 @@ def dead_letters_filter(criteria: DeadLetterFilter) -> QuerySet[DeadLetter]:
     if criteria.reason:
         entries = entries.filter(reason=criteria.reason)
     if criteria.exception:
+        # A class name or a dotted path, matched on whole path segments only.
         name = criteria.exception
-        entries = entries.filter(exception_type__endswith=name if "." in name else f".{name}")
+        entries = entries.filter(Q(exception_type=name) | Q(exception_type__endswith=f".{name}"))
     if criteria.status:
         entries = entries.filter(status=criteria.status)
     if criteria.since:

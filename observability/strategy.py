@@ -18,7 +18,7 @@ from kombu.exceptions import OperationalError as BrokerOperationalError
 from kombu.message import Message
 from redis.exceptions import RedisError
 
-from observability import dead_letters, delivery_counter
+from observability import dead_letters, delivery_counter, telemetry
 from observability.consumer import failure_from_message
 from observability.models import DeadLetterReason
 
@@ -66,4 +66,5 @@ def _quarantine(message: Message, deliveries: int, max_deliveries: int) -> None:
         dead_letters.dead_letter_record_safely(failure)
     except (BrokerOperationalError, OSError):
         return  # neither Postgres nor the broker took it: leave the message unacknowledged
+    telemetry.task_outcome_in_main(failure.task_name, failure.queue, "rejected", "PoisonMessage", None)
     message.ack()

@@ -12,12 +12,14 @@ models are imported inside the task bodies.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 from celery import shared_task
 from celery.contrib.django.task import DjangoTask
+from celery.exceptions import Retry
 from django.conf import settings
 from django.utils import timezone
 
@@ -28,6 +30,10 @@ __all__ = ["ObservableTask", "purge_expired_dead_letters", "record_dead_letter"]
 
 log = structlog.get_logger(__name__)
 
+#: Header beat puts on the messages of each schedule entry (see CELERY_BEAT_SCHEDULE): the entry's key.
+SCHEDULE_ENTRY_HEADER = "x-schedule-entry"
+#: What a singleton run returns when another run holds the lock.
+SKIPPED = object()
 # Compare-and-delete: a run releases the singleton lock only if it still holds it.
 _RELEASE_LOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
@@ -57,9 +63,33 @@ class ObservableTask(DjangoTask):  # type: ignore[type-arg]
     singleton: bool = False
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self.singleton and self.request.called_directly is False:
-            return self._run_alone(*args, **kwargs)
-        return self._run_with_retry_policy(*args, **kwargs)
+        if self.request.called_directly:
+            return super().__call__(*args, **kwargs)
+        from observability import telemetry
+        from observability.gauges import record_beat_success
+        from observability.sentry import monitor_periodic_run
+
+        run = telemetry.task_started(self.name, self.request)
+        schedule_entry = self.request.__dict__.get(SCHEDULE_ENTRY_HEADER)
+        # A failure that escapes is terminal: the request records it as a dead letter.
+        outcome = "dead_lettered"
+        error: BaseException | None = None
+        try:
+            with monitor_periodic_run(schedule_entry) if schedule_entry else nullcontext():
+                run_body = self._run_alone if self.singleton else self._run_with_retry_policy
+                result = run_body(*args, **kwargs)
+            outcome = "skipped" if result is SKIPPED else "succeeded"
+            if schedule_entry:
+                record_beat_success(schedule_entry)
+            return {"skipped": 1} if result is SKIPPED else result
+        except Retry as exc:
+            outcome, error = "retried", exc.exc
+            raise
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            telemetry.task_finished(run, outcome, error)
 
     def _run_with_retry_policy(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -79,7 +109,7 @@ class ObservableTask(DjangoTask):  # type: ignore[type-arg]
         run_id = str(self.request.id)
         if not client.set(key, run_id, nx=True, ex=int(self.time_limit or 300)):
             log.warning("task.skipped", task_name=self.name, reason="a previous run is still in progress")
-            return {"skipped": 1}
+            return SKIPPED
         try:
             return self._run_with_retry_policy(*args, **kwargs)
         finally:

@@ -76,7 +76,8 @@ class Channel(kombu_redis.Channel):
         self._dead_letter(item, queue, error)
 
     def _dead_letter(self, item: bytes, queue: str, error: str) -> None:
-        from observability import dead_letters  # the transport loads before Django's app registry
+        # The transport loads before Django's app registry is ready.
+        from observability import dead_letters, telemetry
 
         failure = dead_letters.Failure(
             reason="undecodable_message",
@@ -88,6 +89,7 @@ class Channel(kombu_redis.Channel):
         )
         try:
             dead_letters.dead_letter_record_safely(failure)
+            telemetry.task_outcome_in_main("", queue, "rejected", "DecodeError", None)
         except (BrokerOperationalError, OSError):
             # Postgres and the broker are both out of reach: the bytes survive in the log alone.
             log.critical("dead_letter.lost", queue=queue, raw_base64=base64.b64encode(item).decode())

@@ -67,7 +67,7 @@ class ConsoleBackend:
             log.info(
                 "notification.delivered",
                 notification_id=message.notification_id,
-                recipient=mask_email(message.recipient),
+                recipient_masked=mask_email(message.recipient),
                 subject=message.subject,
                 idempotency_key=message.idempotency_key,
             )

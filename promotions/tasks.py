@@ -12,6 +12,7 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
+from observability import telemetry
 from observability.tasks import ObservableTask
 from promotions import notifications, selectors, services
 from promotions.services import PromoSyncResult
@@ -34,7 +35,7 @@ def check_active_promos() -> dict[str, int]:
     before the next sweep, so promos go live on time rather than on the next minute."""
     now = timezone.now()
     result = services.promos_sync_state(now=now)
-    _publish_delivery(result)
+    _after_sync(result)
     transitions = services.promos_claim_upcoming_transitions(now=now)
     for transition in transitions:
         sync_promo.apply_async((transition.promo_id,), eta=transition.due_at)
@@ -49,7 +50,7 @@ def sync_promo(promo_id: int) -> dict[str, int]:
     """
     now = timezone.now()
     result = services.promos_sync_state(now=now, promo_id=promo_id)
-    _publish_delivery(result)
+    _after_sync(result)
     starts_at = selectors.promo_pending_start(promo_id=promo_id)
     if starts_at is not None and starts_at > now:
         sync_promo.apply_async((promo_id,), eta=starts_at)
@@ -68,7 +69,9 @@ def process_notification_queue() -> dict[str, int]:
 @shared_task
 def deliver_notification_batch() -> dict[str, int]:
     """Deliver one batch of due notifications (claimed with SKIP LOCKED, so batches run side by side)."""
-    return notifications.notifications_deliver_batch(now=timezone.now()).summary()
+    result = notifications.notifications_deliver_batch(now=timezone.now())
+    telemetry.notifications_delivered(channel=settings.NOTIFICATION_BACKEND, sent=result.sent, failed=result.failed)
+    return result.summary()
 
 
 @shared_task(base=ObservableTask, singleton=True)
@@ -77,7 +80,8 @@ def cleanup_expired_promos() -> dict[str, int]:
     return services.promos_cleanup_finished(now=timezone.now())
 
 
-def _publish_delivery(result: PromoSyncResult) -> None:
+def _after_sync(result: PromoSyncResult) -> None:
+    telemetry.promos_synced(result.activation_lags_seconds, ended=len(result.ended) + len(result.skipped))
     # Delivery starts at once; the 30 s queue sweep only catches stragglers and retries.
     _publish_batches(result.notifications_queued)
 

@@ -177,7 +177,9 @@ class Command(BaseCommand):
             raise CommandError("Name what to replay: entry IDs, --all, or filters (--task, --reason, ...).")
         if all and not criteria.is_empty:
             raise CommandError("--all replays every pending entry: do not combine it with IDs or filters.")
-        if criteria.status and criteria.status != DeadLetterStatus.PENDING and not again:
+        if criteria.status == DeadLetterStatus.DISCARDED:
+            raise CommandError("Discarded entries are never replayed.")
+        if criteria.status == DeadLetterStatus.REPLAYED and not again:
             raise CommandError("Only pending entries are replayed; add --again to replay replayed ones.")
         entries = dead_letters_filter(criteria)
         total = entries.count() if options["limit"] is None else min(entries.count(), options["limit"])
@@ -198,15 +200,19 @@ class Command(BaseCommand):
             self.stdout.write(f"{verb} dead letter {entry_id} as task {new_id}")
         for entry_id, why in result.skipped.items():
             self.stderr.write(f"Skipped dead letter {entry_id}: {why}")
+        handled = {entry_id for entry_id, _ in result.published} | set(result.skipped)
+        for entry_id, status in DeadLetter.objects.filter(pk__in=set(ids) - handled).values_list("pk", "status"):
+            hint = " (add --again)" if status == DeadLetterStatus.REPLAYED else ""
+            self.stderr.write(f"Skipped dead letter {entry_id}: it is {status}{hint}")
         self.stdout.write(f"{verb} {len(result.published)} task(s); skipped {len(result.skipped)}.")
 
     def _purge(self, *, ids: list[int], older_than: timedelta | None, status: str | None, **options: Any) -> None:
-        if not (ids or older_than or status):
+        if not ids and older_than is None and status is None:
             raise CommandError("Name what to purge: entry IDs, --older-than DURATION or --status S.")
         entries: QuerySet[DeadLetter] = DeadLetter.objects.all()
         if ids:
             entries = entries.filter(pk__in=ids)
-        if older_than:
+        if older_than is not None:
             entries = entries.filter(last_failed_at__lt=timezone.now() - older_than)
         if status:
             entries = entries.filter(status=status)

@@ -1,0 +1,367 @@
+"""OpenTelemetry traces and metrics, set up per process and correct under prefork.
+
+- ``setup(role)`` builds this process's providers with a resource naming the role (web, worker, beat, cli)
+  and a per-process ``service.instance.id``; export goes over OTLP, configured by the standard ``OTEL_*``
+  variables. Without ``OTEL_EXPORTER_OTLP_ENDPOINT`` nothing is installed and every hook is a no-op.
+- Worker children call it after fork (``worker_process_init``) and ``shutdown()`` flushes before a child
+  exits (``worker_process_shutdown``), so nothing is lost when ``max_tasks_per_child`` recycles it. The
+  worker's main process uses a metric reader that stays silent in forked children (no duplicate series).
+- Providers are kept here, not installed globally: a child can rebuild them after fork, which the global
+  API forbids.
+- Task runs get one CONSUMER span (``run/<task>``, OpenTelemetry messaging attributes, parent from the
+  message's W3C ``traceparent``; a replayed dead letter links to its original trace), the task metrics of
+  ``observability.metric_names`` and one summary log line.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import structlog
+from django.conf import settings
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.metrics import Meter, NoOpMeterProvider
+from opentelemetry.propagate import extract, inject
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+
+from observability import metric_names as m
+from observability.logging import bind_task_context, clear_task_context
+
+__all__ = [
+    "PUBLISHED_AT_HEADER",
+    "REPLAY_TRACEPARENT_HEADER",
+    "TaskRun",
+    "current",
+    "dead_letter_created",
+    "dead_letters_purged",
+    "dead_letters_replayed",
+    "notifications_delivered",
+    "on_publish",
+    "promos_synced",
+    "setup",
+    "shutdown",
+    "task_finished",
+    "task_outcome_in_main",
+    "task_started",
+]
+
+log = structlog.get_logger("observability.task")
+
+#: Header the producer sets: publish time (unix seconds), for the queue-wait histogram.
+PUBLISHED_AT_HEADER = "x-published-at"
+#: Header of a replayed dead letter: the ``traceparent`` of the failed message, for a span link.
+REPLAY_TRACEPARENT_HEADER = "x-dead-letter-traceparent"
+
+_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+_LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+
+
+class _SilentInForkedChildReader(PeriodicExportingMetricReader):
+    """The worker main process's reader: a forked child inherits the object but must never export the
+    parent's numbers under the parent's identity, so the export thread is not restarted after fork."""
+
+    def _at_fork_reinit(self) -> None:
+        return None
+
+
+@dataclass
+class _Instruments:
+    published: Any
+    started: Any
+    finished: Any
+    duration: Any
+    queue_wait: Any
+    dead_letters_created: Any
+    dead_letters_replayed: Any
+    dead_letters_purged: Any
+    activation_lag: Any
+    promos_activated: Any
+    promos_ended: Any
+    notifications_sent: Any
+    notifications_failed: Any
+
+    @classmethod
+    def create(cls, meter: Meter) -> _Instruments:
+        counter, histogram = meter.create_counter, meter.create_histogram
+        return cls(
+            published=counter(m.TASKS_PUBLISHED, unit="{task}", description="Task messages published"),
+            started=counter(m.TASKS_STARTED, unit="{task}", description="Task runs started"),
+            finished=counter(m.TASKS_FINISHED, unit="{task}", description="Task runs finished, by outcome"),
+            duration=histogram(m.TASK_DURATION, unit="s", description="Task run duration, every outcome"),
+            queue_wait=histogram(m.TASK_QUEUE_WAIT, unit="s", description="Publish (or ETA) to start"),
+            dead_letters_created=counter(m.DEAD_LETTERS_CREATED, unit="{entry}", description="Dead letters"),
+            dead_letters_replayed=counter(m.DEAD_LETTERS_REPLAYED, unit="{entry}", description="Replays"),
+            dead_letters_purged=counter(m.DEAD_LETTERS_PURGED, unit="{entry}", description="Purged entries"),
+            activation_lag=histogram(m.PROMO_ACTIVATION_LAG, unit="s", description="activated_at - starts_at"),
+            promos_activated=counter(m.PROMOS_ACTIVATED, unit="{promo}", description="Promos activated"),
+            promos_ended=counter(m.PROMOS_ENDED, unit="{promo}", description="Promos ended"),
+            notifications_sent=counter(m.NOTIFICATIONS_SENT, unit="{notification}", description="Delivered"),
+            notifications_failed=counter(m.NOTIFICATIONS_FAILED, unit="{notification}", description="Gave up"),
+        )
+
+
+@dataclass
+class Telemetry:
+    """This process's telemetry: a tracer (no-op when off), the instruments, and what to flush."""
+
+    pid: int
+    role: str
+    tracing: bool
+    tracer: trace.Tracer
+    instruments: _Instruments
+    providers: list[Any] = field(default_factory=list)
+
+
+_current: Telemetry | None = None
+
+
+def _resource(role: str) -> Resource:
+    return Resource.create(
+        {
+            "service.name": os.environ.get("OTEL_SERVICE_NAME") or f"marketplace-{role}",
+            "service.namespace": "marketplace",
+            # Unique per process: each prefork child is a separate source of cumulative series.
+            "service.instance.id": f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}",
+            "deployment.environment.name": settings.SENTRY_ENVIRONMENT,
+        }
+    )
+
+
+def _views() -> list[View]:
+    return [
+        View(instrument_name=m.TASK_DURATION, aggregation=ExplicitBucketHistogramAggregation(_SECONDS_BUCKETS)),
+        View(instrument_name=m.TASK_QUEUE_WAIT, aggregation=ExplicitBucketHistogramAggregation(_WAIT_BUCKETS)),
+        View(instrument_name=m.PROMO_ACTIVATION_LAG, aggregation=ExplicitBucketHistogramAggregation(_LAG_BUCKETS)),
+    ]
+
+
+def setup(
+    role: str,
+    *,
+    fork_safe_metrics: bool = False,
+    gauges: Iterable[Callable[[Meter], None]] = (),
+    instrument: Callable[[TracerProvider], None] | None = None,
+) -> Telemetry:
+    """Build this process's providers (again after a fork). ``fork_safe_metrics`` for a process that
+    forks children later (the worker's main process); ``gauges`` register observable gauges;
+    ``instrument`` installs library instrumentations against the tracer provider."""
+    global _current
+    endpoint = settings.OTEL_EXPORTER_OTLP_ENDPOINT or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    if not endpoint:
+        _current = _off(role)
+        return _current
+
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    resource = _resource(role)
+    tracer_provider = TracerProvider(resource=resource)
+    tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    reader_cls = _SilentInForkedChildReader if fork_safe_metrics else PeriodicExportingMetricReader
+    reader: MetricReader = reader_cls(
+        OTLPMetricExporter(), export_interval_millis=settings.OTEL_METRIC_EXPORT_INTERVAL_MILLIS
+    )
+    meter_provider = MeterProvider(resource=resource, metric_readers=[reader], views=_views())
+    meter = meter_provider.get_meter("marketplace")
+    for register in gauges:
+        register(meter)
+    if instrument is not None:
+        instrument(tracer_provider)
+    _current = Telemetry(
+        pid=os.getpid(),
+        role=role,
+        tracing=True,
+        tracer=tracer_provider.get_tracer("marketplace"),
+        instruments=_Instruments.create(meter),
+        providers=[tracer_provider, meter_provider],
+    )
+    return _current
+
+
+def current() -> Telemetry:
+    """This process's telemetry; a process that never set it up (or a fork of one) gets no-op hooks."""
+    global _current
+    if _current is None or _current.pid != os.getpid():
+        _current = _off("process")
+    return _current
+
+
+def _off(role: str) -> Telemetry:
+    meter = NoOpMeterProvider().get_meter("marketplace")
+    return Telemetry(os.getpid(), role, False, trace.NoOpTracer(), _Instruments.create(meter))
+
+
+def shutdown() -> None:
+    """Flush and stop this process's providers (before a worker child exits)."""
+    state = _current
+    if state is None or state.pid != os.getpid():
+        return
+    for provider in state.providers:
+        provider.shutdown()
+
+
+# --- Producer --------------------------------------------------------------------------------------------------
+def on_publish(headers: dict[str, Any], task_name: str, queue: str) -> None:
+    """Before a task message leaves: propagate the current trace and stamp the publish time."""
+    state = current()
+    headers[PUBLISHED_AT_HEADER] = time.time()
+    if state.tracing:
+        inject(headers)
+    state.instruments.published.add(1, {"task": task_name, "queue": queue})
+
+
+# --- Task runs (worker child) ------------------------------------------------------------------------------------
+@dataclass
+class TaskRun:
+    task_name: str
+    attributes: dict[str, str]
+    started: float
+    queue_wait: float | None
+    span: trace.Span
+    token: object
+
+
+def _queue_wait(request: Any, now: float) -> float | None:
+    published_at = _header(request, PUBLISHED_AT_HEADER)
+    if published_at is None:
+        return None
+    ready_at = float(published_at)
+    if request.eta:
+        # A deliberate delay (ETA, countdown, retry backoff) is not waiting in the queue.
+        eta = request.eta if isinstance(request.eta, datetime) else datetime.fromisoformat(str(request.eta))
+        ready_at = max(ready_at, eta.timestamp())
+    return max(now - ready_at, 0.0)
+
+
+def _header(request: Any, name: str) -> Any:
+    # Celery puts a protocol-2 message's headers, custom ones included, into the request's attributes.
+    return request.__dict__.get(name)
+
+
+def _links(request: Any) -> list[Link] | None:
+    traceparent = _header(request, REPLAY_TRACEPARENT_HEADER)
+    if not traceparent:
+        return None
+    span_context = trace.get_current_span(extract({"traceparent": traceparent})).get_span_context()
+    return [Link(span_context, {"dead_letter.replay_of": str(_header(request, "x-dead-letter-replay-of"))})]
+
+
+def task_started(task_name: str, request: Any) -> TaskRun:
+    """Start the run's span, bind its log context and count it."""
+    state = current()
+    now = time.time()
+    queue = (request.delivery_info or {}).get("routing_key") or "celery"
+    attributes = {"task": task_name, "queue": queue}
+    span: trace.Span = trace.INVALID_SPAN
+    token: object = None
+    if state.tracing:
+        parent = extract(request.__dict__) if _header(request, "traceparent") else None
+        span = state.tracer.start_span(
+            f"run/{task_name}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            links=_links(request),
+            attributes={
+                "messaging.system": "celery",
+                "messaging.operation.type": "process",
+                "messaging.operation.name": "run",
+                "messaging.destination.name": queue,
+                "messaging.message.id": str(request.id),
+                "celery.action": "run",
+                "celery.task_name": task_name,
+                "celery.retries": int(request.retries or 0),
+            },
+        )
+        token = otel_context.attach(trace.set_span_in_context(span))
+    bind_task_context(task_name=task_name, task_id=str(request.id), retries=int(request.retries or 0))
+    state.instruments.started.add(1, attributes)
+    wait = _queue_wait(request, now)
+    if wait is not None:
+        state.instruments.queue_wait.record(wait, attributes)
+    return TaskRun(task_name, attributes, time.perf_counter(), wait, span, token)
+
+
+def task_finished(run: TaskRun, outcome: str, error: BaseException | None = None) -> None:
+    """Record the run's outcome and duration, end its span, log the summary line, unbind the context."""
+    state = current()
+    duration = time.perf_counter() - run.started
+    error_type = type(error).__name__ if error is not None else ""
+    state.instruments.finished.add(1, {**run.attributes, "outcome": outcome, "error_type": error_type})
+    # Recorded while the span is current, so the histogram sample carries it as an exemplar.
+    state.instruments.duration.record(duration, {**run.attributes, "outcome": outcome})
+    log.info(
+        "task.finished",
+        outcome=outcome,
+        duration_ms=round(duration * 1000, 3),
+        queue_wait_ms=None if run.queue_wait is None else round(run.queue_wait * 1000, 3),
+        error_type=error_type or None,
+    )
+    clear_task_context()
+    if run.token is not None:
+        run.span.set_attribute("celery.outcome", outcome)
+        if error is not None and outcome != "retried":
+            run.span.set_attribute("error.type", error_type)
+            run.span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
+        run.span.end()
+        otel_context.detach(run.token)  # type: ignore[arg-type]
+
+
+# --- Outcomes decided in the worker's main process ------------------------------------------------------------
+def task_outcome_in_main(task_name: str, queue: str, outcome: str, error_type: str, duration: float | None) -> None:
+    """Count a run whose end the child could not report (killed at its time limit, worker lost, rejected)."""
+    instruments = current().instruments
+    attributes = {"task": task_name or "(unknown)", "queue": queue or "celery"}
+    instruments.finished.add(1, {**attributes, "outcome": outcome, "error_type": error_type})
+    if duration is not None:
+        instruments.duration.record(duration, {**attributes, "outcome": outcome})
+
+
+def dead_letter_created(task_name: str, reason: str) -> None:
+    current().instruments.dead_letters_created.add(1, {"task": task_name or "(none)", "reason": reason})
+
+
+def dead_letters_replayed(task_names: Iterable[str]) -> None:
+    counter = current().instruments.dead_letters_replayed
+    for name in task_names:
+        counter.add(1, {"task": name})
+
+
+def dead_letters_purged(counts: Mapping[str, int]) -> None:
+    counter = current().instruments.dead_letters_purged
+    for status, count in counts.items():
+        counter.add(count, {"status": status})
+
+
+# --- Domain -------------------------------------------------------------------------------------------------------
+def promos_synced(activation_lags_seconds: Iterable[float], ended: int) -> None:
+    instruments = current().instruments
+    lags = list(activation_lags_seconds)
+    for lag in lags:
+        instruments.activation_lag.record(lag)
+    if lags:
+        instruments.promos_activated.add(len(lags))
+    if ended:
+        instruments.promos_ended.add(ended)
+
+
+def notifications_delivered(*, channel: str, sent: int, failed: int) -> None:
+    instruments = current().instruments
+    if sent:
+        instruments.notifications_sent.add(sent, {"channel": channel})
+    if failed:
+        instruments.notifications_failed.add(failed, {"channel": channel})

@@ -1,0 +1,84 @@
+"""Per-process set-up of logging, Sentry and OpenTelemetry, hooked to Celery's signals and to the web
+process's start. Imported by ``marketplace.celery`` (every role) and ``marketplace.wsgi`` (web).
+
+    web      configure at import of the WSGI app: Django, psycopg and Redis instrumented
+    worker   main process at worker_init: gauges, a metric reader that stays silent in forked children
+             each pool child at worker_process_init (after fork): its own providers, psycopg and Redis
+             instrumented; flushed at worker_process_shutdown, so recycled children lose nothing
+    beat     at beat_init
+    producer before_task_publish: trace context and publish time go into the message headers
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import signals
+from django.conf import settings
+from django.utils.module_loading import import_string
+from opentelemetry.sdk.trace import TracerProvider
+
+from observability import logging as obs_logging
+from observability import sentry, telemetry
+
+__all__ = ["setup_web"]
+
+
+def _instrument_clients(tracer_provider: TracerProvider) -> None:
+    from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+    PsycopgInstrumentor().instrument(tracer_provider=tracer_provider, skip_dep_check=True)
+    RedisInstrumentor().instrument(tracer_provider=tracer_provider)
+
+
+def _instrument_web(tracer_provider: TracerProvider) -> None:
+    from opentelemetry.instrumentation.django import DjangoInstrumentor
+
+    DjangoInstrumentor().instrument(tracer_provider=tracer_provider)
+    _instrument_clients(tracer_provider)
+
+
+def setup_web() -> None:
+    """Called by ``marketplace.wsgi`` before the WSGI application is built."""
+    sentry.init_sentry(role="web")
+    telemetry.setup("web", instrument=_instrument_web)
+
+
+@signals.setup_logging.connect
+def _configure_logging(loglevel: Any = None, **kwargs: Any) -> None:
+    # Connected, so Celery leaves the root logger to us: one structlog chain for every role.
+    # Celery passes the worker's --loglevel (an int); without the flag, LOG_LEVEL applies.
+    obs_logging.configure_logging(level=loglevel or None)
+
+
+@signals.worker_init.connect
+def _worker_main_process(**kwargs: Any) -> None:
+    sentry.init_sentry(role="worker")
+    gauges = [import_string(path) for path in settings.TELEMETRY_GAUGES]
+    telemetry.setup("worker", fork_safe_metrics=True, gauges=gauges)
+
+
+@signals.worker_process_init.connect
+def _worker_child(**kwargs: Any) -> None:
+    sentry.init_sentry(role="worker")
+    telemetry.setup("worker", instrument=_instrument_clients)
+
+
+@signals.worker_process_shutdown.connect
+def _worker_child_exit(**kwargs: Any) -> None:
+    telemetry.shutdown()
+
+
+@signals.beat_init.connect
+def _beat(**kwargs: Any) -> None:
+    sentry.init_sentry(role="beat")
+    telemetry.setup("beat")
+
+
+@signals.before_task_publish.connect
+def _before_publish(
+    sender: str | None = None, headers: dict[str, Any] | None = None, routing_key: str = "", **kw: Any
+) -> None:
+    if headers is not None:
+        telemetry.on_publish(headers, sender or "", routing_key or "")
