@@ -46,6 +46,8 @@ PROTOCOL_HEADERS = frozenset(
         "lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries", "timelimit",
         "root_id", "parent_id", "argsrepr", "kwargsrepr", "origin", "ignore_result", "replaced_task_nesting",
         "stamped_headers", "stamps", "redelivered", "traceparent", "tracestate",
+        # Added by Sentry's Celery integration to each published message: a replay gets fresh ones.
+        "sentry-trace", "baggage", "sentry-task-enqueued-time", "headers",
     }
 )  # fmt: skip
 #: Header naming the dead letter a replayed task comes from.
@@ -143,6 +145,7 @@ def dead_letter_record_safely(failure: Failure) -> DeadLetter | None:
         except (BrokerOperationalError, OSError) as broker_exc:
             log.critical("dead_letter.unrecorded", task_id=failure.task_id, error=str(broker_exc))
             raise
+        sentry.report_dead_letter(failure, None)  # tagged "deferred": the entry has no id yet
         return None
     log.warning(
         "dead_letter.recorded",
