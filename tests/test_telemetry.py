@@ -12,9 +12,11 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
+from django.utils import timezone
 
 from observability.models import DeadLetter
 from tests import tasks
@@ -239,3 +241,26 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def test_domain_metrics_and_rejections_are_recorded(observed_worker, otlp):
+    """A due promo's activation records its lag and count; a delivery batch counts what it sent; a message
+    for an unknown task counts as rejected by the worker's main process."""
+    from marketplace.celery import app
+    from promotions.tasks import check_active_promos, deliver_notification_batch
+    from tests.factories import ProductFactory, PromoFactory, SubscriptionFactory
+
+    product = ProductFactory()
+    SubscriptionFactory.create_batch(3, product=product)
+    PromoFactory(product=product, starts_at=timezone.now() - timedelta(seconds=2))
+    check_active_promos.apply_async(queue="observed").get(timeout=20)
+    deliver_notification_batch.apply_async(queue="observed").get(timeout=20)
+    app.send_task("no.such.task", queue="observed")
+
+    wait_for(lambda: otlp.total("promotions.activation_lag") >= 1, what="the activation lag histogram")
+    assert otlp.total("promotions.activated") >= 1
+    wait_for(lambda: otlp.total("notifications.sent", channel="email") >= 3, what="the sent counter")
+    wait_for(lambda: otlp.total("celery.tasks.finished", task="no.such.task", outcome="rejected") == 1,
+             what="the rejected outcome")  # fmt: skip
+    backlog = wait_for(lambda: otlp.latest("notifications.backlog"), what="the notification backlog gauge")
+    assert {p.attributes["status"] for p in backlog} == {"pending", "sending"}

@@ -26,7 +26,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from tqdm import tqdm
 
-from observability import dead_letters
+from observability import dead_letters, telemetry
 from observability.models import DeadLetter, DeadLetterReason, DeadLetterStatus
 from observability.selectors import DeadLetterFilter, dead_letters_filter, dead_letters_stats
 
@@ -119,7 +119,12 @@ class Command(BaseCommand):
         parser.add_argument("--until", type=parse_time, help="Last failed before T (ISO time or 2h, 7d).")
 
     def handle(self, *args: Any, subcommand: str, **options: Any) -> None:
-        getattr(self, f"_{subcommand}")(**options)
+        # Replays and purges are counted (dead_letters.replayed / .purged) and flushed before exit.
+        telemetry.setup("cli")
+        try:
+            getattr(self, f"_{subcommand}")(**options)
+        finally:
+            telemetry.shutdown()
 
     # --- list / show / stats ------------------------------------------------------------------------------
     def _list(self, *, limit: int, json: bool, **options: Any) -> None:

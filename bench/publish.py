@@ -1,0 +1,57 @@
+"""Producer process of the task benchmarks: ``python -m bench.publish`` prints one JSON object.
+
+Run as a subprocess so bare and instrumented producers start equal: the instrumented one sets up telemetry
+(``observability.telemetry.setup("bench")``, OTLP endpoint in its environment) so ``before_task_publish``
+injects the trace headers; the bare one disconnects the project's publish hook altogether.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from bench.harness import setup_django
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--variant", choices=["bare", "observable"], required=True)
+    parser.add_argument("--count", type=int, required=True, help="Messages to publish.")
+    parser.add_argument("--rate", type=float, default=0.0, help="Messages per second (0: as fast as possible).")
+    parser.add_argument("--stamp", action="store_true", help="Pass the publish time as the task's argument.")
+    args = parser.parse_args(argv)
+
+    setup_django()
+    from celery import signals
+
+    from bench.tasks import bare_noop, observable_noop
+    from observability import telemetry, wiring
+
+    if args.variant == "bare":
+        signals.before_task_publish.disconnect(wiring._before_publish)
+        task = bare_noop
+    else:
+        telemetry.setup("bench")
+        task = observable_noop
+    task.delay()  # opens the broker connection and warms the producer up; the drain step counts it
+    started = time.perf_counter()
+    interval = 1 / args.rate if args.rate else 0.0
+    for index in range(args.count):
+        if interval:
+            due = started + index * interval
+            pause = due - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+        if args.stamp:
+            task.delay(time.time())
+        else:
+            task.delay()
+    elapsed = time.perf_counter() - started
+    telemetry.shutdown()
+    json.dump({"count": args.count, "seconds": elapsed, "per_second": args.count / elapsed}, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,315 @@
+"""``python -m bench.run``: run the benchmarks, print a table, write ``bench/results/latest.json``.
+
+Task benchmarks alternate bare and instrumented runs (A/B, order swapped each repeat) and report medians
+with min-max; goals are ratios, so absolute drift of the machine cancels out. Nothing asserts on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.harness import RESULTS, Sink, Summary, setup_django
+
+SECTIONS = ("throughput", "latency", "sweep", "notifications", "lag", "dead_letters", "memory")
+
+
+@dataclass
+class Row:
+    measure: str
+    result: str
+    goal: str
+    met: bool | None
+
+    @property
+    def verdict(self) -> str:
+        return "-" if self.met is None else ("met" if self.met else "MISSED")
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="Smoke run (~2 min): small sizes for everything.")
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"Comma-separated sections: {', '.join(SECTIONS)}.")
+    parser.add_argument("--repeats", type=int, default=3, help="A/B repeats of each task benchmark (default 3).")
+    parser.add_argument("--tasks", type=int, help="Messages per throughput run (default 10000; quick 2000).")
+    parser.add_argument("--latency-rate", type=float, default=200.0, help="Tasks per second (default 200).")
+    parser.add_argument("--latency-seconds", type=float, help="Seconds of publishing per run (default 10; quick 4).")
+    parser.add_argument("--promos", help="Comma-separated promo table sizes (default 10000,100000; 1000000 works).")
+    parser.add_argument("--notifications", type=int, help="Pending notifications (default 100000; quick 10000).")
+    parser.add_argument("--lag-promos", type=int, help="Promos with staggered starts (default 200; quick 50).")
+    parser.add_argument("--lag-spread", type=float, help="Seconds the starts spread over (default 20; quick 6).")
+    parser.add_argument("--dead-letters", type=int, help="Dead letters for the listing (default 100000; quick 20000).")
+    parser.add_argument("--replay", type=int, help="Entries of the unthrottled replay (default 5000; quick 1000).")
+    parser.add_argument("--replay-rate", type=float, default=500.0, help="Asked --rate (default 500/s).")
+    parser.add_argument("--rate-count", type=int, help="Entries of the paced replay (default 2000; quick 500).")
+    parser.add_argument("--memory", help="Comma-separated cumulative task counts (default 10000,50000).")
+    parser.add_argument("--output", type=Path, default=RESULTS / "latest.json", help="Where the JSON goes.")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    defaults: dict[str, Any] = {
+        "tasks": 2000 if quick else 10000,
+        "latency_seconds": 4.0 if quick else 10.0,
+        "promos": "10000" if quick else "10000,100000",
+        "notifications": 10000 if quick else 100000,
+        "lag_promos": 50 if quick else 200,
+        "lag_spread": 6.0 if quick else 20.0,
+        "dead_letters": 20000 if quick else 100000,
+        "replay": 1000 if quick else 5000,
+        "rate_count": 500 if quick else 2000,
+        "memory": "2000,10000" if quick else "10000,50000",
+    }
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    unknown = set(args.only.split(",")) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    return args
+
+
+def _fmt(summary: Summary, unit: str = "", digits: int = 0) -> str:
+    return f"{summary.median:,.{digits}f}{unit} ({summary.low:,.{digits}f}-{summary.high:,.{digits}f})"
+
+
+def _alternate(repeats: int, run: Callable[[str, str], Any]) -> dict[str, list[Any]]:
+    """Run ``run(variant, tag)`` for both variants, order swapped every repeat."""
+    results: dict[str, list[Any]] = {"bare": [], "observable": []}
+    for repeat in range(repeats):
+        order = ("bare", "observable") if repeat % 2 == 0 else ("observable", "bare")
+        for variant in order:
+            results[variant].append(run(variant, str(repeat)))
+            print(f"  {variant} #{repeat + 1}: {results[variant][-1]}", flush=True)
+    return results
+
+
+def bench_throughput(args: argparse.Namespace, sink: Sink, rows: list[Row], out: dict[str, Any]) -> None:
+    from bench.throughput import throughput_run
+
+    runs = _alternate(args.repeats, lambda v, tag: throughput_run(v, sink, args.tasks, tag))
+    e2e = {v: Summary.of([r.end_to_end_per_second for r in runs[v]]) for v in runs}
+    pub = {v: Summary.of([r.publish_per_second for r in runs[v]]) for v in runs}
+    # Pairwise ratios of the runs made side by side, then their median.
+    e2e_ratio = Summary.of(
+        [o.end_to_end_per_second / b.end_to_end_per_second for b, o in zip(runs["bare"], runs["observable"])]
+    )
+    pub_ratio = Summary.of(
+        [o.publish_per_second / b.publish_per_second for b, o in zip(runs["bare"], runs["observable"])]
+    )
+    lines = {v: [r.summary_lines for r in runs[v]] for v in runs}
+    out["throughput"] = {
+        "tasks_per_run": args.tasks,
+        "end_to_end_per_second": {v: s.to_json() for v, s in e2e.items()},
+        "end_to_end_ratio": e2e_ratio.to_json(),
+        "publish_per_second": {v: s.to_json() for v, s in pub.items()},
+        "publish_ratio": pub_ratio.to_json(),
+        "summary_log_lines": lines,
+        "sink_requests": dict(sink.requests),
+    }
+    rows += [
+        Row("1. e2e tasks/s, bare celery.Task", _fmt(e2e["bare"]), "", None),
+        Row("1. e2e tasks/s, ObservableTask (all on)", _fmt(e2e["observable"]), "", None),
+        Row("1. e2e ratio observable/bare", _fmt(e2e_ratio, digits=2), ">= 0.90", e2e_ratio.median >= 0.9),
+        Row("2. publish .delay()/s, bare", _fmt(pub["bare"]), "", None),
+        Row("2. publish .delay()/s, instrumented", _fmt(pub["observable"]), "", None),
+        Row("2. publish ratio", _fmt(pub_ratio, digits=2), ">= 0.90", pub_ratio.median >= 0.9),
+    ]
+
+
+def bench_latency(args: argparse.Namespace, sink: Sink, rows: list[Row], out: dict[str, Any]) -> None:
+    from bench.throughput import latency_run
+
+    runs = _alternate(
+        args.repeats, lambda v, tag: latency_run(v, sink, args.latency_rate, args.latency_seconds, tag)
+    )
+    section: dict[str, Any] = {"rate": args.latency_rate, "seconds": args.latency_seconds}
+    for variant, results in runs.items():
+        section[variant] = {q: Summary.of([getattr(r, q) for r in results]).to_json() for q in ("p50_ms", "p95_ms", "p99_ms")}
+        section[variant]["samples"] = [r.samples for r in results]
+        for q in ("p50_ms", "p95_ms", "p99_ms"):
+            summary = Summary.of([getattr(r, q) for r in results])
+            rows.append(Row(f"3. latency {q[:-3]} ms @{args.latency_rate:.0f}/s, {variant}", _fmt(summary, digits=2), "", None))
+    added = Summary.of([o.p99_ms - b.p99_ms for b, o in zip(runs["bare"], runs["observable"])])
+    section["p99_added_ms"] = added.to_json()
+    out["latency"] = section
+    rows.append(Row("3. latency p99 added (ms)", _fmt(added, digits=2), "<= 1 ms", added.median <= 1.0))
+
+
+def bench_sweep(args: argparse.Namespace, sink: Sink, rows: list[Row], out: dict[str, Any]) -> None:
+    from bench.domain import sweep_at_scale
+
+    section = []
+    for total in _ints(args.promos):
+        run = sweep_at_scale(total, repeats=3)
+        timing = Summary.of([s * 1000 for s in run.seconds])
+        section.append({**asdict(run), "ms": timing.to_json()})
+        print(f"  {total:,} promos: {timing.median:.1f} ms, statements {run.statements}", flush=True)
+        rows.append(
+            Row(
+                f"4. sweep {total:,} promos ({run.due:,} due)",
+                f"{_fmt(timing, ' ms', 1)}, {max(run.statements)} statements",
+                "statements constant; < 1 s",
+                timing.median < 1000,
+            )
+        )
+    counts = {max(s["statements"]) for s in section}
+    out["sweep"] = section
+    rows.append(Row("4. sweep statements across sizes", ", ".join(map(str, sorted(counts))), "constant", len(counts) == 1))
+
+
+def bench_notifications(args: argparse.Namespace, sink: Sink, rows: list[Row], out: dict[str, Any]) -> None:
+    from bench.domain import notification_delivery
+
+    run = notification_delivery(args.notifications, sink)
+    out["notifications"] = asdict(run)
+    once = run.sent == run.notifications and run.max_attempts == 1 and run.not_sent == 0
+    rows.append(
+        Row(
+            f"5. deliveries/s ({run.notifications:,}, {run.batches} batches)",
+            f"{run.per_second:,.0f}/s in {run.seconds:.1f} s",
+            ">= 2,000/s",
+            run.per_second >= 2000,
+        )
+    )
+    rows.append(
+        Row("5. none sent twice", f"sent {run.sent:,}, max attempts {run.max_attempts}", "all sent, attempts 1", once)
+    )
+
+
+def bench_lag(args: argparse.Namespace, sink: Sink, rows: list[Row], out: dict[str, Any]) -> None:
+    from bench.domain import activation_lag
+
+    run = activation_lag(args.lag_promos, args.lag_spread, sink)
+    out["activation_lag"] = asdict(run)
+    rows.append(
+        Row(
+            f"6. activation lag ({run.activated}/{run.promos} promos over {run.spread_seconds:.0f} s)",
+            f"p50 {run.p50_ms:.0f} ms, p99 {run.p99_ms:.0f} ms, max {run.max_ms:.0f} ms",
+            "p99 <= 1 s",
+            run.p99_ms <= 1000,
+        )
+    )
+
+
+def bench_dead_letters(args: argparse.Namespace, sink: Sink, rows: list[Row], out: dict[str, Any]) -> None:
+    from bench.domain import dead_letters
+
+    run = dead_letters(args.dead_letters, 200, args.replay, args.replay_rate, args.rate_count)
+    record = Summary.of(run.record_ms)
+    listing = Summary.of(run.list_ms)
+    out["dead_letters"] = {**asdict(run), "record": record.to_json(), "list": listing.to_json()}
+    accuracy = run.rate_measured / run.rate_asked
+    rows += [
+        Row("7. dead_letter_record per entry", _fmt(record, " ms", 2), "", None),
+        Row(f"7. dlq list --task --reason on {run.entries:,}", _fmt(listing, " ms", 1), "<= 200 ms", listing.median <= 200),
+        Row(f"7. replay unthrottled ({run.replay_entries:,})", f"{run.replay_per_second:,.0f}/s", ">= 1,000/s",
+            run.replay_per_second >= 1000),
+        Row(f"7. replay --rate {run.rate_asked:.0f} ({run.rate_entries:,})", f"{run.rate_measured:,.1f}/s "
+            f"({accuracy:.3f}x)", "within 5%", abs(accuracy - 1) <= 0.05),
+    ]  # fmt: skip
+
+
+def bench_memory(args: argparse.Namespace, sink: Sink, rows: list[Row], out: dict[str, Any]) -> None:
+    from bench.throughput import memory_run
+
+    stages = _ints(args.memory)
+    run = memory_run(sink, stages)
+    out["memory"] = asdict(run)
+    means = [statistics.mean(r) if r else 0.0 for r in run.child_rss_kib]
+    growth = means[-1] / means[0] - 1 if means[0] else float("nan")
+    rows.append(
+        Row(
+            f"8. child RSS after {', '.join(f'{s:,}' for s in stages)} tasks",
+            " -> ".join(f"{m / 1024:.1f} MiB" for m in means) + f" ({growth:+.1%})",
+            "growth <= 10%",
+            growth <= 0.10,
+        )
+    )
+
+
+BENCHMARKS: dict[str, Callable[[argparse.Namespace, Sink, list[Row], dict[str, Any]], None]] = {
+    "throughput": bench_throughput,
+    "latency": bench_latency,
+    "sweep": bench_sweep,
+    "notifications": bench_notifications,
+    "lag": bench_lag,
+    "dead_letters": bench_dead_letters,
+    "memory": bench_memory,
+}
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version(), "kernel": platform.release()}
+
+
+def render(rows: list[Row]) -> str:
+    widths = [max(len(getattr(r, f)) for r in rows) for f in ("measure", "result", "goal")]
+    header = ("measure", "result (median, min-max)", "goal", "verdict")
+    widths = [max(w, len(h)) for w, h in zip(widths, header)] + [7]
+    lines = [
+        "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
+    for r in rows:
+        cells = (r.measure, r.result, r.goal, r.verdict)
+        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    setup_django()
+    sink = Sink()
+    rows: list[Row] = []
+    out: dict[str, Any] = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "arguments": {k: str(v) for k, v in vars(args).items()},
+    }
+    started = time.perf_counter()
+    try:
+        for name in args.only.split(","):
+            print(f"== {name}", flush=True)
+            section_started = time.perf_counter()
+            try:
+                BENCHMARKS[name](args, sink, rows, out)
+            except (RuntimeError, TimeoutError) as exc:  # report what failed; the other sections still run
+                rows.append(Row(f"{name}: not measured", str(exc).splitlines()[0][:80], "", False))
+                out.setdefault("errors", {})[name] = str(exc)
+            out.setdefault("section_seconds", {})[name] = round(time.perf_counter() - section_started, 1)
+    finally:
+        sink.stop()
+    out["total_seconds"] = round(time.perf_counter() - started, 1)
+    out["table"] = [asdict(r) | {"verdict": r.verdict} for r in rows]
+    table = render(rows)
+    out["table_markdown"] = table
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(out, indent=2, default=str))
+    print()
+    print(f"machine: {out['machine']['nproc']} cores, {out['machine']['cpu']}; {out['total_seconds']} s")
+    print(table)
+    print(f"\nJSON: {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Task benchmarks against real workers: end-to-end and publish throughput, publish-to-start latency and
+worker child memory, each for a bare ``celery.Task`` and for ``ObservableTask`` with everything on.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import redis
+
+from bench.harness import REDIS_URL, ROOT, Sink, Worker, base_env, instrumented_env, percentile, rss_kib, wait_until
+from bench.tasks import COUNTER_KEY, LATENCY_KEY
+
+VARIANTS = ("bare", "observable")
+
+
+def broker() -> redis.Redis:
+    return redis.Redis.from_url(REDIS_URL)
+
+
+def variant_env(variant: str, sink: Sink) -> dict[str, str]:
+    return base_env() if variant == "bare" else instrumented_env(sink)
+
+
+def loglevel(variant: str) -> str:
+    return "WARNING" if variant == "bare" else "INFO"
+
+
+def publish(variant: str, env: Mapping[str, str], count: int, *, rate: float = 0.0, stamp: bool = False) -> float:
+    """Run the producer subprocess; returns its ``.delay()`` calls per second (warm-up message excluded)."""
+    command = [sys.executable, "-m", "bench.publish", "--variant", variant, "--count", str(count)]
+    if rate:
+        command += ["--rate", str(rate)]
+    if stamp:
+        command.append("--stamp")
+    done = subprocess.run(command, cwd=ROOT, env=dict(env), capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"publisher failed:\n{done.stderr[-3000:]}")
+    return float(json.loads(done.stdout)["per_second"])
+
+
+def ping(worker: Worker, timeout: float = 60.0) -> None:
+    from marketplace.celery import app
+
+    def answered() -> bool:
+        if not worker.alive():
+            raise RuntimeError(f"worker exited; see {worker.log_path}")
+        return bool(app.control.ping(destination=[worker.name], timeout=0.5))
+
+    wait_until(answered, timeout=timeout, interval=0.2, what="the bench worker to answer ping")
+
+
+@dataclass
+class ThroughputRun:
+    publish_per_second: float
+    end_to_end_per_second: float
+    summary_lines: int
+
+
+def throughput_run(variant: str, sink: Sink, count: int, tag: str) -> ThroughputRun:
+    """Pre-fill the queue with ``count`` messages (timed: the publish figure), then start a worker and time
+    the drain from the first 2% done to the last, so worker start-up is not counted."""
+    client = broker()
+    client.flushdb()
+    env = variant_env(variant, sink)
+    publish_rate = publish(variant, env, count)
+    total = count + 1  # the producer's warm-up message
+    worker = Worker(env, f"throughput-{variant}-{tag}", loglevel=loglevel(variant))
+    try:
+        first = max(1, total // 50)
+        t0 = wait_until(lambda: int(client.get(COUNTER_KEY) or 0) >= first, timeout=120, what="the first tasks")
+        c0 = int(client.get(COUNTER_KEY) or 0)
+        t1 = wait_until(lambda: int(client.get(COUNTER_KEY) or 0) >= total, timeout=600, what="the queue to drain")
+    finally:
+        worker.stop()
+    log = worker.log_path.read_text()
+    return ThroughputRun(publish_rate, (total - c0) / (t1 - t0), log.count('"task.finished"'))
+
+
+@dataclass
+class LatencyRun:
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    samples: int
+
+
+def latency_run(variant: str, sink: Sink, rate: float, seconds: float, tag: str) -> LatencyRun:
+    """Start a worker, then publish at a fixed ``rate``; each task records ``time.time() - published_at``."""
+    client = broker()
+    client.flushdb()
+    env = variant_env(variant, sink)
+    worker = Worker(env, f"latency-{variant}-{tag}", loglevel=loglevel(variant))
+    count = int(rate * seconds)
+    try:
+        ping(worker)
+        publish(variant, env, count, rate=rate, stamp=True)
+        wait_until(lambda: int(client.llen(LATENCY_KEY)) >= count, timeout=120, what="the latency samples")
+    finally:
+        worker.stop()
+    values = [float(v) * 1000 for v in client.lrange(LATENCY_KEY, 0, -1)]
+    return LatencyRun(percentile(values, 50), percentile(values, 95), percentile(values, 99), len(values))
+
+
+@dataclass
+class MemoryRun:
+    tasks: list[int]
+    child_rss_kib: list[list[int]]
+
+
+def memory_run(sink: Sink, stages: list[int]) -> MemoryRun:
+    """One instrumented worker whose children are never recycled; child RSS after each cumulative stage."""
+    client = broker()
+    client.flushdb()
+    env = instrumented_env(sink)
+    worker = Worker(env, "memory-observable", loglevel="INFO", extra=["--max-tasks-per-child=100000000"])
+    done_before = 0
+    rss: list[list[int]] = []
+    try:
+        ping(worker)
+        done_before = int(client.get(COUNTER_KEY) or 0)
+        published = 0
+        for stage in stages:
+            publish("observable", env, stage - published)
+            published = stage
+            target = done_before + stage + len(rss) + 1  # every producer run adds one warm-up message
+            wait_until(lambda t=target: int(client.get(COUNTER_KEY) or 0) >= t, timeout=900, what="memory stage")
+            time.sleep(1.0)  # let the batch processors export what is queued
+            rss.append([rss_kib(pid) for pid in worker.children()])
+    finally:
+        worker.stop()
+    return MemoryRun(stages, rss)
