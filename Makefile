@@ -33,7 +33,8 @@ run: setup
 	$(BIN)/python manage.py seed_demo
 	@echo "Admin and Flower login: admin / $$(cat var/admin-password)  (stored in var/admin-password)"
 	@echo "API: http://127.0.0.1:8000/api/promos   Admin: http://127.0.0.1:8000/admin/   Flower: http://127.0.0.1:5555/"
-	FLOWER_BASIC_AUTH=admin:$$(cat var/admin-password) PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/honcho start -f Procfile
+	LOG_FORMAT=console FLOWER_BASIC_AUTH=admin:$$(cat var/admin-password) PATH=$(CURDIR)/$(BIN):$$PATH \
+		$(BIN)/honcho start -f Procfile
 
 # Sets up and passes every test: lint, types, and the suite against real Postgres, Redis and workers.
 test: setup lint typecheck

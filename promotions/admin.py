@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
+from promotions import tasks
 from promotions.models import FlashPromo, Notification, Product, PromoStatus, Subscription
 
 
@@ -39,6 +42,10 @@ class FlashPromoAdmin(admin.ModelAdmin[FlashPromo]):
         "created_at",
     ]
     actions = ["cancel"]
+
+    def save_model(self, request: HttpRequest, obj: FlashPromo, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        tasks.schedule_promptly()
 
     @admin.action(description="Cancel the selected scheduled or active promos")
     def cancel(self, request: HttpRequest, queryset: QuerySet[FlashPromo]) -> None:

@@ -10,6 +10,7 @@ import math
 
 from celery import shared_task
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from observability import telemetry
@@ -22,6 +23,7 @@ __all__ = [
     "cleanup_expired_promos",
     "deliver_notification_batch",
     "process_notification_queue",
+    "schedule_promptly",
     "sync_promo",
 ]
 
@@ -78,6 +80,13 @@ def deliver_notification_batch() -> dict[str, int]:
 def cleanup_expired_promos() -> dict[str, int]:
     """Delete promos finished longer than the retention period ago, in bounded batches."""
     return services.promos_cleanup_finished(now=timezone.now())
+
+
+def schedule_promptly() -> None:
+    """After a transaction that created or moved promos commits, run a sweep at once: it publishes the
+    countdown of any promo starting within the minute, which the next beat tick could make up to 60 s late.
+    With the broker down the commit stands and the next beat tick catches up (hence ``robust``)."""
+    transaction.on_commit(check_active_promos.delay, robust=True)
 
 
 def _after_sync(result: PromoSyncResult) -> None:

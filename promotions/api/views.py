@@ -61,10 +61,7 @@ class PromoCollectionView(APIView):
             return Response({"product_id": ["No product with this id."]}, status=status.HTTP_400_BAD_REQUEST)
         with transaction.atomic():
             promo = services.promo_create(product=product, **data)
-            # A sweep right after the commit publishes the countdown of a promo that starts within the
-            # minute; waiting for the next beat tick could make it go live up to 60 s late. Robust: with
-            # the broker down the promo is saved all the same and the next beat tick picks it up.
-            transaction.on_commit(tasks.check_active_promos.delay, robust=True)
+            tasks.schedule_promptly()
         return Response(serializers.PromoOutput(selectors.promo_get(promo_id=promo.pk)).data, status=201)
 
 

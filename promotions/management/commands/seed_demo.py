@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 from django.utils import timezone
 
-from promotions import services
+from promotions import services, tasks
 
 _PRODUCTS = [
     ("Espresso machine", "249.00"),
@@ -47,6 +47,7 @@ class Command(BaseCommand):
                 ends_at=starts_at + timedelta(minutes=3),
             )
             self.stdout.write(f"promo {promo.pk} '{promo.title}' starts at {starts_at:%H:%M:%S} UTC")
+        tasks.schedule_promptly()
         self.stdout.write(
             self.style.SUCCESS(f"{len(products)} products, {subscribers} subscribers each, {promos} promos.")
         )
