@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections import Counter
 from email import message_from_bytes
 from typing import Any
 
 from aiosmtpd.controller import Controller
+
+from tests.net import free_port
 
 
 class _Handler:
@@ -28,9 +29,7 @@ class SmtpSink:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.messages: list[Any] = []
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self._controller = Controller(_Handler(self), hostname="127.0.0.1", port=self.port)
 
     def start(self) -> None:

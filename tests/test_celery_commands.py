@@ -4,7 +4,6 @@ flower - as separate processes, the way an operator types them."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -21,6 +20,7 @@ from marketplace.celery import app as celery_app
 from promotions.models import FlashPromo, PromoStatus
 from tests.conftest import ROOT, wait_for
 from tests.factories import PromoFactory
+from tests.net import free_port
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -129,15 +129,9 @@ def test_beat_schedule_is_the_seeds_with_expiry():
         assert 0 < entry["options"]["expires"] <= entry["schedule"]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_flower_runs_and_requires_authentication(worker_env, tmp_path):
     """``celery -A marketplace flower`` serves its UI only to a user with the configured credentials."""
-    port = _free_port()
+    port = free_port()
     env = {**worker_env, "FLOWER_BASIC_AUTH": "admin:flower-test-password"}
     with (tmp_path / "flower.log").open("w") as log:
         flower = subprocess.Popen(

@@ -5,7 +5,6 @@ children are recycled, and log lines that carry their span's trace id."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -21,6 +20,7 @@ from django.utils import timezone
 from observability.models import DeadLetter
 from tests import tasks
 from tests.conftest import ROOT, wait_for
+from tests.net import free_port
 from tests.otlp_receiver import OtlpReceiver
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -196,7 +196,7 @@ def test_one_trace_joins_an_http_request_and_the_task_it_enqueues(otlp, start_wo
     start_worker("-Q", "traced", env=traced)
     token = Token.objects.create(user=User.objects.create_user("ops", is_staff=True)).key
     product = ProductFactory()
-    port = _free_port()
+    port = free_port()
     env = {**worker_env, **traced}
     with (tmp_path / "web.log").open("w") as log:
         web = subprocess.Popen(
@@ -235,12 +235,6 @@ def _post(request: urllib.request.Request) -> int | None:
         return error.code
     except OSError:
         return None
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_domain_metrics_and_rejections_are_recorded(observed_worker, otlp):
