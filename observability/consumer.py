@@ -10,7 +10,6 @@ import json
 from typing import Any
 
 from celery.worker.consumer import Consumer
-from kombu.exceptions import OperationalError as BrokerOperationalError
 from kombu.message import Message
 
 from observability import dead_letters, telemetry
@@ -51,9 +50,7 @@ def failure_from_message(
 
 def _record(message: Message, reason: DeadLetterReason, error: str, exception_type: str) -> bool:
     failure = failure_from_message(message, reason, error, exception_type)
-    try:
-        dead_letters.dead_letter_record_safely(failure)
-    except (BrokerOperationalError, OSError):
+    if not dead_letters.record_or_report(failure):
         return False
     telemetry.task_outcome_in_main(failure.task_name, failure.queue, "rejected", exception_type.rsplit(".")[-1], None)
     return True

@@ -19,7 +19,8 @@ from typing import Any
 
 import structlog
 from celery import current_app
-from django.db import DatabaseError, IntegrityError, close_old_connections, transaction
+from django import db as django_db
+from django.db import IntegrityError, close_old_connections, transaction
 from django.db.models import Count, F, QuerySet
 from django.db.models.functions import Greatest
 from django.utils import timezone
@@ -36,6 +37,7 @@ __all__ = [
     "dead_letters_discard",
     "dead_letters_purge",
     "dead_letters_replay",
+    "record_or_report",
 ]
 
 log = structlog.get_logger(__name__)
@@ -48,6 +50,9 @@ PROTOCOL_HEADERS = frozenset(
         "stamped_headers", "stamps", "redelivered", "traceparent", "tracestate",
         # Added by Sentry's Celery integration to each published message: a replay gets fresh ones.
         "sentry-trace", "baggage", "sentry-task-enqueued-time", "headers",
+        # Ours, per delivery: a replay is a fresh delivery of a fresh message (no schedule entry either).
+        "x-delivery-count", "x-schedule-entry", "x-published-at", "x-dead-letter-replay-of",
+        "x-dead-letter-traceparent",
     }
 )  # fmt: skip
 #: Header naming the dead letter a replayed task comes from.
@@ -128,10 +133,10 @@ def dead_letter_record(failure: Failure) -> DeadLetter:
 def dead_letter_record_safely(failure: Failure) -> DeadLetter | None:
     """Record ``failure``; if Postgres is down, defer it to the record task. Returns the entry, or None
     when deferred. Raises only when neither Postgres nor the broker could take it (do not acknowledge)."""
-    close_old_connections()  # the worker's main process keeps its connection across failures
     try:
+        close_old_connections()  # the worker's main process keeps its connection across failures
         entry = dead_letter_record(failure)
-    except DatabaseError as exc:
+    except django_db.Error as exc:
         log.error("dead_letter.deferred", task_id=failure.task_id, reason=failure.reason, error=str(exc))
         try:
             # To the failed message's own queue: a worker that consumes it is known to exist.
@@ -159,6 +164,17 @@ def dead_letter_record_safely(failure: Failure) -> DeadLetter | None:
     telemetry.dead_letter_created(failure.task_name, failure.reason)
     sentry.report_dead_letter(failure, entry.pk)
     return entry
+
+
+def record_or_report(failure: Failure) -> bool:
+    """``dead_letter_record_safely`` for the worker's main process, which must never crash on it: True when
+    the failure is recorded or deferred, False (logged) when the caller must give the message back."""
+    try:
+        dead_letter_record_safely(failure)
+    except Exception:  # last resort in the consumer's event loop: an escaping error would stop the worker
+        log.exception("dead_letter.unrecorded", task_id=failure.task_id, reason=failure.reason)
+        return False
+    return True
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
+import structlog
 from celery import current_app
 from django.db import DatabaseError, close_old_connections
 from django.db.models import Count, Min
@@ -31,8 +32,11 @@ _PRIORITY_SEPARATOR = "\x06\x16"
 
 
 def record_beat_success(entry: str) -> None:
-    """Note that the beat entry ``entry`` just ran successfully (one HSET per periodic run)."""
-    broker_redis().hset(BEAT_LAST_SUCCESS_KEY, entry, str(time.time()))
+    """Note that the beat entry ``entry`` just ran successfully (one HSET per periodic run); best effort."""
+    try:
+        broker_redis().hset(BEAT_LAST_SUCCESS_KEY, entry, str(time.time()))
+    except RedisError as exc:
+        structlog.get_logger(__name__).warning("beat_success.unrecorded", entry=entry, error=str(exc))
 
 
 def _queues() -> list[str]:

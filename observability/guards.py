@@ -2,7 +2,8 @@
 timeout - Redis would then hand the still-running message to another worker and the task would run twice.
 
 Checked for every registered task: the hard time limit (required, and below the timeout) and the longest
-retry countdown. Countdowns and ETAs given at publish time are checked by ``ObservableTask.apply_async``.
+retry countdown plus that limit. Countdowns and ETAs given at publish time (plus the time limit) are checked
+by ``ObservableTask.apply_async``.
 """
 
 from __future__ import annotations
@@ -30,9 +31,13 @@ def visibility_timeout_problems(app: Celery) -> list[str]:
             problems.append(f"{name}: no hard time limit; set time_limit below the visibility timeout ({limit} s)")
         elif time_limit >= limit:
             problems.append(f"{name}: time_limit {time_limit} s reaches the visibility timeout ({limit} s)")
+        # A retry waits unacknowledged in the worker for its countdown, then runs: both must fit.
         backoff_cap = getattr(task, "retry_backoff_max_seconds", 0)
-        if backoff_cap >= limit:
-            problems.append(f"{name}: retry backoff up to {backoff_cap} s reaches the visibility timeout ({limit} s)")
+        if time_limit is not None and backoff_cap + time_limit >= limit:
+            problems.append(
+                f"{name}: retry backoff up to {backoff_cap} s plus time_limit {time_limit} s reaches the "
+                f"visibility timeout ({limit} s)"
+            )
     return problems
 
 

@@ -2,8 +2,9 @@
 process, where the raw message is still at hand and before the message is acknowledged.
 
 Every terminal failure (retries used up, permanent error, hard time limit) becomes a dead letter, written
-before Celery acknowledges the message; if it can be neither written nor deferred, the message is left
-unacknowledged. (Poison messages are quarantined earlier, by ``observability.strategy``.)
+before Celery acknowledges the message; if it can be neither written nor deferred, the message is requeued.
+A run whose child process was lost counts towards the poison-message limit that ``observability.strategy``
+enforces before a message becomes a request.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ from billiard.exceptions import WorkerLostError
 from celery.exceptions import Ignore, Reject, Retry, Terminated, TimeLimitExceeded
 from celery.worker import state
 from celery.worker.request import Request
-from kombu.exceptions import OperationalError as BrokerOperationalError
 
-from observability import dead_letters, telemetry
+from observability import dead_letters, delivery_counter, telemetry
 from observability.errors import ErrorKind, classify
 from observability.models import DeadLetterReason
 from observability.strategy import DELIVERY_COUNT_HEADER
@@ -49,45 +49,37 @@ def _exception_type(exc: BaseException) -> str:
 
 
 class ObservableRequest(Request):
-    #: Set when a hard time limit could not be recorded: the failure that follows must not acknowledge.
-    _unrecorded_timeout = False
-
     def on_failure(self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False) -> None:
         exc: BaseException = exc_info.exception  # type: ignore[assignment]
         if isinstance(exc, ExceptionWithTraceback):
             exc = exc.exc
-        if isinstance(exc, TimeLimitExceeded):
-            # Recorded by on_timeout, which the pool calls first for the same run.
-            reason = None
-            if self._unrecorded_timeout:
-                state.task_ready(self)
-                return
+        reason: DeadLetterReason | None = None
+        exc_message = str(exc)
+        if isinstance(exc, TimeLimitExceeded) and state.should_terminate:
+            pass  # a cold shutdown killed the run: Celery requeues it
+        elif isinstance(exc, TimeLimitExceeded):
+            # billiard reports a hard time limit here first, then calls on_timeout: record it now, before
+            # this method acknowledges the message.
+            reason = DeadLetterReason.TIME_LIMIT_EXCEEDED
+            exc_message = f"hard time limit ({exc.args[0] if exc.args else '?'} s) exceeded: the child was killed"
         else:
             reason = terminal_reason(exc, retries=self.retries, max_retries=self.task.max_retries)
-        if reason is not None and not self._dead_letter(
-            reason, _exception_type(exc), str(exc), str(exc_info.traceback or "")
-        ):
-            state.task_ready(self)
-            return
+        if reason is not None:
+            if not self._dead_letter(reason, _exception_type(exc), exc_message, str(exc_info.traceback or "")):
+                self._requeue_unrecorded()
+                return
+            if reason is DeadLetterReason.TIME_LIMIT_EXCEEDED:
+                self._count_outcome("dead_lettered", "TimeLimitExceeded")
         if isinstance(exc, WorkerLostError):
-            # The child died mid-run and reported nothing: count the run here (it will be redelivered).
+            # The child died mid-run: count the run, and the loss, which quarantines a poison message.
             self._count_outcome("failed", "WorkerLostError")
+            delivery_counter.count_lost_run(self.id)
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
-    def on_timeout(self, soft: bool, timeout: float) -> None:
-        if not soft and not state.should_terminate:
-            recorded = self._dead_letter(
-                DeadLetterReason.TIME_LIMIT_EXCEEDED,
-                _exception_type(TimeLimitExceeded(timeout)),
-                f"hard time limit ({timeout} s) exceeded: the child process was killed",
-                "",
-            )
-            if not recorded:
-                self._unrecorded_timeout = True
-                state.task_ready(self)
-                return
-            self._count_outcome("dead_lettered", "TimeLimitExceeded")
-        super().on_timeout(soft, timeout)
+    def _requeue_unrecorded(self) -> None:
+        # Neither Postgres nor the broker took the dead letter: give the message back instead of dropping it.
+        state.task_ready(self)
+        self.reject(requeue=True)
 
     def _count_outcome(self, outcome: str, error_type: str) -> None:
         started = self.time_start
@@ -121,8 +113,4 @@ class ObservableRequest(Request):
             traceback=traceback,
             worker_host=self.hostname or "",
         )
-        try:
-            dead_letters.dead_letter_record_safely(failure)
-        except (BrokerOperationalError, OSError):
-            return False
-        return True
+        return dead_letters.record_or_report(failure)

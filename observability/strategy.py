@@ -1,9 +1,9 @@
 """Worker strategy of ``ObservableTask``: poison-message quarantine before a message becomes a request.
 
 Redis does not count deliveries, so a message whose execution kills its worker process (SIGKILL, OOM,
-segfault) would be redelivered forever (celery#9082). Redelivered messages - and only those, a first
-delivery costs nothing - count their deliveries in Redis; past the task's ``max_deliveries`` the message
-is dead-lettered as ``poison_message`` and acknowledged instead of run again.
+segfault) would be redelivered forever (celery#9082). When a redelivered message - and only then: a first
+delivery costs nothing - has already lost its worker ``max_deliveries`` times (``delivery_counter``), it is
+dead-lettered as ``poison_message`` and acknowledged instead of run again.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from typing import Any
 import structlog
 from celery import Celery, Task
 from celery.worker.strategy import default
-from kombu.exceptions import OperationalError as BrokerOperationalError
 from kombu.message import Message
 from redis.exceptions import RedisError
 
@@ -39,14 +38,14 @@ def quarantining(task: Task[Any, Any], app: Celery, consumer: Any, **options: An
         if (message.delivery_info or {}).get("redelivered"):
             task_id = str(message.headers.get("id", ""))
             try:
-                deliveries = delivery_counter.count_redelivery(task_id)
+                lost = delivery_counter.lost_runs(task_id)
             except RedisError as exc:
                 # Fail open: running a message once more is better than stalling on a counter.
                 log.warning("delivery_counter.unavailable", task_id=task_id, error=str(exc))
             else:
-                message.headers[DELIVERY_COUNT_HEADER] = str(deliveries)
-                if deliveries > max_deliveries:
-                    _quarantine(message, deliveries, max_deliveries)
+                message.headers[DELIVERY_COUNT_HEADER] = str(lost + 1)
+                if lost >= max_deliveries:
+                    _quarantine(message, lost + 1, max_deliveries)
                     return None
         return handle(message, body, ack, reject, callbacks, **kw)
 
@@ -62,9 +61,8 @@ def _quarantine(message: Message, deliveries: int, max_deliveries: int) -> None:
         "billiard.exceptions.WorkerLostError",
     )
     failure.delivery_count = deliveries
-    try:
-        dead_letters.dead_letter_record_safely(failure)
-    except (BrokerOperationalError, OSError):
-        return  # neither Postgres nor the broker took it: leave the message unacknowledged
+    if not dead_letters.record_or_report(failure):
+        message.reject(requeue=True)  # neither Postgres nor the broker took it: give it back
+        return
     telemetry.task_outcome_in_main(failure.task_name, failure.queue, "rejected", "PoisonMessage", None)
     message.ack()

@@ -13,7 +13,7 @@ models are imported inside the task bodies.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -22,6 +22,7 @@ from celery.contrib.django.task import DjangoTask
 from celery.exceptions import Retry
 from django.conf import settings
 from django.utils import timezone
+from redis.exceptions import RedisError
 
 from observability.backoff import backoff_seconds
 from observability.errors import ErrorKind, PermanentError, classify
@@ -80,7 +81,7 @@ class ObservableTask(DjangoTask):  # type: ignore[type-arg]
                 result = run_body(*args, **kwargs)
             outcome = "skipped" if result is SKIPPED else "succeeded"
             if schedule_entry:
-                record_beat_success(schedule_entry)
+                record_beat_success(schedule_entry)  # best effort: never turns a success into a failure
             return {"skipped": 1} if result is SKIPPED else result
         except Retry as exc:
             outcome, error = "retried", exc.exc
@@ -113,7 +114,11 @@ class ObservableTask(DjangoTask):  # type: ignore[type-arg]
         try:
             return self._run_with_retry_policy(*args, **kwargs)
         finally:
-            client.eval(_RELEASE_LOCK, 1, key, run_id)
+            try:
+                client.eval(_RELEASE_LOCK, 1, key, run_id)
+            except RedisError as exc:
+                # The run's outcome stands; the lock expires with the time limit.
+                log.warning("task.lock_release_failed", task_name=self.name, error=str(exc))
 
     def retry_delay_seconds(self, retries: int) -> float:
         """Countdown before the retry that follows ``retries`` earlier ones (see ``backoff_seconds``)."""
@@ -122,12 +127,13 @@ class ObservableTask(DjangoTask):  # type: ignore[type-arg]
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:  # type: ignore[override]
         delay = _delay_seconds(options.get("countdown"), options.get("eta"))
         limit = settings.CELERY_BROKER_VISIBILITY_TIMEOUT_SECONDS
-        if delay is not None and delay >= limit:
-            # Redis hands an unacknowledged message to another worker after the visibility timeout: a task
-            # held longer by a worker (ETA) would run twice. Schedule far-off work from the database.
+        run_limit = self.time_limit or 0
+        if delay is not None and delay + run_limit >= limit:
+            # Redis hands a message back once it has been unacknowledged for the visibility timeout, and the
+            # clock starts at delivery: the wait for the ETA plus the run must fit, or the task runs twice.
             raise PermanentError(
-                f"{self.name}: a countdown/ETA of {delay:.0f} s reaches the broker visibility timeout "
-                f"({limit} s) and would run twice; schedule it from the database instead"
+                f"{self.name}: a countdown/ETA of {delay:.0f} s plus its {run_limit} s time limit reaches the "
+                f"broker visibility timeout ({limit} s) and would run twice; schedule it from the database"
             )
         return super().apply_async(args, kwargs, **options)
 
@@ -135,8 +141,11 @@ class ObservableTask(DjangoTask):  # type: ignore[type-arg]
 def _delay_seconds(countdown: float | None, eta: datetime | str | None) -> float | None:
     if countdown is not None:
         return float(countdown)
+    if isinstance(eta, str):
+        eta = datetime.fromisoformat(eta)
     if isinstance(eta, datetime):
-        return (eta - timezone.now()).total_seconds()
+        aware = eta if timezone.is_aware(eta) else timezone.make_aware(eta, UTC)
+        return (aware - timezone.now()).total_seconds()
     return None
 
 

@@ -13,7 +13,6 @@ from queue import Empty
 from typing import Any
 
 import structlog
-from kombu.exceptions import OperationalError as BrokerOperationalError
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
@@ -87,12 +86,12 @@ class Channel(kombu_redis.Channel):
             exception_type="kombu.exceptions.DecodeError",
             exception_message=error,
         )
-        try:
-            dead_letters.dead_letter_record_safely(failure)
+        if dead_letters.record_or_report(failure):
             telemetry.task_outcome_in_main("", queue, "rejected", "DecodeError", None)
-        except (BrokerOperationalError, OSError):
-            # Postgres and the broker are both out of reach: the bytes survive in the log alone.
-            log.critical("dead_letter.lost", queue=queue, raw_base64=base64.b64encode(item).decode())
+            return
+        # Postgres and the broker are both out of reach; the bytes were popped and cannot go back through
+        # this connection: they survive in the log alone.
+        log.critical("dead_letter.lost", queue=queue, raw_base64=base64.b64encode(item).decode())
 
 
 class Transport(kombu_redis.Transport):

@@ -44,6 +44,9 @@ class FlashPromoAdmin(admin.ModelAdmin[FlashPromo]):
     actions = ["cancel"]
 
     def save_model(self, request: HttpRequest, obj: FlashPromo, form: Any, change: bool) -> None:
+        if {"starts_at", "ends_at"} & set(form.changed_data):
+            # New times need new countdowns: the sweep publishes them again.
+            obj.activation_enqueued = obj.end_enqueued = False
         super().save_model(request, obj, form, change)
         tasks.schedule_promptly()
 

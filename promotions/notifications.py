@@ -20,7 +20,12 @@ from observability.backoff import backoff_seconds
 from promotions.channels import DeliveryFailure, OutgoingMessage, get_backend
 from promotions.models import FlashPromo, Notification, Product, Subscription
 
-__all__ = ["DeliveryResult", "notifications_deliver_batch", "notifications_reclaim_expired"]
+__all__ = [
+    "DeliveryResult",
+    "notifications_deliver_batch",
+    "notifications_fail_for_inactive_promos",
+    "notifications_reclaim_expired",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -61,6 +66,20 @@ def notifications_reclaim_expired(*, now: datetime) -> int:
     return reclaimed
 
 
+def notifications_fail_for_inactive_promos(*, now: datetime) -> int:
+    """Give up on pending notifications of promos that were cancelled or ended before delivery."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE {_NOTIFICATION} n SET status = 'failed', last_error = 'the promo is no longer active'
+              FROM {_PROMO} p
+             WHERE p.id = n.promo_id AND n.status = 'pending' AND (p.status <> 'active' OR p.ends_at <= %(now)s)
+            """,  # noqa: S608
+            {"now": now},
+        )
+        return int(cursor.rowcount)
+
+
 def notifications_deliver_batch(*, now: datetime, batch_size: int | None = None) -> DeliveryResult:
     """Claim up to ``batch_size`` due notifications, deliver them and record each outcome."""
     token = uuid.uuid4()
@@ -69,8 +88,8 @@ def notifications_deliver_batch(*, now: datetime, batch_size: int | None = None)
         return DeliveryResult(0, 0, 0, 0)
     failures = get_backend(settings.NOTIFICATION_BACKEND).send(messages)
     sent_ids = [m.notification_id for m in messages if m.notification_id not in failures]
-    retrying, failed = _record_outcomes(token=token, sent_ids=sent_ids, failures=failures)
-    result = DeliveryResult(claimed=len(messages), sent=len(sent_ids), retrying=retrying, failed=failed)
+    sent, retrying, failed = _record_outcomes(token=token, sent_ids=sent_ids, failures=failures)
+    result = DeliveryResult(claimed=len(messages), sent=sent, retrying=retrying, failed=failed)
     log.info("notifications.delivered", **result.summary())
     return result
 
@@ -80,11 +99,13 @@ def _claim(*, now: datetime, token: uuid.UUID, limit: int) -> list[OutgoingMessa
         cursor.execute(
             f"""
             WITH due AS (
-                SELECT id FROM {_NOTIFICATION}
-                 WHERE status = 'pending' AND next_attempt_at <= %(now)s
-                 ORDER BY next_attempt_at
+                SELECT n.id FROM {_NOTIFICATION} n JOIN {_PROMO} p ON p.id = n.promo_id
+                 WHERE n.status = 'pending' AND n.next_attempt_at <= %(now)s
+                   -- A cancelled or finished promo is a dead deal: nobody is told about it any more.
+                   AND p.status = 'active' AND p.ends_at > %(now)s
+                 ORDER BY n.next_attempt_at
                  LIMIT %(limit)s
-                   FOR UPDATE SKIP LOCKED
+                   FOR UPDATE OF n SKIP LOCKED
             )
             UPDATE {_NOTIFICATION} n
                SET status = 'sending', attempts = n.attempts + 1,
@@ -114,8 +135,12 @@ def _claim(*, now: datetime, token: uuid.UUID, limit: int) -> list[OutgoingMessa
 
 
 @transaction.atomic
-def _record_outcomes(*, token: uuid.UUID, sent_ids: list[int], failures: dict[int, DeliveryFailure]) -> tuple[int, int]:
-    """Mark ``sent_ids`` sent and back off or fail the rest; two statements. Returns (retrying, failed)."""
+def _record_outcomes(
+    *, token: uuid.UUID, sent_ids: list[int], failures: dict[int, DeliveryFailure]
+) -> tuple[int, int, int]:
+    """Mark ``sent_ids`` sent and back off or fail the rest, only where the claim still holds; at most three
+    statements. Returns (sent, retrying, failed) as written."""
+    sent = 0
     with connection.cursor() as cursor:
         if sent_ids:
             cursor.execute(
@@ -127,12 +152,13 @@ def _record_outcomes(*, token: uuid.UUID, sent_ids: list[int], failures: dict[in
                 """,  # noqa: S608
                 {"ids": sent_ids, "token": token},
             )
+            sent = int(cursor.rowcount)
         if not failures:
-            return 0, 0
-        ids = list(failures)
+            return sent, 0, 0
+        # FOR UPDATE: no reclaim can take these rows between reading their attempts and writing the outcome.
         cursor.execute(
-            f"SELECT id, attempts FROM {_NOTIFICATION} WHERE id = ANY(%(ids)s) AND claim_token = %(token)s",  # noqa: S608
-            {"ids": ids, "token": token},
+            f"SELECT id, attempts FROM {_NOTIFICATION} WHERE id = ANY(%(ids)s) AND claim_token = %(token)s FOR UPDATE",  # noqa: S608
+            {"ids": list(failures), "token": token},
         )
         attempts = dict(cursor.fetchall())
         give_up = [
@@ -165,4 +191,4 @@ def _record_outcomes(*, token: uuid.UUID, sent_ids: list[int], failures: dict[in
         )
     for pk in give_up:
         log.warning("notification.failed", notification_id=pk, error=failures[pk].error, attempts=attempts[pk])
-    return len(attempts) - len(give_up), len(give_up)
+    return sent, len(attempts) - len(give_up), len(give_up)

@@ -7,6 +7,7 @@ failure handling belongs to ``observability.tasks.ObservableTask``, the app's ba
 from __future__ import annotations
 
 import math
+from datetime import timedelta
 
 from celery import shared_task
 from django.conf import settings
@@ -54,8 +55,9 @@ def sync_promo(promo_id: int) -> dict[str, int]:
     result = services.promos_sync_state(now=now, promo_id=promo_id)
     _after_sync(result)
     starts_at = selectors.promo_pending_start(promo_id=promo_id)
-    if starts_at is not None and starts_at > now:
-        sync_promo.apply_async((promo_id,), eta=starts_at)
+    horizon = timedelta(seconds=settings.PROMO_TRANSITION_HORIZON_SECONDS)
+    if starts_at is not None and now < starts_at <= now + horizon:
+        sync_promo.apply_async((promo_id,), eta=starts_at)  # further off (start moved later): the sweep has it
     return result.summary()
 
 
@@ -64,6 +66,7 @@ def process_notification_queue() -> dict[str, int]:
     """Safety net for deliveries: reclaim rows of dead workers and publish batches for what is due."""
     now = timezone.now()
     reclaimed = notifications.notifications_reclaim_expired(now=now)
+    notifications.notifications_fail_for_inactive_promos(now=now)
     due = selectors.notifications_count_due(now=now, limit=MAX_BATCHES_PER_SWEEP * settings.NOTIFICATION_BATCH_SIZE)
     return {"reclaimed": reclaimed, "due": due, "batches_published": _publish_batches(due)}
 

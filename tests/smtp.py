@@ -24,7 +24,7 @@ class _Handler:
 
 
 class SmtpSink:
-    """Records every message it receives; ``keys()`` counts them by ``X-Idempotency-Key``."""
+    """Records every message it receives; ``deliveries_by_key()`` counts them by ``X-Idempotency-Key``."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -42,6 +42,6 @@ class SmtpSink:
         with self.lock:
             self.messages.clear()
 
-    def keys(self) -> Counter[str]:
+    def deliveries_by_key(self) -> Counter[str]:
         with self.lock:
             return Counter(str(m["X-Idempotency-Key"]) for m in self.messages)

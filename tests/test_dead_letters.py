@@ -273,3 +273,21 @@ class TestGuardRails:
         assert second.get(timeout=20) == {"skipped": 1}
         assert first.get(timeout=20) == "ran"
         assert len(tasks.runs(t)) == 1
+
+
+def test_redelivery_without_a_lost_run_does_not_count_towards_poison(redis_client, start_worker):
+    """A message redelivered more than ``max_deliveries`` times because workers shut down or reconnected
+    (never because its run was lost) keeps running: only lost runs count towards the poison limit."""
+    t = token()
+    queue = f"redelivered-{t[:8]}"
+    tasks.echo.apply_async((t,), queue=queue)
+    raw = json.loads(redis_client.rpop(queue))
+    # The same message, restored as kombu restores an unacknowledged message at shutdown, again and again.
+    raw["properties"]["delivery_info"]["redelivered"] = True
+    deliveries = settings.DEAD_LETTER_MAX_DELIVERIES + 2
+    for _ in range(deliveries):
+        redis_client.lpush(queue, json.dumps(raw))
+    start_worker("-Q", queue)
+
+    wait_for(lambda: len(tasks.runs(t)) == deliveries, what="every redelivery to run")
+    assert not DeadLetter.objects.filter(reason="poison_message").exists()

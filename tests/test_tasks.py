@@ -74,7 +74,7 @@ def test_a_thousand_subscribers_are_notified_within_ten_seconds_none_twice(smtp_
 
     print(f"1,000 notifications sent {(last_sent - activated_at).total_seconds():.2f} s after activation")
     assert (last_sent - activated_at).total_seconds() < 10
-    keys = smtp_sink.keys()
+    keys = smtp_sink.deliveries_by_key()
     assert len(keys) == 1000
     assert max(keys.values()) == 1
 
@@ -92,7 +92,7 @@ def test_two_workers_draining_one_queue_send_each_notification_once(start_worker
 
     wait_for(lambda: Notification.objects.filter(status="sent").count() == 2000, timeout=30, what="2,000 sent")
 
-    keys = smtp_sink.keys()
+    keys = smtp_sink.deliveries_by_key()
     assert len(keys) == 2000 and max(keys.values()) == 1
     assert "deliver_notification_batch" in second.log()  # the second worker did take part
 
@@ -111,7 +111,7 @@ def test_a_dead_workers_claims_are_reclaimed_after_the_lease(smtp_sink):
 
     assert summary["reclaimed"] == 1
     wait_for(lambda: Notification.objects.get(pk=stuck.pk).status == "sent", what="redelivery")
-    assert smtp_sink.keys()[str(stuck.idempotency_key)] == 1
+    assert smtp_sink.deliveries_by_key()[str(stuck.idempotency_key)] == 1
     assert Notification.objects.get(pk=stuck.pk).attempts == 2
 
 
@@ -138,3 +138,19 @@ def test_the_seed_shell_recipe_works_from_manage_py_shell(worker_env):
         cwd=ROOT, env=worker_env, timeout=60, check=True,
     )  # fmt: skip
     assert "'activated': 0" in shell.stdout and "'countdowns_scheduled'" in shell.stdout
+
+
+def test_notifications_of_a_cancelled_promo_are_not_sent(smtp_sink):
+    """Pending notifications of a promo cancelled before delivery are never claimed; the queue sweep marks
+    them failed with the reason."""
+    product = ProductFactory()
+    subscription = SubscriptionFactory(product=product)
+    promo = PromoFactory(product=product, status="cancelled", starts_at=timezone.now() - timedelta(minutes=1))
+    notification = Notification.objects.create(promo=promo, subscription=subscription, next_attempt_at=timezone.now())
+
+    assert deliver_notification_batch.delay().get(timeout=15)["claimed"] == 0
+    process_notification_queue.delay().get(timeout=15)
+
+    notification.refresh_from_db()
+    assert (notification.status, notification.last_error) == ("failed", "the promo is no longer active")
+    assert str(notification.idempotency_key) not in smtp_sink.deliveries_by_key()
