@@ -12,6 +12,7 @@ import hashlib
 import socket
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -21,7 +22,7 @@ import structlog
 from celery import current_app
 from django import db as django_db
 from django.db import IntegrityError, close_old_connections, transaction
-from django.db.models import Count, F, QuerySet
+from django.db.models import F, QuerySet
 from django.db.models.functions import Greatest
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerOperationalError
@@ -282,9 +283,12 @@ def dead_letters_discard(entries: QuerySet[DeadLetter], *, operator: str) -> int
 
 
 def dead_letters_purge(entries: QuerySet[DeadLetter], *, reason: str) -> dict[str, int]:
-    """Delete ``entries``; returns the counts by status and logs them (purging is never silent)."""
-    counts = {row["status"]: row["n"] for row in entries.order_by().values("status").annotate(n=Count("id"))}
-    entries.delete()
+    """Delete ``entries``; returns the counts by status of what was deleted and logs them (never silent)."""
+    with transaction.atomic():
+        # One locked set: the counts logged are exactly the rows deleted, whatever runs alongside.
+        rows = list(entries.select_for_update().values_list("id", "status"))
+        counts = dict(Counter(status for _, status in rows))
+        DeadLetter.objects.filter(id__in=[pk for pk, _ in rows]).delete()
     telemetry.dead_letters_purged(counts)
     log.warning("dead_letters.purged", reason=reason, total=sum(counts.values()), **counts)
     return counts

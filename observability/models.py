@@ -64,6 +64,8 @@ class DeadLetter(models.Model):
             models.Index(fields=["task_name", "last_failed_at"], name="deadletter_task_time"),
             models.Index(fields=["reason", "last_failed_at"], name="deadletter_reason_time"),
             models.Index(fields=["fingerprint"], name="deadletter_fingerprint"),
+            # Retention and `dlq purge --older-than` select by time alone.
+            models.Index(fields=["last_failed_at"], name="deadletter_last_failed"),
             models.Index(fields=["first_failed_at"], name="deadletter_pending_age", condition=Q(status="pending")),
         ]
 
