@@ -84,19 +84,21 @@ class SweepRun:
     statements: list[int]
     activated: int
     notifications_queued: int
+    sql: list[str]
 
 
-def sweep_at_scale(total: int, repeats: int) -> SweepRun:
-    """Time ``promos_sync_state`` over ``total`` promos of which 1% are due; count its SQL statements."""
+def sweep_at_scale(total: int, repeats: int, due_percent: float = 1.0) -> SweepRun:
+    """Time ``promos_sync_state`` over ``total`` promos of which ``due_percent`` are due; count its SQL statements."""
     from promotions import services
 
     reset_promotions()
     _products(SUBSCRIBERS_PER_PRODUCT)
     now = timezone.now()
-    due = max(1, total // 100)
+    due = max(1, round(total * due_percent / 100))
     _insert_promos(total=total, due=due, now=now)
     seconds, statements = [], []
     activated = queued = 0
+    sql: list[str] = []
     for _ in range(repeats):
         _execute("TRUNCATE promotions_notification")
         _execute(
@@ -109,8 +111,9 @@ def sweep_at_scale(total: int, repeats: int) -> SweepRun:
             result = services.promos_sync_state(now=timezone.now())
             seconds.append(time.perf_counter() - started)
         statements.append(len(queries.captured_queries))
+        sql = [f"{q['time']} s: " + " ".join(q["sql"].split())[:80] for q in queries.captured_queries]
         activated, queued = len(result.activated), result.notifications_queued
-    return SweepRun(total, due, seconds, statements, activated, queued)
+    return SweepRun(total, due, seconds, statements, activated, queued, sql)
 
 
 @dataclass
@@ -267,7 +270,9 @@ def dead_letters(entries: int, record_samples: int, replay_count: int, rate: flo
         INSERT INTO observability_deadletter (dedup_key, reason, status, task_name, task_id, args, kwargs, headers,
                queue, exchange, routing_key, raw_message, retries, delivery_count, failure_count, exception_type,
                exception_message, traceback, worker_host, trace_id, fingerprint, first_failed_at, last_failed_at)
-        SELECT 'bulk-' || g, (ARRAY['max_retries_exceeded','non_retryable_error','time_limit_exceeded','poison_message'])[1 + g %% 4],
+        SELECT 'bulk-' || g,
+               (ARRAY['max_retries_exceeded', 'non_retryable_error', 'time_limit_exceeded',
+                      'poison_message'])[1 + g %% 4],
                'pending',
                CASE WHEN g %% 5 = 0 THEN 'bench.observable_noop' ELSE 'promotions.tasks.task_' || (g %% 5) END,
                'bulk-' || g, '[]'::jsonb, '{}'::jsonb, '{}'::jsonb, 'celery', '', 'celery', '', 0, 1, 1,

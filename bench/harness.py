@@ -51,7 +51,8 @@ def base_env() -> dict[str, str]:
 def setup_django() -> None:
     """Point this process at the bench database and Redis (whatever the shell says), then ``django.setup()``."""
     env = base_env()
-    for key in ("DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DJANGO_SECRET_KEY"):
+    # LOG_LEVEL: the bench's own process (dlq commands, sweeps) keeps its per-entry INFO lines off the table.
+    for key in ("DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DJANGO_SECRET_KEY", "LOG_LEVEL"):
         os.environ[key] = env[key]
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "marketplace.settings")
     import django

@@ -46,8 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="A/B repeats of each task benchmark (default 3).")
     parser.add_argument("--tasks", type=int, help="Messages per throughput run (default 10000; quick 2000).")
     parser.add_argument("--latency-rate", type=float, default=200.0, help="Tasks per second (default 200).")
-    parser.add_argument("--latency-seconds", type=float, help="Seconds of publishing per run (default 10; quick 4).")
+    parser.add_argument("--latency-seconds", type=float, help="Seconds of publishing per run (default 10; quick 3).")
     parser.add_argument("--promos", help="Comma-separated promo table sizes (default 10000,100000; 1000000 works).")
+    parser.add_argument("--due-percent", type=float, default=1.0, help="Share of promos due in the sweep (default 1).")
     parser.add_argument("--notifications", type=int, help="Pending notifications (default 100000; quick 10000).")
     parser.add_argument("--lag-promos", type=int, help="Promos with staggered starts (default 200; quick 50).")
     parser.add_argument("--lag-spread", type=float, help="Seconds the starts spread over (default 20; quick 6).")
@@ -55,13 +56,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--replay", type=int, help="Entries of the unthrottled replay (default 5000; quick 1000).")
     parser.add_argument("--replay-rate", type=float, default=500.0, help="Asked --rate (default 500/s).")
     parser.add_argument("--rate-count", type=int, help="Entries of the paced replay (default 2000; quick 500).")
-    parser.add_argument("--memory", help="Comma-separated cumulative task counts (default 10000,50000).")
+    parser.add_argument(
+        "--memory", help="Comma-separated cumulative task counts (default 10000,40000; the goal names 10000,100000)."
+    )
+    parser.add_argument(
+        "--max-tasks-per-child", type=int,
+        help="Pool child recycling of the throughput and latency workers (default: the project's, 1000).",
+    )  # fmt: skip
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json", help="Where the JSON goes.")
     args = parser.parse_args(argv)
     quick = args.quick
     defaults: dict[str, Any] = {
         "tasks": 2000 if quick else 10000,
-        "latency_seconds": 4.0 if quick else 10.0,
+        "latency_seconds": 3.0 if quick else 10.0,
         "promos": "10000" if quick else "10000,100000",
         "notifications": 10000 if quick else 100000,
         "lag_promos": 50 if quick else 200,
@@ -69,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "dead_letters": 20000 if quick else 100000,
         "replay": 1000 if quick else 5000,
         "rate_count": 500 if quick else 2000,
-        "memory": "2000,10000" if quick else "10000,50000",
+        "memory": "1000,4000" if quick else "10000,40000",
     }
     for key, value in defaults.items():
         if getattr(args, key) is None:
@@ -95,20 +102,28 @@ def _alternate(repeats: int, run: Callable[[str, str], Any]) -> dict[str, list[A
     return results
 
 
+def _worker_args(args: argparse.Namespace) -> list[str]:
+    return [f"--max-tasks-per-child={args.max_tasks_per_child}"] if args.max_tasks_per_child else []
+
+
+def _pairs(runs: dict[str, list[Any]]) -> list[tuple[Any, Any]]:
+    """(bare, observable) runs of the same repeat, measured side by side."""
+    return list(zip(runs["bare"], runs["observable"], strict=True))
+
+
 def bench_throughput(args: argparse.Namespace, sink: Sink, rows: list[Row], out: dict[str, Any]) -> None:
     from bench.throughput import throughput_run
 
-    runs = _alternate(args.repeats, lambda v, tag: throughput_run(v, sink, args.tasks, tag))
+    runs = _alternate(args.repeats, lambda v, tag: throughput_run(v, sink, args.tasks, tag, _worker_args(args)))
     e2e = {v: Summary.of([r.end_to_end_per_second for r in runs[v]]) for v in runs}
     pub = {v: Summary.of([r.publish_per_second for r in runs[v]]) for v in runs}
     # Pairwise ratios of the runs made side by side, then their median.
-    e2e_ratio = Summary.of(
-        [o.end_to_end_per_second / b.end_to_end_per_second for b, o in zip(runs["bare"], runs["observable"])]
-    )
-    pub_ratio = Summary.of(
-        [o.publish_per_second / b.publish_per_second for b, o in zip(runs["bare"], runs["observable"])]
-    )
+    e2e_ratio = Summary.of([o.end_to_end_per_second / b.end_to_end_per_second for b, o in _pairs(runs)])
+    pub_ratio = Summary.of([o.publish_per_second / b.publish_per_second for b, o in _pairs(runs)])
     lines = {v: [r.summary_lines for r in runs[v]] for v in runs}
+    main_cpu = {v: Summary.of([r.main_cpu_us for r in runs[v]]) for v in runs}
+    child_cpu = {v: Summary.of([r.child_cpu_us for r in runs[v]]) for v in runs}
+    child_added = Summary.of([o.child_cpu_us - b.child_cpu_us for b, o in _pairs(runs)])
     out["throughput"] = {
         "tasks_per_run": args.tasks,
         "end_to_end_per_second": {v: s.to_json() for v, s in e2e.items()},
@@ -116,12 +131,28 @@ def bench_throughput(args: argparse.Namespace, sink: Sink, rows: list[Row], out:
         "publish_per_second": {v: s.to_json() for v, s in pub.items()},
         "publish_ratio": pub_ratio.to_json(),
         "summary_log_lines": lines,
+        "main_cpu_us_per_task": {v: s.to_json() for v, s in main_cpu.items()},
+        "child_cpu_us_per_task": {v: s.to_json() for v, s in child_cpu.items()},
+        "child_cpu_us_added": child_added.to_json(),
         "sink_requests": dict(sink.requests),
     }
     rows += [
         Row("1. e2e tasks/s, bare celery.Task", _fmt(e2e["bare"]), "", None),
         Row("1. e2e tasks/s, ObservableTask (all on)", _fmt(e2e["observable"]), "", None),
         Row("1. e2e ratio observable/bare", _fmt(e2e_ratio, digits=2), ">= 0.90", e2e_ratio.median >= 0.9),
+        Row(
+            "1. worker main CPU us/task, bare / observable",
+            f"{_fmt(main_cpu['bare'])} / {_fmt(main_cpu['observable'])}",
+            "",
+            None,
+        ),
+        Row(
+            "1. children CPU us/task, bare / observable",
+            f"{_fmt(child_cpu['bare'])} / {_fmt(child_cpu['observable'])}",
+            "",
+            None,
+        ),
+        Row("1. children CPU added per task", _fmt(child_added, " us"), "<= ~100 us", child_added.median <= 100),
         Row("2. publish .delay()/s, bare", _fmt(pub["bare"]), "", None),
         Row("2. publish .delay()/s, instrumented", _fmt(pub["observable"]), "", None),
         Row("2. publish ratio", _fmt(pub_ratio, digits=2), ">= 0.90", pub_ratio.median >= 0.9),
@@ -132,16 +163,21 @@ def bench_latency(args: argparse.Namespace, sink: Sink, rows: list[Row], out: di
     from bench.throughput import latency_run
 
     runs = _alternate(
-        args.repeats, lambda v, tag: latency_run(v, sink, args.latency_rate, args.latency_seconds, tag)
+        args.repeats,
+        lambda v, tag: latency_run(v, sink, args.latency_rate, args.latency_seconds, tag, _worker_args(args)),
     )
     section: dict[str, Any] = {"rate": args.latency_rate, "seconds": args.latency_seconds}
     for variant, results in runs.items():
-        section[variant] = {q: Summary.of([getattr(r, q) for r in results]).to_json() for q in ("p50_ms", "p95_ms", "p99_ms")}
+        section[variant] = {
+            q: Summary.of([getattr(r, q) for r in results]).to_json() for q in ("p50_ms", "p95_ms", "p99_ms")
+        }
         section[variant]["samples"] = [r.samples for r in results]
         for q in ("p50_ms", "p95_ms", "p99_ms"):
             summary = Summary.of([getattr(r, q) for r in results])
-            rows.append(Row(f"3. latency {q[:-3]} ms @{args.latency_rate:.0f}/s, {variant}", _fmt(summary, digits=2), "", None))
-    added = Summary.of([o.p99_ms - b.p99_ms for b, o in zip(runs["bare"], runs["observable"])])
+            rows.append(
+                Row(f"3. latency {q[:-3]} ms @{args.latency_rate:.0f}/s, {variant}", _fmt(summary, digits=2), "", None)
+            )
+    added = Summary.of([o.p99_ms - b.p99_ms for b, o in _pairs(runs)])
     section["p99_added_ms"] = added.to_json()
     out["latency"] = section
     rows.append(Row("3. latency p99 added (ms)", _fmt(added, digits=2), "<= 1 ms", added.median <= 1.0))
@@ -152,7 +188,7 @@ def bench_sweep(args: argparse.Namespace, sink: Sink, rows: list[Row], out: dict
 
     section = []
     for total in _ints(args.promos):
-        run = sweep_at_scale(total, repeats=3)
+        run = sweep_at_scale(total, repeats=3, due_percent=args.due_percent)
         timing = Summary.of([s * 1000 for s in run.seconds])
         section.append({**asdict(run), "ms": timing.to_json()})
         print(f"  {total:,} promos: {timing.median:.1f} ms, statements {run.statements}", flush=True)
@@ -166,7 +202,14 @@ def bench_sweep(args: argparse.Namespace, sink: Sink, rows: list[Row], out: dict
         )
     counts = {max(s["statements"]) for s in section}
     out["sweep"] = section
-    rows.append(Row("4. sweep statements across sizes", ", ".join(map(str, sorted(counts))), "constant", len(counts) == 1))
+    rows.append(
+        Row(
+            "4. sweep SQL statements (with BEGIN/COMMIT)",
+            ", ".join(map(str, sorted(counts))),
+            "constant",
+            len(counts) < 2,
+        )
+    )
 
 
 def bench_notifications(args: argparse.Namespace, sink: Sink, rows: list[Row], out: dict[str, Any]) -> None:
@@ -213,7 +256,8 @@ def bench_dead_letters(args: argparse.Namespace, sink: Sink, rows: list[Row], ou
     accuracy = run.rate_measured / run.rate_asked
     rows += [
         Row("7. dead_letter_record per entry", _fmt(record, " ms", 2), "", None),
-        Row(f"7. dlq list --task --reason on {run.entries:,}", _fmt(listing, " ms", 1), "<= 200 ms", listing.median <= 200),
+        Row(f"7. dlq list --task --reason on {run.entries:,}", _fmt(listing, " ms", 1), "<= 200 ms",
+            listing.median <= 200),
         Row(f"7. replay unthrottled ({run.replay_entries:,})", f"{run.replay_per_second:,.0f}/s", ">= 1,000/s",
             run.replay_per_second >= 1000),
         Row(f"7. replay --rate {run.rate_asked:.0f} ({run.rate_entries:,})", f"{run.rate_measured:,.1f}/s "
@@ -263,16 +307,15 @@ def machine() -> dict[str, Any]:
 
 
 def render(rows: list[Row]) -> str:
-    widths = [max(len(getattr(r, f)) for r in rows) for f in ("measure", "result", "goal")]
     header = ("measure", "result (median, min-max)", "goal", "verdict")
-    widths = [max(w, len(h)) for w, h in zip(widths, header)] + [7]
+    cells = [(r.measure, r.result, r.goal, r.verdict) for r in rows]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(header)]
     lines = [
-        "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
+        "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |",
         "|" + "|".join("-" * (w + 2) for w in widths) + "|",
     ]
-    for r in rows:
-        cells = (r.measure, r.result, r.goal, r.verdict)
-        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |")
+    for row in cells:
+        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
     return "\n".join(lines)
 
 
@@ -301,9 +344,10 @@ def main(argv: list[str] | None = None) -> None:
         sink.stop()
     out["total_seconds"] = round(time.perf_counter() - started, 1)
     out["table"] = [asdict(r) | {"verdict": r.verdict} for r in rows]
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(out, indent=2, default=str))  # before rendering: the figures come first
     table = render(rows)
     out["table_markdown"] = table
-    args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(out, indent=2, default=str))
     print()
     print(f"machine: {out['machine']['nproc']} cores, {out['machine']['cpu']}; {out['total_seconds']} s")

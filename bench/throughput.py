@@ -5,22 +5,40 @@ worker child memory, each for a bare ``celery.Task`` and for ``ObservableTask`` 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
 
 import redis
 
 from bench.harness import REDIS_URL, ROOT, Sink, Worker, base_env, instrumented_env, percentile, rss_kib, wait_until
 from bench.tasks import COUNTER_KEY, LATENCY_KEY
 
-VARIANTS = ("bare", "observable")
-
 
 def broker() -> redis.Redis:
     return redis.Redis.from_url(REDIS_URL)
+
+
+# redis-py's sync client is typed as possibly async: these helpers read its answers as what they are.
+def done_count(client: redis.Redis) -> int:
+    value: Any = client.get(COUNTER_KEY)
+    return int(value or 0)
+
+
+def latency_count(client: redis.Redis) -> int:
+    value: Any = client.llen(LATENCY_KEY)
+    return int(value)
+
+
+def latency_values_ms(client: redis.Redis) -> list[float]:
+    values: Any = client.lrange(LATENCY_KEY, 0, -1)
+    return [float(v) * 1000 for v in values]
 
 
 def variant_env(variant: str, sink: Sink) -> dict[str, str]:
@@ -55,14 +73,42 @@ def ping(worker: Worker, timeout: float = 60.0) -> None:
     wait_until(answered, timeout=timeout, interval=0.2, what="the bench worker to answer ping")
 
 
+def _done(client: redis.Redis, worker: Worker) -> int:
+    if not worker.alive():
+        raise RuntimeError(f"worker exited; see {worker.log_path}")
+    return done_count(client)
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """(own, reaped children's) CPU seconds of ``pid`` from /proc: user + system."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0, 0.0
+    utime, stime, cutime, cstime = (int(v) for v in fields[11:15])
+    return (utime + stime) / _TICK, (cutime + cstime) / _TICK
+
+
+def worker_cpu(worker: Worker) -> tuple[float, float]:
+    """CPU seconds so far of the worker's main process and of all its pool children (exited ones included)."""
+    main, reaped = _cpu_seconds(worker.process.pid)
+    return main, reaped + sum(_cpu_seconds(pid)[0] for pid in worker.children())
+
+
 @dataclass
 class ThroughputRun:
     publish_per_second: float
     end_to_end_per_second: float
     summary_lines: int
+    #: CPU per task during the timed drain, microseconds: the main process, and the pool children together.
+    main_cpu_us: float = 0.0
+    child_cpu_us: float = 0.0
 
 
-def throughput_run(variant: str, sink: Sink, count: int, tag: str) -> ThroughputRun:
+def throughput_run(variant: str, sink: Sink, count: int, tag: str, extra: Sequence[str] = ()) -> ThroughputRun:
     """Pre-fill the queue with ``count`` messages (timed: the publish figure), then start a worker and time
     the drain from the first 2% done to the last, so worker start-up is not counted."""
     client = broker()
@@ -70,16 +116,25 @@ def throughput_run(variant: str, sink: Sink, count: int, tag: str) -> Throughput
     env = variant_env(variant, sink)
     publish_rate = publish(variant, env, count)
     total = count + 1  # the producer's warm-up message
-    worker = Worker(env, f"throughput-{variant}-{tag}", loglevel=loglevel(variant))
+    worker = Worker(env, f"throughput-{variant}-{tag}", loglevel=loglevel(variant), extra=extra)
     try:
         first = max(1, total // 50)
-        t0 = wait_until(lambda: int(client.get(COUNTER_KEY) or 0) >= first, timeout=120, what="the first tasks")
-        c0 = int(client.get(COUNTER_KEY) or 0)
-        t1 = wait_until(lambda: int(client.get(COUNTER_KEY) or 0) >= total, timeout=600, what="the queue to drain")
+        t0 = wait_until(lambda: _done(client, worker) >= first, timeout=120, what="the first tasks")
+        c0 = done_count(client)
+        cpu0 = worker_cpu(worker)
+        t1 = wait_until(lambda: _done(client, worker) >= total, timeout=600, what="the queue to drain")
+        cpu1 = worker_cpu(worker)
     finally:
         worker.stop()
     log = worker.log_path.read_text()
-    return ThroughputRun(publish_rate, (total - c0) / (t1 - t0), log.count('"task.finished"'))
+    done = total - c0
+    return ThroughputRun(
+        publish_rate,
+        done / (t1 - t0),
+        log.count('"task.finished"'),
+        (cpu1[0] - cpu0[0]) / done * 1e6,
+        (cpu1[1] - cpu0[1]) / done * 1e6,
+    )
 
 
 @dataclass
@@ -90,21 +145,27 @@ class LatencyRun:
     samples: int
 
 
-def latency_run(variant: str, sink: Sink, rate: float, seconds: float, tag: str) -> LatencyRun:
+def latency_run(
+    variant: str, sink: Sink, rate: float, seconds: float, tag: str, extra: Sequence[str] = ()
+) -> LatencyRun:
     """Start a worker, then publish at a fixed ``rate``; each task records ``time.time() - published_at``."""
     client = broker()
     client.flushdb()
     env = variant_env(variant, sink)
-    worker = Worker(env, f"latency-{variant}-{tag}", loglevel=loglevel(variant))
+    worker = Worker(env, f"latency-{variant}-{tag}", loglevel=loglevel(variant), extra=extra)
     count = int(rate * seconds)
     try:
         ping(worker)
         publish(variant, env, count, rate=rate, stamp=True)
-        wait_until(lambda: int(client.llen(LATENCY_KEY)) >= count, timeout=120, what="the latency samples")
+        wait_until(lambda: latency_count(client) >= count, timeout=120, what="the latency samples")
     finally:
         worker.stop()
-    values = [float(v) * 1000 for v in client.lrange(LATENCY_KEY, 0, -1)]
+    values = latency_values_ms(client)
     return LatencyRun(percentile(values, 50), percentile(values, 95), percentile(values, 99), len(values))
+
+
+def _reached(client: redis.Redis, target: int) -> bool:
+    return done_count(client) >= target
 
 
 @dataclass
@@ -123,13 +184,13 @@ def memory_run(sink: Sink, stages: list[int]) -> MemoryRun:
     rss: list[list[int]] = []
     try:
         ping(worker)
-        done_before = int(client.get(COUNTER_KEY) or 0)
+        done_before = done_count(client)
         published = 0
         for stage in stages:
             publish("observable", env, stage - published)
             published = stage
             target = done_before + stage + len(rss) + 1  # every producer run adds one warm-up message
-            wait_until(lambda t=target: int(client.get(COUNTER_KEY) or 0) >= t, timeout=900, what="memory stage")
+            wait_until(partial(_reached, client, target), timeout=900, what="memory stage")
             time.sleep(1.0)  # let the batch processors export what is queued
             rss.append([rss_kib(pid) for pid in worker.children()])
     finally:

@@ -1,0 +1,98 @@
+"""``python -m bench.profile``: where a worker child's (or main process's) CPU goes, bare vs ObservableTask.
+
+Pre-fills the queue, starts a bench worker, samples one pool child with ``py-spy record --gil --format raw``
+(GIL-holding samples: a CPU proxy; the binary from ``$PY_SPY``, e.g. a throwaway venv: ``python -m venv
+/tmp/prof && /tmp/prof/bin/pip install py-spy``) and prints the share of samples under telemetry, logging and
+Sentry frames. The collapsed stacks stay in ``bench/results/logs/`` for a closer look.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+from bench.harness import LOGS, Sink, Worker, setup_django, wait_until
+from bench.throughput import broker, done_count, loglevel, publish, variant_env
+
+#: Frames whose inclusive share is reported (substring of py-spy's ``function (file)`` frame text).
+FRAMES = (
+    "_worker_child (observability/wiring.py",
+    "_export (opentelemetry/sdk/trace/export",
+    "export (opentelemetry/exporter",
+    "emit (logging",
+    "JsonRenderer",
+    "__call__ (observability/tasks.py",
+    "task_started (observability/telemetry.py",
+    "task_finished (observability/telemetry.py",
+    "info (structlog",
+    "start_span (opentelemetry",
+    "end (opentelemetry/sdk/trace",
+    "add (opentelemetry/sdk/metrics",
+    "record (opentelemetry/sdk/metrics",
+    "attach (opentelemetry/context",
+    "extract (opentelemetry/propagate",
+    "sentry_sdk",
+    "_one_call (bench/tasks.py",
+    "trace_task (celery/app/trace.py",
+    "on_message",
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--variant", choices=["bare", "observable"], default="observable")
+    parser.add_argument("--tasks", type=int, default=30000, help="Messages to pre-fill.")
+    parser.add_argument("--seconds", type=int, default=10, help="Sampling duration.")
+    parser.add_argument("--process", choices=["child", "main"], default="child", help="Which process to sample.")
+    parser.add_argument(
+        "--max-tasks-per-child", type=int, default=100_000_000,
+        help="Pool child recycling (the project default is 1000; high so one child lives through the sampling).",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    py_spy = os.environ.get("PY_SPY", "/tmp/benchprof/bin/py-spy")
+    setup_django()
+    sink = Sink()
+    client = broker()
+    client.flushdb()
+    env = variant_env(args.variant, sink)
+    publish(args.variant, env, args.tasks)
+    worker = Worker(
+        env, f"profile-{args.variant}", loglevel=loglevel(args.variant),
+        extra=[f"--max-tasks-per-child={args.max_tasks_per_child}"],
+    )  # fmt: skip
+    out = LOGS / f"profile-{args.variant}-{args.process}.txt"
+    try:
+        wait_until(lambda: done_count(client) >= 500, timeout=120, what="the worker to start")
+        pid = worker.children()[0] if args.process == "child" else worker.process.pid
+        subprocess.run(
+            [py_spy, "record", "--pid", str(pid), "--duration", str(args.seconds), "--rate", "500",
+             "--format", "raw", "--output", str(out), "--nonblocking", "--gil"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+    finally:
+        worker.stop()
+        sink.stop()
+    report(out)
+
+
+def report(path: Path) -> None:
+    """Print the inclusive share of each of ``FRAMES`` among the samples of a py-spy raw (collapsed) file."""
+    total = 0
+    hits: Counter[str] = Counter()
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        count = int(count_text)
+        total += count
+        for frame in FRAMES:
+            if frame in stack:
+                hits[frame] += count
+    print(f"{path}: {total} samples")
+    for frame in FRAMES:
+        print(f"  {hits[frame] / max(total, 1):6.1%}  {frame}")
+
+
+if __name__ == "__main__":
+    main()
