@@ -209,6 +209,8 @@ if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
 LOG_FORMAT = env_str("LOG_FORMAT", "auto")
 if LOG_FORMAT not in {"auto", "json", "console"}:
     raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r} must be auto, json or console.")
+# Celery's own per-task "received"/"succeeded" INFO lines (each run already logs one `task.finished` line).
+LOG_TASK_LIFECYCLE_LINES = env_bool("LOG_TASK_LIFECYCLE_LINES", False)
 # Keys whose values never reach a log line or a Sentry event (secrets are always redacted too).
 LOG_REDACT_KEYS = env_list("LOG_REDACT_KEYS", ["email", "recipient", "phone", "address"])
 # observability.logging configures stdlib logging and structlog together, for Django and Celery alike.

@@ -145,8 +145,13 @@ def test_database_down_while_dead_lettering_loses_nothing(start_worker, worker_e
     t = token()
     result = tasks.permanent.apply_async((t,), queue="db-outage")
 
-    wait_for(lambda: "record_dead_letter" in worker.log() and "Retry in" in worker.log(), timeout=30,
-             what="the deferred record to fail once while the database is down")  # fmt: skip
+    def deferred_record_retried() -> bool:
+        return any(
+            '"task.finished"' in line and "observability.record_dead_letter" in line and '"retried"' in line
+            for line in worker.log().splitlines()
+        )
+
+    wait_for(deferred_record_retried, timeout=30, what="the deferred record to fail once while the database is down")
     assert not DeadLetter.objects.filter(task_id=result.id).exists()
     proxy.start()
 
