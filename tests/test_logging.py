@@ -101,7 +101,7 @@ def test_task_context_is_on_every_line_until_cleared():
 
     bind_task_context(**TASK, retries=2)
     structlog.get_logger("promotions.services").info("promo.activated", promo_id=7)
-    logging.getLogger("celery.app.trace").info("Task succeeded")
+    logging.getLogger("celery.worker.consumer").info("Task succeeded")
     clear_task_context()
     structlog.get_logger("promotions.services").info("promo.ended", promo_id=7)
 

@@ -18,6 +18,7 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from observability.models import DeadLetter
+from promotions.models import Notification
 from tests import tasks
 from tests.conftest import ROOT, wait_for
 from tests.net import free_port
@@ -244,11 +245,14 @@ def test_domain_metrics_and_rejections_are_recorded(observed_worker, otlp):
     from promotions.tasks import check_active_promos, deliver_notification_batch
     from tests.factories import ProductFactory, PromoFactory, SubscriptionFactory
 
-    product = ProductFactory()
-    SubscriptionFactory.create_batch(3, product=product)
-    PromoFactory(product=product, starts_at=timezone.now() - timedelta(seconds=2))
+    # No subscribers here: activation publishes no delivery batch another worker could take.
+    PromoFactory(starts_at=timezone.now() - timedelta(seconds=2))
     check_active_promos.apply_async(queue="observed").get(timeout=20)
-    deliver_notification_batch.apply_async(queue="observed").get(timeout=20)
+    product = ProductFactory()
+    live = PromoFactory(product=product, status="active", starts_at=timezone.now() - timedelta(minutes=1))
+    for subscription in SubscriptionFactory.create_batch(3, product=product):
+        Notification.objects.create(promo=live, subscription=subscription, next_attempt_at=timezone.now())
+    assert deliver_notification_batch.apply_async(queue="observed").get(timeout=20)["sent"] == 3
     app.send_task("no.such.task", queue="observed")
 
     wait_for(lambda: otlp.total("promotions.activation_lag") >= 1, what="the activation lag histogram")
