@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import urllib.error
 import urllib.request
 from base64 import b64encode
 from datetime import timedelta
@@ -20,7 +19,7 @@ from marketplace.celery import app as celery_app
 from promotions.models import FlashPromo, PromoStatus
 from tests.conftest import ROOT, wait_for
 from tests.factories import PromoFactory
-from tests.net import free_port
+from tests.net import free_port, http_status
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -141,14 +140,7 @@ def test_flower_runs_and_requires_authentication(worker_env, tmp_path):
         try:
 
             def status(headers: dict[str, str]) -> int | None:
-                request = urllib.request.Request(f"http://127.0.0.1:{port}/", headers=headers)
-                try:
-                    with urllib.request.urlopen(request, timeout=2) as response:
-                        return int(response.status)
-                except urllib.error.HTTPError as error:
-                    return error.code
-                except OSError:
-                    return None
+                return http_status(urllib.request.Request(f"http://127.0.0.1:{port}/", headers=headers), timeout=2)
 
             assert wait_for(lambda: status({}), timeout=30, what="flower to listen") == 401
             token = b64encode(b"admin:flower-test-password").decode()

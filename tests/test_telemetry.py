@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from observability.models import DeadLetter
 from promotions.models import Notification
 from tests import tasks
 from tests.conftest import ROOT, wait_for
-from tests.net import free_port
+from tests.net import free_port, http_status
 from tests.otlp_receiver import OtlpReceiver
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -213,7 +212,7 @@ def test_one_trace_joins_an_http_request_and_the_task_it_enqueues(otlp, start_wo
                 f"http://127.0.0.1:{port}/api/promos", data=body, method="POST",
                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
             )  # fmt: skip
-            wait_for(lambda: _post(request) == 201, timeout=30, what="the web server to create the promo")
+            wait_for(lambda: http_status(request) == 201, timeout=30, what="the web server to create the promo")
             server = wait_for(lambda: [s for s in otlp.spans if s.kind == SERVER and "promos" in s.name],
                               what="the request span")  # fmt: skip
             run = wait_for(
@@ -226,16 +225,6 @@ def test_one_trace_joins_an_http_request_and_the_task_it_enqueues(otlp, start_wo
         finally:
             web.terminate()
             web.wait(timeout=20)
-
-
-def _post(request: urllib.request.Request) -> int | None:
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as error:
-        return error.code
-    except OSError:
-        return None
 
 
 def test_domain_metrics_and_rejections_are_recorded(observed_worker, otlp):
