@@ -42,7 +42,7 @@ _RELEASE_LOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call
 class ObservableTask(DjangoTask):  # type: ignore[type-arg]
     #: Worker-side request: a dead letter for every terminal failure, before acknowledgement.
     Request = "observability.requests:ObservableRequest"
-    #: Worker strategy: redelivered messages count their deliveries; poison messages are quarantined.
+    #: Worker strategy: a redelivered message that already lost its worker max_deliveries times is quarantined.
     Strategy = "observability.strategy:quarantining"
     #: Acknowledge after the task ran, so a worker crash hands the message to another worker.
     acks_late = True
