@@ -1,5 +1,6 @@
-"""Gauges measured by one process per worker (its main process), not by every child: queue backlog with
-Redis priority sub-queues, dead-letter depth and age, and each beat entry's last successful run.
+"""Gauges measured by one process per worker (its main process), not by every child: a heartbeat per consumed
+queue, queue backlog with Redis priority sub-queues, dead-letter depth and age, and each beat entry's last
+successful run and interval.
 
 They are read at each metric export (every ``OTEL_METRIC_EXPORT_INTERVAL`` ms) from Redis and Postgres.
 Several workers report the same values: dashboards aggregate them with ``max``.
@@ -8,6 +9,7 @@ Several workers report the same values: dashboards aggregate them with ``max``.
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from collections.abc import Iterable
 
 import structlog
@@ -42,6 +44,30 @@ def record_beat_success(entry: str) -> None:
 def _queues() -> list[str]:
     names = {current_app.conf.task_default_queue, *(q.name for q in current_app.amqp.queues.values())}
     return sorted(names)
+
+
+def _consumed_queues() -> list[str]:
+    # ``-Q`` narrows what a worker consumes; without it a worker consumes every declared queue.
+    consumed = current_app.amqp.queues.consume_from
+    return sorted(consumed) if consumed else _queues()
+
+
+def _heartbeat(options: CallbackOptions) -> Iterable[Observation]:
+    # A timestamp rather than a constant 1: a stopped worker's last sample lingers in the pipeline
+    # (the Collector keeps it for its metric_expiration), but its age keeps growing, so "up" is computable.
+    now = time.time()
+    return [Observation(now, {"queue": queue}) for queue in _consumed_queues()]
+
+
+def _beat_intervals(options: CallbackOptions) -> Iterable[Observation]:
+    # Exported beside the last success so that a "missed N intervals" alert needs no per-entry constant.
+    observations = []
+    for entry, spec in current_app.conf.beat_schedule.items():
+        interval = getattr(spec["schedule"], "run_every", spec["schedule"])
+        seconds = interval.total_seconds() if isinstance(interval, timedelta) else interval
+        if isinstance(seconds, int | float):
+            observations.append(Observation(float(seconds), {"entry": entry}))
+    return observations
 
 
 def _backlog(options: CallbackOptions) -> Iterable[Observation]:
@@ -92,9 +118,15 @@ def _dead_letters_oldest_age(options: CallbackOptions) -> Iterable[Observation]:
 
 def register(meter: Meter) -> None:
     """Register the gauges on ``meter`` (the worker main process's)."""
+    meter.create_observable_gauge(
+        m.WORKER_HEARTBEAT, [_heartbeat], unit="s", description="Unix time of the worker's last collection"
+    )
     meter.create_observable_gauge(m.QUEUE_BACKLOG, [_backlog], unit="{message}", description="Messages waiting")
     meter.create_observable_gauge(
         m.BEAT_LAST_SUCCESS, [_beat_last_success], unit="s", description="Unix time of the last successful run"
+    )
+    meter.create_observable_gauge(
+        m.BEAT_INTERVAL, [_beat_intervals], unit="s", description="Interval of each interval beat entry"
     )
     meter.create_observable_gauge(
         m.DEAD_LETTERS_PENDING, [_dead_letters_pending], unit="{entry}", description="Pending dead letters"

@@ -9,6 +9,7 @@ underscores and append the unit and ``_total`` for counters: ``celery.tasks.fini
 from __future__ import annotations
 
 __all__ = [
+    "BEAT_INTERVAL",
     "BEAT_LAST_SUCCESS",
     "DEAD_LETTERS_CREATED",
     "DEAD_LETTERS_OLDEST_PENDING_AGE",
@@ -27,6 +28,7 @@ __all__ = [
     "TASKS_STARTED",
     "TASK_DURATION",
     "TASK_QUEUE_WAIT",
+    "WORKER_HEARTBEAT",
 ]
 
 # Tasks: labels task, queue (+ outcome, error_type where stated). Never task ids or host names.
@@ -37,6 +39,8 @@ TASK_DURATION = "celery.task.duration"  # histogram, s; task, queue, outcome
 TASK_QUEUE_WAIT = "celery.task.queue_wait"  # histogram, s; task, queue
 QUEUE_BACKLOG = "celery.queue.backlog"  # gauge; queue, priority
 BEAT_LAST_SUCCESS = "celery.beat.last_success"  # gauge, unix time s; entry
+BEAT_INTERVAL = "celery.beat.interval"  # gauge, s; entry
+WORKER_HEARTBEAT = "celery.worker.heartbeat"  # gauge, unix time s; queue
 
 # Dead letters.
 DEAD_LETTERS_CREATED = "dead_letters.created"  # counter; task, reason

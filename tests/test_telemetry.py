@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
+from django.conf import settings
 from django.core.management import call_command
 from django.utils import timezone
 
@@ -181,6 +183,20 @@ def test_a_periodic_run_updates_its_beat_entrys_last_success(observed_worker, ot
         what="the beat gauge",
     )[0]
     assert point.value > 1_700_000_000
+
+
+def test_the_worker_reports_a_heartbeat_per_consumed_queue_and_each_beat_interval(observed_worker, otlp):
+    """Workers-up and missed-run alerts rest on these: a fresh timestamp for each queue the worker consumes
+    (only ``observed`` for ``-Q observed``) and the seconds between runs of each interval beat entry."""
+    started = time.time()
+    beats = wait_for(
+        lambda: [p for p in otlp.latest("celery.worker.heartbeat") if p.value >= started], what="a fresh heartbeat"
+    )
+    assert {p.attributes["queue"] for p in beats} == {"observed"}
+    intervals = wait_for(lambda: otlp.latest("celery.beat.interval"), what="the beat intervals")
+    assert {p.attributes["entry"]: p.value for p in intervals} == {
+        key: float(spec["schedule"]) for key, spec in settings.CELERY_BEAT_SCHEDULE.items()
+    }
 
 
 def test_one_trace_joins_an_http_request_and_the_task_it_enqueues(otlp, start_worker, worker_env, tmp_path):
