@@ -9,8 +9,8 @@ Several workers report the same values: dashboards aggregate them with ``max``.
 from __future__ import annotations
 
 import time
-from datetime import timedelta
 from collections.abc import Iterable
+from datetime import timedelta
 
 import structlog
 from celery import current_app

@@ -14,12 +14,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from celery.beat import PersistentScheduler
 from django.conf import settings
+from django.utils import timezone
 
 from marketplace.celery import app as celery_app
 from tests.smtp import SmtpSink
@@ -143,6 +146,32 @@ def start_worker(
 def celery_worker(start_worker: Callable[..., WorkerProcess]) -> WorkerProcess:
     """The session's shared worker (prefork, concurrency 2)."""
     return start_worker()
+
+
+@contextmanager
+def running_beat(env: dict[str, str], tmp_path: Path) -> Iterator[Path]:
+    """``celery -A marketplace beat`` with every entry due at once; yields its log file, stops it at the end.
+
+    Beat's first run of an interval entry comes one interval after start; a schedule file whose entries last
+    ran two days ago makes every entry due at once, as after a restart."""
+    schedule_file = str(tmp_path / "beat-schedule")
+    scheduler = PersistentScheduler(app=celery_app, schedule_filename=schedule_file, lazy=False)
+    for entry in scheduler.schedule.values():
+        entry.last_run_at = timezone.now() - timedelta(days=2)
+    scheduler.sync()
+    scheduler.close()
+    log_path = tmp_path / "beat.log"
+    with log_path.open("w") as log:
+        beat = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "marketplace", "beat", "--loglevel=info"],
+            cwd=ROOT, env={**env, "CELERY_BEAT_SCHEDULE_FILENAME": schedule_file}, stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            yield log_path
+        finally:
+            beat.terminate()
+            beat.wait(timeout=20)
 
 
 @contextmanager

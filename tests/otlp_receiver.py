@@ -70,6 +70,14 @@ class OtlpReceiver:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
+            def do_GET(self) -> None:
+                status, content_type, payload = receiver._get(self.path)
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
             def log_message(self, *args: Any) -> None:
                 return None
 
@@ -88,6 +96,10 @@ class OtlpReceiver:
         with self._lock:
             self.spans.clear()
             self.points.clear()
+
+    def _get(self, path: str) -> tuple[int, str, bytes]:
+        """Answer a GET: (status, content type, body). The receiver itself serves none; subclasses may."""
+        return 404, "text/plain", b"not found"
 
     def _traces(self, body: bytes) -> None:
         request = ExportTraceServiceRequest.FromString(body)
@@ -111,7 +123,9 @@ class OtlpReceiver:
             self.spans.extend(spans)
 
     def _metrics(self, body: bytes) -> None:
-        request = ExportMetricsServiceRequest.FromString(body)
+        self._decoded_metrics(ExportMetricsServiceRequest.FromString(body))
+
+    def _decoded_metrics(self, request: ExportMetricsServiceRequest) -> None:
         points = []
         for resource_metrics in request.resource_metrics:
             resource = _attributes(resource_metrics.resource.attributes)

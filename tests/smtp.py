@@ -11,10 +11,19 @@ from aiosmtpd.controller import Controller
 
 from tests.net import free_port
 
+#: Recipients whose address starts with this are refused permanently (550), like an unknown mailbox.
+REFUSED_PREFIX = "refused"
+
 
 class _Handler:
     def __init__(self, sink: SmtpSink) -> None:
         self._sink = sink
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:  # noqa: N802 - aiosmtpd API
+        if address.startswith(REFUSED_PREFIX):
+            return "550 5.1.1 mailbox unavailable"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd API
         message = message_from_bytes(envelope.content)

@@ -11,13 +11,11 @@ from base64 import b64encode
 from datetime import timedelta
 
 import pytest
-from celery.beat import PersistentScheduler
 from django.conf import settings
 from django.utils import timezone
 
-from marketplace.celery import app as celery_app
 from promotions.models import FlashPromo, PromoStatus
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, running_beat, wait_for
 from tests.factories import PromoFactory
 from tests.net import free_port, http_status
 
@@ -79,39 +77,17 @@ def test_control_pool_restart_is_enabled(start_worker, worker_env):
 def test_beat_publishes_the_schedule_and_the_worker_runs_it(celery_worker, worker_env, tmp_path):
     """``celery -A marketplace beat`` publishes every entry that is due; the worker activates a due promo."""
     promo = PromoFactory(starts_at=timezone.now() - timedelta(seconds=1))
-    schedule_file = str(tmp_path / "schedule")
-    _schedule_file_last_run_long_ago(schedule_file)
-    env = {**worker_env, "CELERY_BEAT_SCHEDULE_FILENAME": schedule_file}
-    with (tmp_path / "beat.log").open("w") as log:
-        beat = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "marketplace", "beat", "--loglevel=info"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        try:
-            wait_for(
-                lambda: FlashPromo.objects.get(pk=promo.pk).status == PromoStatus.ACTIVE,
-                timeout=30,
-                what="beat -> worker to activate the promo",
-            )
-            log_path = tmp_path / "beat.log"
-            wait_for(
-                lambda: all(f"Sending due task {key}" in log_path.read_text() for key in settings.CELERY_BEAT_SCHEDULE),
-                timeout=30,
-                what="beat to publish every due entry",
-            )
-        finally:
-            beat.terminate()
-            beat.wait(timeout=20)
-
-
-def _schedule_file_last_run_long_ago(path: str) -> None:
-    """Beat's first run of an interval entry comes one interval after start; a schedule file whose entries
-    last ran two days ago makes every entry due at once, as after a restart."""
-    scheduler = PersistentScheduler(app=celery_app, schedule_filename=path, lazy=False)
-    for entry in scheduler.schedule.values():
-        entry.last_run_at = timezone.now() - timedelta(days=2)
-    scheduler.sync()
-    scheduler.close()
+    with running_beat(worker_env, tmp_path) as log_path:
+        wait_for(
+            lambda: FlashPromo.objects.get(pk=promo.pk).status == PromoStatus.ACTIVE,
+            timeout=30,
+            what="beat -> worker to activate the promo",
+        )
+        wait_for(
+            lambda: all(f"Sending due task {key}" in log_path.read_text() for key in settings.CELERY_BEAT_SCHEDULE),
+            timeout=30,
+            what="beat to publish every due entry",
+        )
 
 
 def test_beat_schedule_is_the_seeds_with_expiry():

@@ -1,9 +1,14 @@
-"""Contract of docker-compose.yml, checked without a Docker engine.
+"""Contract of docker-compose.yml and of the observability configuration it mounts, checked without a Docker
+engine.
 
 The file validates against the official Compose Specification schema (vendored in tests/data); it keeps the
-seed's Celery services and commands; every service starts only once what it needs is healthy or finished;
-the app roles share one image; the broker cannot lose messages; Flower needs a password and stays on
-loopback; and .env.example documents every variable the file interpolates and every one settings.py reads.
+seed's Celery services and commands; every service has a healthcheck or says why it cannot, and starts only
+once what it needs is healthy, started or finished; the app roles share one image; the broker cannot lose
+messages; Flower and Grafana need a password, and whatever has no authentication is reachable from this
+machine only; .env.example documents every variable the file interpolates and every one settings.py reads.
+The OpenTelemetry Collector takes OTLP from the app and hands metrics to Prometheus and traces to Tempo;
+Prometheus scrapes it, keeps its labels and exemplars and passes `promtool check config`; Grafana's data
+sources link an exemplar's trace id to Tempo.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import ast
 import json
 import re
 import shlex
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -28,6 +35,12 @@ DOCKERFILE = ROOT / "Dockerfile"
 #: Verbatim copy of schema/compose-spec.json from github.com/compose-spec/compose-spec
 #: (commit 00655e2222608fa6eaecdf12ac5195889ca2244a).
 COMPOSE_SCHEMA = Path(__file__).parent / "data" / "compose-spec.json"
+DASHBOARDS = ROOT / "dashboards"
+COLLECTOR_CONFIG = DASHBOARDS / "otel-collector.yaml"
+PROMETHEUS_CONFIG = DASHBOARDS / "prometheus.yml"
+TEMPO_CONFIG = DASHBOARDS / "tempo.yaml"
+GRAFANA_DATASOURCES = DASHBOARDS / "grafana" / "provisioning" / "datasources" / "datasources.yml"
+GRAFANA_DASHBOARD_PROVIDERS = DASHBOARDS / "grafana" / "provisioning" / "dashboards" / "dashboards.yml"
 
 APP_IMAGE = "flash-promos-marketplace:local"
 #: The services that run the project's image; all but migrate wait for migrate.
@@ -38,6 +51,20 @@ APP_DEPENDENCIES = {
     "postgres": "service_healthy",
     "redis": "service_healthy",
     "migrate": "service_completed_successfully",
+}
+#: The roles that export traces and metrics (settings read OTEL_EXPORTER_OTLP_ENDPOINT).
+TELEMETRY_SERVICES = ("web", "celery", "celery-beat")
+#: Services without a healthcheck, each for a reason written in a comment of its block: one-shots exit, and
+#: the Collector and Tempo images have no shell or HTTP client to probe with.
+WITHOUT_HEALTHCHECK = {"migrate", "tempo-init", "celery-beat", "otel-collector", "tempo"}
+#: The one service whose port is published on every interface: the app itself.
+PUBLIC_SERVICES = {"web"}
+#: The third-party images of the observability stack, each pinned to a full version.
+OBSERVABILITY_IMAGES = {
+    "otel-collector": "otel/opentelemetry-collector-contrib",
+    "prometheus": "prom/prometheus",
+    "tempo": "grafana/tempo",
+    "grafana": "grafana/grafana",
 }
 #: From the seed document (celery-config.es.md, "Configuración de Docker"): names and commands are kept.
 SEED_COMMANDS = {
@@ -130,6 +157,60 @@ def settings_reads() -> dict[str, bool]:
     return reads
 
 
+@pytest.fixture(scope="module")
+def service_sources() -> dict[str, str]:
+    """Each service's block of docker-compose.yml as written, comments included: the comment lines right above
+    a service's name belong to it."""
+    blocks: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    pending: list[str] = []
+    in_services = False
+    for line in COMPOSE_FILE.read_text().splitlines():
+        if not line.startswith((" ", "#")) and line.strip():
+            in_services = line.startswith("services:")
+            current = None
+            continue
+        if not in_services:
+            continue
+        if service := re.fullmatch(r"  ([A-Za-z0-9._-]+):\s*", line):
+            current = blocks.setdefault(service[1], [])
+            current.extend(pending)
+            pending = []
+        elif line.startswith("  #"):
+            pending.append(line)
+        elif current is not None:
+            current.extend([*pending, line])
+            pending = []
+    return {name: "\n".join(lines) for name, lines in blocks.items()}
+
+
+def _load_yaml(path: Path) -> dict[str, Any]:
+    document = yaml.safe_load(path.read_text())
+    assert isinstance(document, dict), path
+    return document
+
+
+@pytest.fixture(scope="module")
+def collector() -> dict[str, Any]:
+    return _load_yaml(COLLECTOR_CONFIG)
+
+
+@pytest.fixture(scope="module")
+def prometheus_config() -> dict[str, Any]:
+    return _load_yaml(PROMETHEUS_CONFIG)
+
+
+@pytest.fixture(scope="module")
+def tempo_config() -> dict[str, Any]:
+    return _load_yaml(TEMPO_CONFIG)
+
+
+@pytest.fixture(scope="module")
+def datasources() -> dict[str, dict[str, Any]]:
+    """Grafana's provisioned data sources by uid."""
+    return {source["uid"]: source for source in _load_yaml(GRAFANA_DATASOURCES)["datasources"]}
+
+
 def _strings(node: Any) -> Iterator[str]:
     """Every string of a loaded YAML document, keys included."""
     if isinstance(node, str):
@@ -158,6 +239,30 @@ def _volume_mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
             source, target = volume.split(":")[:2]
             mounts.append((source, target))
     return mounts
+
+
+def _bind_mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Each file or directory of the repository a service mounts (as `dashboards/...`) mapped to its target."""
+    return {source.removeprefix("./"): target for source, target in _volume_mounts(service) if source.startswith(".")}
+
+
+def _seconds(duration: str) -> float:
+    """A Go or Prometheus duration such as "15s", "5m" or "1h30m" in seconds."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", duration)
+    assert parts and "".join(number + unit for number, unit in parts) == duration, duration
+    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    return sum(float(number) * scale[unit] for number, unit in parts)
+
+
+def _port(endpoint: str) -> int:
+    """The port of "host:port" or "scheme://host:port"."""
+    return int(endpoint.rsplit(":", 1)[1].strip("/"))
+
+
+def _flags(command: str | list[str]) -> dict[str, str]:
+    """-name=value or --name=value arguments of a command (a bare flag maps to "")."""
+    arguments = [argument.lstrip("-") for argument in _argv(command) if argument.startswith("-")]
+    return dict(argument.partition("=")[::2] for argument in arguments)
 
 
 def _environment(service: dict[str, Any]) -> dict[str, str]:
@@ -249,13 +354,38 @@ def test_named_volumes_are_declared(compose: dict[str, Any], services: Services)
 
 
 def test_bind_mounted_files_exist_and_localstack_init_scripts_are_executable(services: Services) -> None:
-    """Every bind-mounted source exists in the repository; LocalStack runs only executable init scripts."""
+    """Every bind-mounted source exists in the repository (a missing one, Docker would create empty, as root);
+    LocalStack runs only executable init scripts."""
+    missing = []
     for service in services.values():
         for source, target in _volume_mounts(service):
             if source.startswith("."):
-                assert (ROOT / source).exists(), source
-                if target.startswith("/etc/localstack/init/"):
+                if not (ROOT / source).exists():
+                    missing.append(source)
+                elif target.startswith("/etc/localstack/init/"):
                     assert (ROOT / source).stat().st_mode & 0o111, f"{source} is not executable"
+    assert missing == []
+
+
+def test_repository_files_are_mounted_read_only(services: Services) -> None:
+    """Configuration mounted from the repository is read-only in the containers: no service can rewrite the
+    working tree."""
+    writable = [
+        f"{name}: {volume}"
+        for name, service in services.items()
+        for volume in service.get("volumes", [])
+        if isinstance(volume, str) and volume.startswith(".") and not volume.endswith(":ro")
+    ]
+    assert writable == []
+
+
+@pytest.mark.parametrize(("name", "repository"), OBSERVABILITY_IMAGES.items())
+def test_observability_images_are_pinned_to_a_release(services: Services, name: str, repository: str) -> None:
+    """Each observability service runs its vendor's image at a full version: the configuration in dashboards/
+    was checked against those releases, and `latest` would change under it."""
+    image, _, tag = services[name]["image"].partition(":")
+    assert image == repository
+    assert re.fullmatch(r"v?\d+\.\d+\.\d+", tag), services[name]["image"]
 
 
 # --- Seed services and the shared image ---------------------------------------------------------------------
@@ -326,8 +456,43 @@ def test_services_waited_on_as_healthy_define_a_healthcheck(services: Services) 
 
 def test_services_waited_on_to_complete_are_one_shot(services: Services) -> None:
     """A service others wait on with `service_completed_successfully` is never restarted."""
-    assert _awaited(services, "service_completed_successfully") == {"migrate"}
+    assert _awaited(services, "service_completed_successfully") == {"migrate", "tempo-init"}
     assert services["migrate"]["restart"] == "no"
+    assert services["tempo-init"]["restart"] == "no"
+
+
+def test_every_service_has_a_healthcheck_or_says_why_not(services: Services, service_sources: dict[str, str]) -> None:
+    """A service without a healthcheck is a known exception, and its block says why in a comment ("No
+    healthcheck: ..."), so the next reader does not add one that cannot work."""
+    without = {name for name, service in services.items() if "test" not in service.get("healthcheck", {})}
+    assert without == WITHOUT_HEALTHCHECK
+    assert [name for name in without if "no healthcheck" not in service_sources[name].lower()] == []
+
+
+def test_nothing_waits_for_a_service_that_cannot_report_health(services: Services) -> None:
+    """Services without a healthcheck are waited for as started (long-running) or completed (one-shots)."""
+    for name, service in services.items():
+        for dependency, condition in _depends_on(service).items():
+            if dependency in WITHOUT_HEALTHCHECK:
+                assert condition in {"service_started", "service_completed_successfully"}, (name, dependency)
+
+
+def test_observability_services_start_in_order(services: Services) -> None:
+    """Tempo starts once its data volume is handed over; the Collector after Tempo, Prometheus after the
+    Collector; Grafana once Prometheus answers and Tempo runs."""
+    assert _depends_on(services["tempo"]) == {"tempo-init": "service_completed_successfully"}
+    assert _depends_on(services["otel-collector"]) == {"tempo": "service_started"}
+    assert _depends_on(services["prometheus"]) == {"otel-collector": "service_started"}
+    assert _depends_on(services["grafana"]) == {"prometheus": "service_healthy", "tempo": "service_started"}
+
+
+def test_tempo_init_hands_tempos_data_volume_to_tempos_user(services: Services) -> None:
+    """Tempo runs as uid 10001; the one-shot before it chowns the very volume Tempo writes to."""
+    init, tempo = services["tempo-init"], services["tempo"]
+    assert _argv(init["command"]) == ["chown", "-R", "10001:10001", "/var/tempo"]
+    assert init["user"] == "root"
+    assert ("tempo-data", "/var/tempo") in _volume_mounts(init)
+    assert ("tempo-data", "/var/tempo") in _volume_mounts(tempo)
 
 
 @pytest.mark.parametrize("name", LONG_RUNNING_APP_SERVICES)
@@ -400,6 +565,17 @@ def test_flower_is_published_on_loopback_only(services: Services) -> None:
     assert _published_host_ips(services["flower"]) == ["127.0.0.1"]
 
 
+def test_only_the_app_is_published_beyond_this_machine(services: Services) -> None:
+    """Prometheus, Tempo and the Collector's receivers have no authentication, Flower and Grafana guard
+    operations or data: every port but web's is published on loopback only."""
+    published = {name: _published_host_ips(service) for name, service in services.items() if "ports" in service}
+    assert published.keys() >= {"web", "flower", "grafana", "prometheus", "tempo", "otel-collector"}
+    exposed = {
+        name: ips for name, ips in published.items() if name not in PUBLIC_SERVICES and set(ips) != {"127.0.0.1"}
+    }
+    assert exposed == {}
+
+
 def test_flower_requires_basic_auth(services: Services) -> None:
     """Flower runs the usual command and takes its basic-auth credentials from FLOWER_BASIC_AUTH."""
     flower = services["flower"]
@@ -407,12 +583,272 @@ def test_flower_requires_basic_auth(services: Services) -> None:
     assert _environment(flower)["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
 
 
-@pytest.mark.parametrize("name", ["DJANGO_SECRET_KEY", "FLOWER_BASIC_AUTH"])
+@pytest.mark.parametrize("name", ["DJANGO_SECRET_KEY", "FLOWER_BASIC_AUTH", "GRAFANA_ADMIN_PASSWORD"])
 def test_secrets_are_required_at_start(interpolations: list[Interpolation], name: str) -> None:
     """A secret has no default: compose refuses to start without it and says what to set."""
     uses = [i for i in interpolations if i.name == name]
     assert uses
     assert all(i.modifier == ":?" and i.argument.strip() for i in uses)
+
+
+# --- Telemetry: the app, the Collector, Tempo ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", TELEMETRY_SERVICES)
+def test_app_services_export_to_the_collector_without_depending_on_it(services: Services, name: str) -> None:
+    """web, worker and beat send OTLP/HTTP to the Collector's HTTP receiver. They wait for it to be started,
+    not healthy, and not even that is required: exports are best effort, the app serves without them."""
+    endpoint = _environment(services[name])["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    assert endpoint == "http://otel-collector:4318"
+    assert services[name]["depends_on"]["otel-collector"] == {"condition": "service_started", "required": False}
+
+
+def test_collector_runs_the_repository_configuration(services: Services) -> None:
+    """The Collector is started with dashboards/otel-collector.yaml, mounted where its --config points."""
+    collector = services["otel-collector"]
+    target = _bind_mounts(collector)["dashboards/otel-collector.yaml"]
+    assert _flags(collector["command"])["config"] == target
+
+
+def test_collector_receives_otlp_over_grpc_and_http_from_other_containers(collector: dict[str, Any]) -> None:
+    """The OTLP receiver listens on every interface (the Collector's default is localhost, which other
+    containers cannot reach), on the standard ports 4317 (gRPC) and 4318 (HTTP)."""
+    protocols = collector["receivers"]["otlp"]["protocols"]
+    assert protocols["grpc"]["endpoint"] == "0.0.0.0:4317"
+    assert protocols["http"]["endpoint"] == "0.0.0.0:4318"
+
+
+def test_collector_pipelines_send_metrics_to_prometheus_and_traces_to_tempo(collector: dict[str, Any]) -> None:
+    """Both pipelines take OTLP in and protect the Collector's memory first; metrics go to the prometheus
+    exporter, traces to an OTLP gRPC exporter aimed at Tempo's receiver."""
+    pipelines = collector["service"]["pipelines"]
+    assert pipelines.keys() == {"metrics", "traces"}
+    for pipeline in pipelines.values():
+        assert pipeline["receivers"] == ["otlp"]
+        assert pipeline["processors"][0] == "memory_limiter"
+        assert "batch" in pipeline["processors"]
+    assert pipelines["metrics"]["exporters"] == ["prometheus"]
+    (tempo_exporter,) = pipelines["traces"]["exporters"]
+    assert tempo_exporter.split("/")[0] in {"otlp_grpc", "otlp"}
+    assert collector["exporters"][tempo_exporter]["endpoint"] == "tempo:4317"
+    assert collector["exporters"][tempo_exporter]["tls"]["insecure"] is True
+
+
+def test_collector_defines_what_its_pipelines_use_and_uses_what_it_defines(collector: dict[str, Any]) -> None:
+    """A misspelt component name stops the Collector at start: every name in a pipeline is defined, and every
+    defined component is used (an unused one is dead configuration)."""
+    service = collector["service"]
+    for kind in ("receivers", "processors", "exporters"):
+        used = {name for pipeline in service["pipelines"].values() for name in pipeline.get(kind, [])}
+        assert used == collector[kind].keys(), kind
+    assert set(service["extensions"]) == collector["extensions"].keys() == {"health_check"}
+
+
+def test_prometheus_exporter_keeps_names_exemplars_and_bounded_labels(collector: dict[str, Any]) -> None:
+    """The prometheus exporter serves OpenMetrics (the only format carrying exemplars, i.e. trace ids), names
+    metrics the way docs/metrics.md lists them (suffixes on), and does not copy resource attributes onto
+    every series (labels stay bounded; they remain on target_info)."""
+    exporter = collector["exporters"]["prometheus"]
+    assert exporter["endpoint"] == "0.0.0.0:8889"
+    assert exporter["enable_open_metrics"] is True
+    assert exporter.get("translation_strategy", "UnderscoreEscapingWithSuffixes") == "UnderscoreEscapingWithSuffixes"
+    assert exporter.get("add_metric_suffixes", True) is True
+    assert not exporter.get("resource_to_telemetry_conversion", {}).get("enabled", False)
+    assert "resource_constant_labels" not in exporter
+
+
+def test_metric_expiration_outlasts_the_worker_heartbeat_threshold(collector: dict[str, Any]) -> None:
+    """A stopped process's series stay exposed long enough for its heartbeat's age to cross "down" (3 export
+    intervals of 15 s) and for an age-based alert's `for` (1 min) to elapse with two minutes to spare; and no
+    longer than the exporter's default 5 m, so series of recycled prefork children do not pile up."""
+    expiration = _seconds(collector["exporters"]["prometheus"]["metric_expiration"])
+    assert 3 * 15 + 120 <= expiration <= 300
+
+
+def test_tempo_receives_what_the_collector_sends_and_stores_it_on_its_volume(
+    services: Services, collector: dict[str, Any], tempo_config: dict[str, Any]
+) -> None:
+    """Tempo's OTLP gRPC receiver is on the port the Collector exports to; its blocks and WAL live under the
+    tempo-data volume; it runs the repository's configuration."""
+    receiver = tempo_config["distributor"]["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"]
+    (exporter,) = collector["service"]["pipelines"]["traces"]["exporters"]
+    assert _port(receiver) == _port(collector["exporters"][exporter]["endpoint"])
+    trace_storage = tempo_config["storage"]["trace"]
+    assert trace_storage["backend"] == "local"
+    volume_target = dict(_volume_mounts(services["tempo"]))["tempo-data"]
+    assert trace_storage["wal"]["path"].startswith(volume_target + "/")
+    assert trace_storage["local"]["path"].startswith(volume_target + "/")
+    tempo = services["tempo"]
+    assert _flags(tempo["command"])["config.file"] == _bind_mounts(tempo)["dashboards/tempo.yaml"]
+
+
+# --- Prometheus ---------------------------------------------------------------------------------------------
+
+
+def test_prometheus_runs_the_repository_configuration_and_rules(services: Services) -> None:
+    """prometheus.yml and the alerts directory sit side by side in the container as in the repository, so the
+    relative `rule_files` glob resolves alike in both; exemplars are stored; retention is explicit."""
+    prometheus = services["prometheus"]
+    mounts = _bind_mounts(prometheus)
+    flags = _flags(prometheus["command"])
+    assert flags["config.file"] == mounts["dashboards/prometheus.yml"] == "/etc/prometheus/prometheus.yml"
+    assert mounts["dashboards/alerts"] == "/etc/prometheus/alerts"
+    assert flags["enable-feature"] == "exemplar-storage"
+    assert re.fullmatch(r"\d+[hdwy]", flags["storage.tsdb.retention.time"])
+    assert "wget -qO- http://localhost:9090/-/ready" in _healthcheck_command(prometheus)
+
+
+def test_prometheus_loads_the_alert_rules(prometheus_config: dict[str, Any]) -> None:
+    """Every rule file of dashboards/alerts is loaded, by a path relative to prometheus.yml."""
+    assert prometheus_config["rule_files"] == ["alerts/*.yml"]
+
+
+def test_prometheus_scrapes_the_collector_keeping_its_labels(
+    prometheus_config: dict[str, Any], collector: dict[str, Any]
+) -> None:
+    """One job scrapes the Collector's prometheus exporter every 15 s (the SDK's export interval) and honors
+    the exporter's job and instance labels (service.name, and one instance per process)."""
+    (job,) = prometheus_config["scrape_configs"]
+    assert job["job_name"] == "otel-collector"
+    assert job["static_configs"] == [{"targets": ["otel-collector:8889"]}]
+    assert _port(job["static_configs"][0]["targets"][0]) == _port(collector["exporters"]["prometheus"]["endpoint"])
+    assert job["honor_labels"] is True
+    assert _seconds(job.get("scrape_interval", prometheus_config["global"]["scrape_interval"])) == 15
+
+
+@pytest.mark.parametrize(
+    ("exported", "stored"),
+    [("marketplace/marketplace-worker", "marketplace-worker"), ("marketplace-web", "marketplace-web")],
+)
+def test_job_label_is_the_service_name(prometheus_config: dict[str, Any], exported: str, stored: str) -> None:
+    """The exporter writes job as "<service.namespace>/<service.name>"; the scrape keeps the service name, the
+    label the dashboards and alerts select on (relabelling applied as Prometheus does: anchored regex)."""
+    (job,) = prometheus_config["scrape_configs"]
+    rules = job.get("metric_relabel_configs", [])
+    value = exported
+    for rule in [rule for rule in rules if rule.get("source_labels") == ["job"] and rule.get("target_label") == "job"]:
+        if match := re.fullmatch(rule.get("regex", "(.*)"), value):
+            value = match.expand(rule.get("replacement", "$1").replace("$", "\\"))
+    assert value == stored
+
+
+def _promtool(config: Path) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("promtool")
+    if binary is None:
+        pytest.fail("promtool not found: install Debian's package (apt-get install prometheus); .ci/run does")
+    return subprocess.run([binary, "check", "config", str(config)], capture_output=True, text=True, timeout=60)
+
+
+def test_promtool_accepts_the_prometheus_configuration() -> None:
+    """`promtool check config dashboards/prometheus.yml` succeeds; it also checks every rule file the
+    configuration loads from dashboards/alerts."""
+    result = _promtool(PROMETHEUS_CONFIG)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_checks_the_rule_files_next_to_the_configuration(tmp_path: Path) -> None:
+    """The configuration's rule glob resolves next to the file itself: a copy beside a valid rule file passes,
+    and beside a broken one fails, so the check above covers the real alerts."""
+    (tmp_path / "alerts").mkdir()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(PROMETHEUS_CONFIG.read_text())
+    rule = {"alert": "CollectorDown", "expr": 'up{job="otel-collector"} == 0', "for": "1m"}
+    (tmp_path / "alerts" / "valid.yml").write_text(yaml.safe_dump({"groups": [{"name": "t", "rules": [rule]}]}))
+    passed = _promtool(config)
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert "1 rule files found" in passed.stdout
+    broken = {**rule, "expr": "up =="}
+    (tmp_path / "alerts" / "broken.yml").write_text(yaml.safe_dump({"groups": [{"name": "t", "rules": [broken]}]}))
+    assert _promtool(config).returncode != 0
+
+
+# --- Grafana ------------------------------------------------------------------------------------------------
+
+
+def test_grafana_requires_an_admin_password_and_keeps_anonymous_access_off(
+    services: Services, interpolations: list[Interpolation]
+) -> None:
+    """The admin password comes from GRAFANA_ADMIN_PASSWORD, without which compose does not start; anonymous
+    access is off unless GRAFANA_ANONYMOUS_ENABLED turns it on, and then only with the Viewer role."""
+    environment = _environment(services["grafana"])
+    assert environment["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
+    assert environment["GF_AUTH_ANONYMOUS_ENABLED"] == "${GRAFANA_ANONYMOUS_ENABLED:-false}"
+    (anonymous,) = [i for i in interpolations if i.name == "GRAFANA_ANONYMOUS_ENABLED"]
+    assert (anonymous.modifier, anonymous.argument) == (":-", "false")
+    assert environment["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    assert environment.get("GF_USERS_ALLOW_SIGN_UP", "false") == "false"
+
+
+def test_grafana_healthcheck_asks_its_health_api(services: Services) -> None:
+    """Grafana is healthy once /api/health answers (its database migrated, its server up)."""
+    assert "http://localhost:3000/api/health" in _healthcheck_command(services["grafana"])
+
+
+def test_grafana_is_provisioned_from_the_repository(services: Services) -> None:
+    """Data sources and the dashboard provider come from dashboards/grafana/provisioning, and the dashboard
+    JSON files are mounted where the provider reads them."""
+    mounts = _bind_mounts(services["grafana"])
+    provisioning = "dashboards/grafana/provisioning"
+    assert mounts[f"{provisioning}/datasources"] == "/etc/grafana/provisioning/datasources"
+    assert mounts[f"{provisioning}/dashboards"] == "/etc/grafana/provisioning/dashboards"
+    (provider,) = _load_yaml(GRAFANA_DASHBOARD_PROVIDERS)["providers"]
+    assert provider["type"] == "file"
+    assert provider["folder"] == "Flash Promos"
+    assert provider["options"]["path"] == mounts["dashboards/grafana/json"] == "/var/lib/grafana/dashboards"
+
+
+def test_grafana_data_sources_are_prometheus_and_tempo_by_fixed_uids(
+    datasources: dict[str, dict[str, Any]], tempo_config: dict[str, Any]
+) -> None:
+    """The dashboards refer to data sources by uid: `prometheus` (the default) and `tempo`, each at its
+    service's address on the compose network."""
+    assert datasources.keys() == {"prometheus", "tempo"}
+    prometheus, tempo = datasources["prometheus"], datasources["tempo"]
+    assert (prometheus["type"], prometheus["url"], prometheus["isDefault"]) == (
+        "prometheus",
+        "http://prometheus:9090",
+        True,
+    )
+    assert (tempo["type"], tempo["url"]) == ("tempo", f"http://tempo:{tempo_config['server']['http_listen_port']}")
+
+
+def test_an_exemplars_trace_id_links_to_tempo(datasources: dict[str, dict[str, Any]]) -> None:
+    """The `trace_id` label of an exemplar (as the Collector names it) opens that trace in the Tempo data
+    source; from a span, Tempo links back to the task metrics of its service and task."""
+    destinations = datasources["prometheus"]["jsonData"]["exemplarTraceIdDestinations"]
+    assert {"name": "trace_id", "datasourceUid": "tempo"} in destinations
+    traces_to_metrics = datasources["tempo"]["jsonData"]["tracesToMetrics"]
+    assert traces_to_metrics["datasourceUid"] == "prometheus"
+    assert {"key": "service.name", "value": "job"} in traces_to_metrics["tags"]
+
+
+def test_dashboards_use_only_provisioned_data_sources(datasources: dict[str, dict[str, Any]]) -> None:
+    """Every data source a dashboard of dashboards/grafana/json names by uid is provisioned, with that type
+    (template variables and Grafana's built-in sources aside)."""
+    provisioned = {uid: source["type"] for uid, source in datasources.items()}
+    referenced: set[tuple[str, str, str | None]] = set()
+    for path in sorted((DASHBOARDS / "grafana" / "json").glob("*.json")):
+        stack: list[Any] = [json.loads(path.read_text())]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, dict):
+                source = node.get("datasource")
+                if isinstance(source, dict) and not str(source.get("uid", "$")).startswith(("$", "-- ", "grafana")):
+                    referenced.add((path.name, source["uid"], source.get("type")))
+                stack.extend(node.values())
+            elif isinstance(node, list):
+                stack.extend(node)
+    wrong = [(name, uid, kind) for name, uid, kind in referenced if kind not in (None, provisioned.get(uid, kind))]
+    unknown = [(name, uid, kind) for name, uid, kind in referenced if uid not in provisioned]
+    assert (unknown, wrong) == ([], [])
+
+
+def test_grafana_provisioning_escapes_every_dollar() -> None:
+    """Grafana replaces $NAME in provisioning files with its environment variable (empty when unset): a query
+    placeholder such as $__tags must be written $$__tags to reach the data source intact."""
+    for path in (GRAFANA_DATASOURCES, GRAFANA_DASHBOARD_PROVIDERS):
+        values = [text for text in _strings(_load_yaml(path)) if re.search(r"(?<!\$)\$(?:\$\$)*(?!\$)", text)]
+        assert values == [], path
 
 
 # --- .env.example -------------------------------------------------------------------------------------------
