@@ -84,25 +84,31 @@ class SweepRun:
     statements: list[int]
     activated: int
     notifications_queued: int
+    #: Queueing the activated promos' notifications, in FAN_OUT_CHUNK chunks one after the other (workers
+    #: run the chunks side by side; this is the total work, not the wall time with two workers).
+    fan_out_seconds: list[float]
     sql: list[str]
 
 
 def sweep_at_scale(total: int, repeats: int, due_percent: float = 1.0) -> SweepRun:
-    """Time ``promos_sync_state`` over ``total`` promos of which ``due_percent`` are due; count its SQL statements."""
-    from promotions import services
+    """Time ``promos_sync_state`` over ``total`` promos of which ``due_percent`` are due and count its SQL
+    statements; then time the fan-out of the activated promos' notifications."""
+    from promotions import notifications, services
+    from promotions.tasks import FAN_OUT_CHUNK
 
     reset_promotions()
     _products(SUBSCRIBERS_PER_PRODUCT)
     now = timezone.now()
     due = max(1, round(total * due_percent / 100))
     _insert_promos(total=total, due=due, now=now)
-    seconds, statements = [], []
+    seconds, statements, fan_out_seconds = [], [], []
     activated = queued = 0
     sql: list[str] = []
     for _ in range(repeats):
         _execute("TRUNCATE promotions_notification")
         _execute(
-            "UPDATE promotions_flashpromo SET status = 'scheduled', activated_at = NULL WHERE id <= %(due)s",
+            "UPDATE promotions_flashpromo SET status = 'scheduled', activated_at = NULL, notifications_queued = FALSE"
+            " WHERE id <= %(due)s",
             {"due": due},
         )
         _execute("VACUUM ANALYZE promotions_flashpromo")
@@ -112,8 +118,13 @@ def sweep_at_scale(total: int, repeats: int, due_percent: float = 1.0) -> SweepR
             seconds.append(time.perf_counter() - started)
         statements.append(len(queries.captured_queries))
         sql = [f"{q['time']} s: " + " ".join(q["sql"].split())[:80] for q in queries.captured_queries]
-        activated, queued = len(result.activated), result.notifications_queued
-    return SweepRun(total, due, seconds, statements, activated, queued, sql)
+        activated, queued = len(result.activated), 0
+        started = time.perf_counter()
+        for i in range(0, activated, FAN_OUT_CHUNK):
+            chunk = result.activated[i : i + FAN_OUT_CHUNK]
+            queued += notifications.notifications_queue_for_promos(promo_ids=chunk, now=timezone.now())
+        fan_out_seconds.append(time.perf_counter() - started)
+    return SweepRun(total, due, seconds, statements, activated, queued, fan_out_seconds, sql)
 
 
 @dataclass

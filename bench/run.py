@@ -190,7 +190,8 @@ def bench_sweep(args: argparse.Namespace, sink: Sink, rows: list[Row], out: dict
     for total in _ints(args.promos):
         run = sweep_at_scale(total, repeats=3, due_percent=args.due_percent)
         timing = Summary.of([s * 1000 for s in run.seconds])
-        section.append({**asdict(run), "ms": timing.to_json()})
+        fan_out = Summary.of([s * 1000 for s in run.fan_out_seconds])
+        section.append({**asdict(run), "ms": timing.to_json(), "fan_out_ms": fan_out.to_json()})
         print(f"  {total:,} promos: {timing.median:.1f} ms, statements {run.statements}", flush=True)
         rows.append(
             Row(
@@ -198,6 +199,14 @@ def bench_sweep(args: argparse.Namespace, sink: Sink, rows: list[Row], out: dict
                 f"{_fmt(timing, ' ms', 1)}, {max(run.statements)} statements",
                 "statements constant; < 1 s",
                 timing.median < 1000,
+            )
+        )
+        rows.append(
+            Row(
+                f"4. then fan-out of {run.notifications_queued:,} notifications, one process",
+                _fmt(fan_out, " ms", 1),
+                "",
+                None,
             )
         )
     counts = {max(s["statements"]) for s in section}

@@ -44,6 +44,10 @@ class FlashPromo(models.Model):
     # Set when a countdown task has been published for the transition, so each sweep publishes it once.
     activation_enqueued = models.BooleanField(default=False)
     end_enqueued = models.BooleanField(default=False)
+    # Set in the transaction that writes the promo's notification rows. Activation commits first and the
+    # fan-out runs in tasks of its own, so a promo goes live in milliseconds however many subscribers it has;
+    # an active promo still without notifications after a grace period is fanned out again by the sweep.
+    notifications_queued = models.BooleanField(default=False, db_default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -60,6 +64,11 @@ class FlashPromo(models.Model):
             models.Index(fields=["ends_at"], name="promo_active_end", condition=Q(status="active")),
             models.Index(fields=["ended_at"], name="promo_finished_at", condition=Q(status__in=["ended", "cancelled"])),
             models.Index(fields=["status", "starts_at"], name="promo_status_start"),
+            models.Index(
+                fields=["activated_at"],
+                name="promo_awaiting_fan_out",
+                condition=Q(status="active", notifications_queued=False),
+            ),
         ]
 
     def __str__(self) -> str:

@@ -8,7 +8,7 @@ from django.db.models import Count, Q, QuerySet
 
 from promotions.models import FlashPromo, Notification, NotificationStatus, PromoStatus
 
-__all__ = ["notifications_count_due", "promo_get", "promo_pending_start", "promos_list"]
+__all__ = ["notifications_count_due", "promo_get", "promo_pending_start", "promos_awaiting_fan_out", "promos_list"]
 
 _COUNTS = {
     f"notifications_{status}": Count("notifications", filter=Q(notifications__status=status))
@@ -38,3 +38,12 @@ def notifications_count_due(*, now: datetime, limit: int) -> int:
     """Pending notifications due by ``now``, counted up to ``limit`` (a bounded scan of the due index)."""
     due = Notification.objects.filter(status=NotificationStatus.PENDING, next_attempt_at__lte=now)
     return due.values("id")[:limit].count()
+
+
+def promos_awaiting_fan_out(*, activated_before: datetime, limit: int) -> list[int]:
+    """Active promos activated before ``activated_before`` whose notifications were never queued (the fan-out
+    task published at activation was lost), oldest first, at most ``limit`` (a scan of a partial index)."""
+    awaiting = FlashPromo.objects.filter(
+        status=PromoStatus.ACTIVE, notifications_queued=False, activated_at__lt=activated_before
+    )
+    return list(awaiting.order_by("activated_at").values_list("id", flat=True)[:limit])

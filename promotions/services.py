@@ -1,4 +1,4 @@
-"""Writes and rules of the promotions domain: promo state transitions, fan-out and cleanup.
+"""Writes and rules of the promotions domain: promo state transitions and cleanup.
 
 Every sweep is set-based: a constant number of SQL statements however many promos are due, and each
 statement is conditional on the current state, so running a sweep twice - or two at once - changes nothing
@@ -15,7 +15,7 @@ import structlog
 from django.conf import settings
 from django.db import connection, transaction
 
-from promotions.models import Channel, FlashPromo, Notification, Product, PromoStatus, Subscription
+from promotions.models import FlashPromo, Notification, Product, PromoStatus, Subscription
 
 __all__ = [
     "PromoSyncResult",
@@ -32,7 +32,6 @@ log = structlog.get_logger(__name__)
 
 _PROMO = FlashPromo._meta.db_table
 _NOTIFICATION = Notification._meta.db_table
-_SUBSCRIPTION = Subscription._meta.db_table
 
 
 @dataclass(frozen=True)
@@ -49,16 +48,10 @@ class PromoSyncResult:
     ended: list[int] = field(default_factory=list)
     #: Promos whose whole window passed while scheduled (an outage): ended without going live.
     skipped: list[int] = field(default_factory=list)
-    notifications_queued: int = 0
     activation_lags_seconds: list[float] = field(default_factory=list)
 
     def summary(self) -> dict[str, int]:
-        return {
-            "activated": len(self.activated),
-            "ended": len(self.ended),
-            "skipped": len(self.skipped),
-            "notifications_queued": self.notifications_queued,
-        }
+        return {"activated": len(self.activated), "ended": len(self.ended), "skipped": len(self.skipped)}
 
 
 def product_create(*, name: str, price: Decimal) -> Product:
@@ -80,8 +73,9 @@ def promo_create(
 
 @transaction.atomic
 def promos_sync_state(*, now: datetime, promo_id: int | None = None) -> PromoSyncResult:
-    """Activate due promos, end finished ones and queue one notification per subscriber of each activated
-    promo - all promos, or only ``promo_id``. Four statements whatever the number of promos."""
+    """Activate due promos and end finished ones - all promos, or only ``promo_id``. Two statements whatever
+    the number of promos. The activated promos' notifications are queued afterwards, in transactions of their
+    own (``notifications.notifications_queue_for_promos``), so activation never waits on the fan-out."""
     only_one = "AND id = %(promo_id)s" if promo_id is not None else ""
     params = {"now": now, "promo_id": promo_id}
     result = PromoSyncResult()
@@ -113,8 +107,6 @@ def promos_sync_state(*, now: datetime, promo_id: int | None = None) -> PromoSyn
             params,
         )
         result.ended = [row[0] for row in cursor.fetchall()]
-        if result.activated:
-            result.notifications_queued = _notifications_fan_out(cursor, promo_ids=result.activated, now=now)
     for pk, lag in zip(result.activated, result.activation_lags_seconds, strict=True):
         log.info("promo.activated", promo_id=pk, activation_lag_ms=round(lag * 1000, 1))
     for pk in result.ended:
@@ -122,23 +114,6 @@ def promos_sync_state(*, now: datetime, promo_id: int | None = None) -> PromoSyn
     for pk in result.skipped:
         log.warning("promo.skipped", promo_id=pk, reason="window closed before activation")
     return result
-
-
-def _notifications_fan_out(cursor: object, *, promo_ids: list[int], now: datetime) -> int:
-    """One INSERT ... SELECT for all subscribers of ``promo_ids``; the unique key makes it idempotent."""
-    cursor.execute(  # type: ignore[attr-defined]
-        f"""
-        INSERT INTO {_NOTIFICATION}
-               (promo_id, subscription_id, channel, status, attempts, next_attempt_at, last_error,
-                idempotency_key, created_at)
-        SELECT p.id, s.id, %(channel)s, 'pending', 0, %(now)s, '', gen_random_uuid(), %(now)s
-          FROM {_PROMO} p JOIN {_SUBSCRIPTION} s ON s.product_id = p.product_id
-         WHERE p.id = ANY(%(ids)s)
-        ON CONFLICT (promo_id, subscription_id, channel) DO NOTHING
-        """,  # noqa: S608
-        {"ids": promo_ids, "now": now, "channel": Channel.EMAIL.value},
-    )
-    return int(cursor.rowcount)  # type: ignore[attr-defined]
 
 
 def promos_claim_upcoming_transitions(*, now: datetime) -> list[Transition]:

@@ -1,7 +1,7 @@
 """Celery tasks of the promotions domain: thin adapters from messages to services.
 
-Tasks publish follow-up work (countdown transitions, delivery batches) and return small JSON summaries;
-failure handling belongs to ``observability.tasks.ObservableTask``, the app's base task.
+Tasks publish follow-up work (countdown transitions, notification fan-outs, delivery batches) and return small
+JSON summaries; failure handling belongs to ``observability.tasks.ObservableTask``, the app's base task.
 """
 
 from __future__ import annotations
@@ -24,25 +24,39 @@ __all__ = [
     "cleanup_expired_promos",
     "deliver_notification_batch",
     "process_notification_queue",
+    "queue_promo_notifications",
     "schedule_promptly",
     "sync_promo",
 ]
 
 #: Cap on delivery batches one sweep publishes; the next sweep publishes more if the backlog remains.
 MAX_BATCHES_PER_SWEEP = 1000
+#: Promos per fan-out task: 10,000 promos going live at once become 100 tasks that workers run side by side.
+FAN_OUT_CHUNK = 100
+#: An active promo whose notifications are still not queued this long after activation lost its fan-out task
+#: (a crash between the activation's commit and the publish): the sweep publishes it again. Normally the
+#: fan-out runs within milliseconds; a longer backlog only makes the sweep publish a duplicate, a no-op.
+FAN_OUT_RECOVERY_AFTER = timedelta(minutes=2)
+#: Cap on promos the sweep re-fans out per run.
+MAX_FAN_OUT_RECOVERIES = 10 * FAN_OUT_CHUNK
 
 
 @shared_task(base=ObservableTask, singleton=True)
 def check_active_promos() -> dict[str, int]:
     """Activate due promos, end finished ones, and publish a countdown task for each transition due
-    before the next sweep, so promos go live on time rather than on the next minute."""
+    before the next sweep, so promos go live on time rather than on the next minute. Also publishes the
+    fan-out again for promos whose notifications were never queued."""
     now = timezone.now()
     result = services.promos_sync_state(now=now)
-    _after_sync(result)
+    fan_outs = _after_sync(result)
+    stalled = selectors.promos_awaiting_fan_out(
+        activated_before=now - FAN_OUT_RECOVERY_AFTER, limit=MAX_FAN_OUT_RECOVERIES
+    )
+    fan_outs += _publish_fan_outs(stalled)
     transitions = services.promos_claim_upcoming_transitions(now=now)
     for transition in transitions:
         sync_promo.apply_async((transition.promo_id,), eta=transition.due_at)
-    return {**result.summary(), "countdowns_scheduled": len(transitions)}
+    return {**result.summary(), "fan_outs_published": fan_outs, "countdowns_scheduled": len(transitions)}
 
 
 @shared_task
@@ -53,12 +67,19 @@ def sync_promo(promo_id: int) -> dict[str, int]:
     """
     now = timezone.now()
     result = services.promos_sync_state(now=now, promo_id=promo_id)
-    _after_sync(result)
+    fan_outs = _after_sync(result)
     starts_at = selectors.promo_pending_start(promo_id=promo_id)
     horizon = timedelta(seconds=settings.PROMO_TRANSITION_HORIZON_SECONDS)
     if starts_at is not None and now < starts_at <= now + horizon:
         sync_promo.apply_async((promo_id,), eta=starts_at)  # further off (start moved later): the sweep has it
-    return result.summary()
+    return {**result.summary(), "fan_outs_published": fan_outs}
+
+
+@shared_task
+def queue_promo_notifications(promo_ids: list[int]) -> dict[str, int]:
+    """Queue the notifications of promos that just went live, then start their delivery at once."""
+    queued = notifications.notifications_queue_for_promos(promo_ids=promo_ids, now=timezone.now())
+    return {"notifications_queued": queued, "batches_published": _publish_batches(queued)}
 
 
 @shared_task(base=ObservableTask, singleton=True)
@@ -92,13 +113,21 @@ def schedule_promptly() -> None:
     transaction.on_commit(check_active_promos.delay, robust=True)
 
 
-def _after_sync(result: PromoSyncResult) -> None:
+def _after_sync(result: PromoSyncResult) -> int:
     telemetry.promos_synced(result.activation_lags_seconds, ended=len(result.ended) + len(result.skipped))
-    # Delivery starts at once; the 30 s queue sweep only catches stragglers and retries.
-    _publish_batches(result.notifications_queued)
+    return _publish_fan_outs(result.activated)
+
+
+def _publish_fan_outs(promo_ids: list[int]) -> int:
+    # Published after the activation committed: a lost publish is caught by the sweep (FAN_OUT_RECOVERY_AFTER).
+    chunks = [promo_ids[i : i + FAN_OUT_CHUNK] for i in range(0, len(promo_ids), FAN_OUT_CHUNK)]
+    for chunk in chunks:
+        queue_promo_notifications.delay(chunk)
+    return len(chunks)
 
 
 def _publish_batches(count: int) -> int:
+    # Delivery starts at once; the 30 s queue sweep only catches stragglers and retries.
     batches = min(math.ceil(count / settings.NOTIFICATION_BATCH_SIZE), MAX_BATCHES_PER_SWEEP)
     for _ in range(batches):
         deliver_notification_batch.delay()

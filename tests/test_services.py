@@ -9,7 +9,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from promotions import services
+from promotions import notifications, selectors, services
 from promotions.models import FlashPromo, Notification, PromoStatus
 from tests.factories import ProductFactory, PromoFactory, SubscriptionFactory
 
@@ -25,33 +25,58 @@ def _due_promos(count: int, *, subscribers: int = 2) -> list[FlashPromo]:
     )
 
 
-def test_sync_activates_due_promos_and_fans_out_one_notification_per_subscriber():
-    """Given due promos with subscribers, one sweep activates them, records the lag and queues notifications."""
+def test_sync_activates_due_promos_and_records_their_lag():
+    """Given due promos, one sweep activates them and records the lag; it writes no notification itself."""
     promos = _due_promos(3, subscribers=4)
     not_due = PromoFactory()
 
     result = services.promos_sync_state(now=timezone.now())
 
     assert sorted(result.activated) == sorted(p.pk for p in promos)
-    assert result.notifications_queued == 12
-    assert Notification.objects.filter(status="pending").count() == 12
     for promo in FlashPromo.objects.filter(pk__in=result.activated):
-        assert promo.status == PromoStatus.ACTIVE
+        assert promo.status == PromoStatus.ACTIVE and not promo.notifications_queued
         assert promo.activated_at is not None and promo.activated_at >= promo.starts_at
     assert all(lag >= 5 for lag in result.activation_lags_seconds)
+    assert not Notification.objects.exists()
     not_due.refresh_from_db()
     assert not_due.status == PromoStatus.SCHEDULED
 
 
+def test_fan_out_queues_one_notification_per_subscriber_of_active_promos_once():
+    """Each active promo gets one pending row per subscriber; a second fan-out, or one for a promo that is not
+    active, writes nothing."""
+    promos = _due_promos(3, subscribers=4)
+    scheduled = PromoFactory()
+    SubscriptionFactory(product=scheduled.product)
+    ids = services.promos_sync_state(now=timezone.now()).activated
+
+    assert notifications.notifications_queue_for_promos(promo_ids=[*ids, scheduled.pk], now=timezone.now()) == 12
+    assert notifications.notifications_queue_for_promos(promo_ids=ids, now=timezone.now()) == 0
+
+    assert Notification.objects.filter(status="pending").count() == 12
+    assert set(Notification.objects.values_list("promo_id", flat=True)) == {p.pk for p in promos}
+    assert FlashPromo.objects.filter(notifications_queued=True).count() == 3
+
+
 def test_sync_twice_changes_nothing_more_than_once():
-    """Running the sweep again finds nothing to do: no second activation, no duplicate notification."""
+    """Running the sweep again finds nothing to do: no second activation."""
     _due_promos(2)
     first = services.promos_sync_state(now=timezone.now())
     second = services.promos_sync_state(now=timezone.now())
 
     assert first.summary()["activated"] == 2
-    assert second.summary() == {"activated": 0, "ended": 0, "skipped": 0, "notifications_queued": 0}
-    assert Notification.objects.count() == 4
+    assert second.summary() == {"activated": 0, "ended": 0, "skipped": 0}
+
+
+def test_promos_awaiting_fan_out_are_the_active_ones_never_queued_after_the_grace():
+    """The sweep's recovery list: active, not queued, activated before the cut-off."""
+    now = timezone.now()
+    earlier = now - timedelta(minutes=5)
+    stalled = PromoFactory(status="active", activated_at=earlier, starts_at=earlier)
+    PromoFactory(status="active", activated_at=now, starts_at=now - timedelta(seconds=1))  # its task is on its way
+    PromoFactory(status="active", activated_at=earlier, starts_at=earlier, notifications_queued=True)
+
+    assert selectors.promos_awaiting_fan_out(activated_before=now - timedelta(minutes=2), limit=10) == [stalled.pk]
 
 
 def test_sync_ends_finished_promos_and_skips_those_whose_window_passed():
@@ -77,13 +102,24 @@ def test_sync_ends_finished_promos_and_skips_those_whose_window_passed():
 
 
 @pytest.mark.parametrize("count", [1, 50])
+def test_fan_out_runs_a_constant_number_of_statements(count):
+    """Claim and INSERT ... SELECT, however many promos and subscribers."""
+    _due_promos(count, subscribers=3)
+    ids = services.promos_sync_state(now=timezone.now()).activated
+    with CaptureQueriesContext(connection) as queries:
+        assert notifications.notifications_queue_for_promos(promo_ids=ids, now=timezone.now()) == 3 * count
+    statements = [q["sql"] for q in queries.captured_queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))]
+    assert len(statements) == 2
+
+
+@pytest.mark.parametrize("count", [1, 50])
 def test_sync_runs_a_constant_number_of_statements(count):
     """The sweep's statement count does not depend on how many promos are due."""
     _due_promos(count)
     with CaptureQueriesContext(connection) as queries:
         services.promos_sync_state(now=timezone.now())
     statements = [q["sql"] for q in queries.captured_queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))]
-    assert len(statements) == 3  # activate, end, fan out
+    assert len(statements) == 2  # activate, end
 
 
 def test_upcoming_transitions_are_claimed_once():

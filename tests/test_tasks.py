@@ -37,8 +37,24 @@ def test_check_active_promos_returns_its_summary():
     summary = check_active_promos.delay().get(timeout=15)
 
     assert summary == {
-        "activated": 1, "ended": 0, "skipped": 0, "notifications_queued": 3, "countdowns_scheduled": 0,
+        "activated": 1, "ended": 0, "skipped": 0, "fan_outs_published": 1, "countdowns_scheduled": 0,
     }  # fmt: skip
+    wait_for(lambda: Notification.objects.filter(status="sent").count() == 3, what="the three notifications sent")
+
+
+def test_the_sweep_fans_out_again_a_promo_whose_fan_out_was_lost():
+    """An active promo still without notifications two minutes after going live (its fan-out message was
+    lost) gets them from the next sweep, and its subscribers are notified."""
+    product = ProductFactory()
+    SubscriptionFactory.create_batch(2, product=product)
+    earlier = timezone.now() - timedelta(minutes=3)
+    promo = PromoFactory(product=product, status="active", starts_at=earlier, activated_at=earlier)
+
+    assert check_active_promos.delay().get(timeout=15)["fan_outs_published"] == 1
+
+    wait_for(lambda: Notification.objects.filter(promo=promo, status="sent").count() == 2, what="the notifications")
+    promo.refresh_from_db()
+    assert promo.notifications_queued
 
 
 def test_staggered_promos_go_live_within_a_second_of_their_start():
