@@ -17,27 +17,46 @@ from pathlib import Path
 from bench.harness import LOGS, Sink, Worker, setup_django, wait_until
 from bench.throughput import broker, done_count, loglevel, publish, variant_env
 
-#: Frames whose inclusive share is reported (substring of py-spy's ``function (file)`` frame text).
+#: Frames whose inclusive share is reported: substrings of py-spy's ``Class.function (file:line)`` frame text.
+#: py-spy shortens file names (``opentelemetry/sdk/trace/__init__.py`` shows as ``trace/__init__.py``), so
+#: most patterns are a qualified function name and the opening parenthesis.
 FRAMES = (
     "_worker_child (observability/wiring.py",
-    "_export (opentelemetry/sdk/trace/export",
-    "export (opentelemetry/exporter",
-    "emit (logging",
-    "JsonRenderer",
-    "__call__ (observability/tasks.py",
+    "BatchProcessor._export (",
+    "encode_spans (",
+    "_OTLPHTTPClient.export (",
+    "ObservableTask.__call__ (observability/tasks.py",
     "task_started (observability/telemetry.py",
     "task_finished (observability/telemetry.py",
-    "info (structlog",
-    "start_span (opentelemetry",
-    "end (opentelemetry/sdk/trace",
-    "add (opentelemetry/sdk/metrics",
-    "record (opentelemetry/sdk/metrics",
-    "attach (opentelemetry/context",
-    "extract (opentelemetry/propagate",
+    "BoundLogger.info (structlog",
+    "StreamHandler.emit (",
+    "_JsonRenderer.__call__ (",
+    "Tracer.start_span (",
+    "Span.end (",
+    "Counter.add (",
+    "Histogram.record (",
+    "attach (",
+    "extract (",
     "sentry_sdk",
     "_one_call (bench/tasks.py",
     "trace_task (celery/app/trace.py",
     "on_message",
+)
+
+#: Each sample counted once, under the first of these found from the innermost frame outwards.
+CATEGORIES = (
+    ("export thread: OTLP encoding", "encode_spans ("),
+    ("export thread: HTTP, batching", "BatchProcessor.worker ("),
+    ("summary line", "BoundLogger.info (structlog"),
+    ("metrics: counter adds", "Counter.add ("),
+    ("metrics: histogram records", "Histogram.record ("),
+    ("span start", "Tracer.start_span ("),
+    ("span end", "Span.end ("),
+    ("log context bind/clear", "_task_context (observability/logging"),
+    ("task_started, own lines", "task_started (observability/telemetry"),
+    ("task_finished, own lines", "task_finished (observability/telemetry"),
+    ("the task body", "_one_call (bench/tasks.py"),
+    ("ObservableTask.__call__, own lines", "ObservableTask"),
 )
 
 
@@ -79,9 +98,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def report(path: Path) -> None:
-    """Print the inclusive share of each of ``FRAMES`` among the samples of a py-spy raw (collapsed) file."""
+    """Print the inclusive share of each of ``FRAMES`` among the samples of a py-spy raw (collapsed) file, then
+    each sample once under its innermost ``CATEGORIES`` match (the rest: Celery, billiard, other)."""
     total = 0
     hits: Counter[str] = Counter()
+    categories: Counter[str] = Counter()
     for line in path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
         count = int(count_text)
@@ -89,9 +110,24 @@ def report(path: Path) -> None:
         for frame in FRAMES:
             if frame in stack:
                 hits[frame] += count
+        categories[_category(stack.split(";"))] += count
     print(f"{path}: {total} samples")
     for frame in FRAMES:
         print(f"  {hits[frame] / max(total, 1):6.1%}  {frame}")
+    print("innermost category:")
+    for name in [name for name, _ in CATEGORIES] + [_OTHER]:
+        print(f"  {categories[name] / max(total, 1):6.1%}  {name}")
+
+
+_OTHER = "Celery trace_task, signals, billiard, other"
+
+
+def _category(frames: list[str]) -> str:
+    for frame in reversed(frames):
+        for name, pattern in CATEGORIES:
+            if pattern in frame:
+                return name
+    return _OTHER
 
 
 if __name__ == "__main__":

@@ -64,14 +64,15 @@ class ObservableTask(DjangoTask):  # type: ignore[type-arg]
     singleton: bool = False
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self.request.called_directly:
+        request = self.request
+        if request.called_directly:
             return super().__call__(*args, **kwargs)
         from observability import telemetry
         from observability.gauges import record_beat_success
         from observability.sentry import monitor_periodic_run
 
-        run = telemetry.task_started(self.name, self.request)
-        schedule_entry = self.request.__dict__.get(SCHEDULE_ENTRY_HEADER)
+        run = telemetry.task_started(self.name, request)
+        schedule_entry = request.__dict__.get(SCHEDULE_ENTRY_HEADER)
         # A failure that escapes is terminal: the request records it as a dead letter.
         outcome = "dead_lettered"
         error: BaseException | None = None

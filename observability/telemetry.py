@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -28,7 +29,7 @@ import structlog
 from django.conf import settings
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.metrics import Meter, NoOpMeterProvider
+from opentelemetry.metrics import CallbackOptions, Meter, NoOpMeterProvider, Observation
 from opentelemetry.propagate import extract, inject
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
@@ -79,11 +80,33 @@ class _SilentInForkedChildReader(PeriodicExportingMetricReader):
         return None
 
 
+class _InProcessCounter:
+    """A monotonic counter summed in this process and read by the SDK at each collection, through an observable
+    counter: the same stream (a cumulative monotonic sum, same name, unit and attributes) for well under a
+    microsecond per ``add`` instead of the SDK's 5 us (a Measurement, attribute cleaning and hashing, exemplar
+    sampling). For the two counters every task run adds to; exemplars stay on the duration histogram."""
+
+    def __init__(self, meter: Meter, name: str, *, unit: str, description: str) -> None:
+        self._totals: dict[frozenset[tuple[str, str]], int] = {}
+        self._lock = threading.Lock()  # the task thread adds, the reader's thread collects
+        meter.create_observable_counter(name, callbacks=[self._observe], unit=unit, description=description)
+
+    def add(self, amount: int, attributes: Mapping[str, str]) -> None:
+        key = frozenset(attributes.items())
+        with self._lock:
+            self._totals[key] = self._totals.get(key, 0) + amount
+
+    def _observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        with self._lock:
+            totals = list(self._totals.items())
+        return [Observation(total, dict(key)) for key, total in totals]
+
+
 @dataclass
 class _Instruments:
     published: Any
-    started: Any
-    finished: Any
+    started: _InProcessCounter
+    finished: _InProcessCounter
     duration: Any
     queue_wait: Any
     dead_letters_created: Any
@@ -100,8 +123,10 @@ class _Instruments:
         counter, histogram = meter.create_counter, meter.create_histogram
         return cls(
             published=counter(m.TASKS_PUBLISHED, unit="{task}", description="Task messages published"),
-            started=counter(m.TASKS_STARTED, unit="{task}", description="Task runs started"),
-            finished=counter(m.TASKS_FINISHED, unit="{task}", description="Task runs finished, by outcome"),
+            started=_InProcessCounter(meter, m.TASKS_STARTED, unit="{task}", description="Task runs started"),
+            finished=_InProcessCounter(
+                meter, m.TASKS_FINISHED, unit="{task}", description="Task runs finished, by outcome"
+            ),
             duration=histogram(m.TASK_DURATION, unit="s", description="Task run duration, every outcome"),
             queue_wait=histogram(m.TASK_QUEUE_WAIT, unit="s", description="Publish (or ETA) to start"),
             dead_letters_created=counter(m.DEAD_LETTERS_CREATED, unit="{entry}", description="Dead letters"),
@@ -130,8 +155,20 @@ class Telemetry:
 _current: Telemetry | None = None
 
 
+class _Resource(Resource):
+    """A resource whose hash is computed once. The OTLP span encoder groups every span of a batch by resource,
+    and ``Resource.__hash__`` serialises all its attributes to JSON each time: 3-4 us per span (bench.hooks)."""
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource.attributes, resource.schema_url)
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
+
+
 def _resource(role: str) -> Resource:
-    return Resource.create(
+    resource = Resource.create(
         {
             "service.name": os.environ.get("OTEL_SERVICE_NAME") or f"marketplace-{role}",
             "service.namespace": "marketplace",
@@ -140,6 +177,7 @@ def _resource(role: str) -> Resource:
             "deployment.environment.name": settings.SENTRY_ENVIRONMENT,
         }
     )
+    return _Resource(resource)
 
 
 def _views() -> list[View]:
@@ -196,9 +234,19 @@ def setup(
 def current() -> Telemetry:
     """This process's telemetry; a process that never set it up (or a fork of one) gets no-op hooks."""
     global _current
-    if _current is None or _current.pid != os.getpid():
+    if _current is None:
         _current = _off("process")
     return _current
+
+
+def _forget_after_fork() -> None:
+    # A forked child must not use its parent's providers: it gets no-op hooks until it calls setup(). Reset
+    # here once, rather than comparing os.getpid() on each of a task's calls (a system call each time).
+    global _current
+    _current = None
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def _off(role: str) -> Telemetry:
@@ -261,12 +309,34 @@ def _links(request: Any) -> list[Link] | None:
     return [Link(span_context, {"dead_letter.replay_of": str(_header(request, "x-dead-letter-replay-of"))})]
 
 
+# Metric attribute sets, built once per (task, queue[, outcome, error type]) and shared by every run: the SDK
+# copies what it keeps. Task names, queues and outcomes are few; a bound keeps odd error types from growing it.
+_attribute_sets: dict[tuple[str, ...], dict[str, str]] = {}
+
+
+def _attribute_set(task: str, queue: str, *more: str) -> dict[str, str]:
+    key = (task, queue, *more)
+    attributes = _attribute_sets.get(key)
+    if attributes is None:
+        if len(_attribute_sets) > 1024:
+            _attribute_sets.clear()
+        attributes = {"task": task, "queue": queue}
+        if more:
+            attributes["outcome"] = more[0]
+        if len(more) > 1:
+            attributes["error_type"] = more[1]
+        _attribute_sets[key] = attributes
+    return attributes
+
+
 def task_started(task_name: str, request: Any) -> TaskRun:
     """Start the run's span, bind its log context and count it."""
     state = current()
     now = time.time()
     queue = (request.delivery_info or {}).get("routing_key") or "celery"
-    attributes = {"task": task_name, "queue": queue}
+    task_id = str(request.id)
+    retries = int(request.retries or 0)
+    attributes = _attribute_set(task_name, queue)
     span: trace.Span = trace.INVALID_SPAN
     token: object = None
     if state.tracing:
@@ -281,14 +351,14 @@ def task_started(task_name: str, request: Any) -> TaskRun:
                 "messaging.operation.type": "process",
                 "messaging.operation.name": "run",
                 "messaging.destination.name": queue,
-                "messaging.message.id": str(request.id),
+                "messaging.message.id": task_id,
                 "celery.action": "run",
                 "celery.task_name": task_name,
-                "celery.retries": int(request.retries or 0),
+                "celery.retries": retries,
             },
         )
         token = otel_context.attach(trace.set_span_in_context(span))
-    bind_task_context(task_name=task_name, task_id=str(request.id), retries=int(request.retries or 0))
+    bind_task_context(task_name=task_name, task_id=task_id, retries=retries)
     state.instruments.started.add(1, attributes)
     wait = _queue_wait(request, now)
     if wait is not None:
@@ -301,14 +371,16 @@ def task_finished(run: TaskRun, outcome: str, error: BaseException | None = None
     state = current()
     duration = time.perf_counter() - run.started
     error_type = type(error).__name__ if error is not None else ""
-    state.instruments.finished.add(1, {**run.attributes, "outcome": outcome, "error_type": error_type})
+    task, queue = run.attributes["task"], run.attributes["queue"]
+    state.instruments.finished.add(1, _attribute_set(task, queue, outcome, error_type))
     # Recorded while the span is current, so the histogram sample carries it as an exemplar.
-    state.instruments.duration.record(duration, {**run.attributes, "outcome": outcome})
+    state.instruments.duration.record(duration, _attribute_set(task, queue, outcome))
     log.info(
         "task.finished",
         outcome=outcome,
-        duration_ms=round(duration * 1000, 3),
-        queue_wait_ms=None if run.queue_wait is None else round(run.queue_wait * 1000, 3),
+        # Microseconds rounded to an int, then shown in ms: round(x, 3) of a float costs four times as much.
+        duration_ms=round(duration * 1_000_000) / 1000,
+        queue_wait_ms=None if run.queue_wait is None else round(run.queue_wait * 1_000_000) / 1000,
         error_type=error_type or None,
     )
     clear_task_context()

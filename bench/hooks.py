@@ -1,0 +1,101 @@
+"""``python -m bench.hooks``: what each piece of a task run's telemetry costs, in-process (timeit).
+
+Complements ``bench.profile`` (where a real worker child's CPU goes) with reproducible per-piece figures: the
+metric records, the span, the summary log line (JSON to a file), the log context, and the OTLP encoding of a
+batch of task spans (the export thread's work). Telemetry is set up as in a worker child, exporting to a
+local ``Sink``. Figures are CPU microseconds on this machine, in a warm process: a worker child pays more
+(cache misses, the main process on the same cores), so compare them with each other, not with ``bench.run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+import timeit
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from bench.harness import Sink, setup_django
+
+TASK = "bench.observable_noop"
+
+
+def _request() -> Any:
+    from celery.app.task import Context
+
+    headers = {"x-published-at": time.time()}
+    return Context(id=str(uuid.uuid4()), retries=0, delivery_info={"routing_key": "celery"}, eta=None, **headers)
+
+
+def _per_call_us(fn: Callable[[], object], number: int) -> float:
+    return min(timeit.repeat(fn, number=number, repeat=3)) / number * 1e6
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--number", type=int, default=5000, help="Calls per timing (best of 3).")
+    args = parser.parse_args(argv)
+    sink = Sink()
+    os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink.otlp_endpoint
+    setup_django()
+    import structlog
+    from django.conf import settings
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+    from observability import telemetry
+    from observability.logging import bind_task_context, clear_task_context, configure_logging
+
+    settings.OTEL_EXPORTER_OTLP_ENDPOINT = sink.otlp_endpoint
+    log_file = tempfile.NamedTemporaryFile("w", suffix=".jsonl")  # noqa: SIM115 - closed at the end
+    configure_logging(level="INFO", fmt="json", stream=log_file)  # type: ignore[arg-type]
+    state = telemetry.setup("worker")
+    spans: list[ReadableSpan] = []
+
+    class Collect(SpanExporter):
+        def export(self, batch: Any) -> SpanExportResult:
+            spans.extend(batch)
+            return SpanExportResult.SUCCESS
+
+    state.providers[0].add_span_processor(SimpleSpanProcessor(Collect()))
+    instruments, n = state.instruments, args.number
+    attributes = {"task": TASK, "queue": "celery"}
+    log = structlog.get_logger("observability.task")
+
+    def run_hooks() -> None:
+        telemetry.task_finished(telemetry.task_started(TASK, _request()), "succeeded")
+
+    def span() -> None:
+        state.tracer.start_span("run/x", attributes=dict.fromkeys("abcdefgh", "v")).end()
+
+    def context() -> None:
+        bind_task_context(task_name=TASK, task_id="id", retries=0)
+        clear_task_context()
+
+    def summary_line() -> None:
+        log.info("task.finished", outcome="succeeded", duration_ms=0.1, queue_wait_ms=0.2, error_type=None)
+
+    rows = [
+        ("task_started + task_finished (wall: the export thread runs meanwhile)", _per_call_us(run_hooks, n)),
+        ("counter add", _per_call_us(lambda: instruments.started.add(1, attributes), n)),
+        ("histogram record", _per_call_us(lambda: instruments.queue_wait.record(0.001, attributes), n)),
+        ("span start + end, 8 attributes", _per_call_us(span, n)),
+        ("summary line (JSON to a file)", _per_call_us(summary_line, n)),
+        ("bind + clear log context", _per_call_us(context, n)),
+    ]
+    batch = spans[-512:]
+    encode_us = _per_call_us(lambda: encode_spans(batch).SerializePartialToString(), 20) / len(batch)
+    rows.append((f"OTLP encoding per task span (batch of {len(batch)})", encode_us))
+    for label, us in rows:
+        print(f"{us:8.1f} us  {label}")
+    telemetry.shutdown()
+    log_file.close()
+    sink.stop()
+
+
+if __name__ == "__main__":
+    main()
