@@ -9,7 +9,7 @@ export CELERY_BROKER_URL ?= redis://127.0.0.1:6379/0
 export CELERY_RESULT_BACKEND ?= redis://127.0.0.1:6379/0
 export DJANGO_DEBUG ?= true
 
-.PHONY: run test setup lint typecheck clean
+.PHONY: run test setup system-deps lint typecheck clean
 
 $(BIN)/uv:
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found: install Python 3.11"; exit 1; }
@@ -21,6 +21,20 @@ $(VENV)/.synced: $(BIN)/uv requirements-dev.lock
 	touch $@
 
 setup: $(VENV)/.synced
+
+# Debian packages the tests use (package:command): Prometheus and promtool for the alert rules and the
+# dashboards' end-to-end test, Chromium for the admin browser tests. Installed when missing (as root, with
+# apt-get), otherwise named in one line.
+SYSTEM_PACKAGES := prometheus:promtool chromium:chromium
+system-deps:
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
+		command -v "$${pair##*:}" >/dev/null || missing="$$missing $${pair%%:*}"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "make: installing$$missing from Debian"; \
+			apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+		else echo "make: the tests need$$missing: sudo apt-get install$$missing"; exit 1; fi; \
+	fi
 
 # Sets up and runs web + worker + beat + Flower with demo data; Ctrl-C stops everything.
 run: setup
@@ -37,7 +51,7 @@ run: setup
 		$(BIN)/honcho start -f Procfile
 
 # Sets up and passes every test: lint, types, and the suite against real Postgres, Redis and workers.
-test: setup lint typecheck
+test: setup system-deps lint typecheck
 	$(BIN)/python -m marketplace.preflight
 	$(BIN)/pytest $(PYTEST_ARGS)
 

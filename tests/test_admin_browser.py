@@ -17,7 +17,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.skipif(
-        shutil.which("chromium") is None, reason="Debian's chromium is not installed (.ci/run installs it)"
+        shutil.which("chromium") is None, reason="Debian's chromium is not installed (make test installs it)"
     ),
 ]
 PASSWORD = "correct-horse-battery"

@@ -108,7 +108,7 @@ def bridge() -> Iterator[PrometheusBridge]:
 def prometheus(bridge: PrometheusBridge, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
     binary = shutil.which("prometheus")
     if binary is None:
-        pytest.fail("prometheus not found: install Debian's package (apt-get install prometheus); .ci/run does")
+        pytest.fail("prometheus not found: install Debian's package (apt-get install prometheus); make test does")
     tmp_path = tmp_path_factory.mktemp("prometheus")
     port = free_port()
     log = (tmp_path / "prometheus.log").open("w")
