@@ -49,15 +49,23 @@ def base_env() -> dict[str, str]:
 
 
 def setup_django() -> None:
-    """Point this process at the bench database and Redis (whatever the shell says), then ``django.setup()``."""
+    """Point this process at the bench database and Redis (whatever the shell says), check both answer (creating
+    the database if missing), ``django.setup()`` and migrate."""
     env = base_env()
     # LOG_LEVEL: the bench's own process (dlq commands, sweeps) keeps its per-entry INFO lines off the table.
     for key in ("DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DJANGO_SECRET_KEY", "LOG_LEVEL"):
         os.environ[key] = env[key]
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "marketplace.settings")
+    from marketplace import preflight
+
+    # One command on a fresh machine: the bench database is created if missing and follows the models.
+    if preflight.main() != 0:
+        raise SystemExit(1)
     import django
+    from django.core.management import call_command
 
     django.setup()
+    call_command("migrate", interactive=False, verbosity=0)
 
 
 class Sink:
