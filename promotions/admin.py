@@ -39,6 +39,8 @@ class FlashPromoAdmin(admin.ModelAdmin[FlashPromo]):
         "ended_at",
         "activation_enqueued",
         "end_enqueued",
+        # Set only by the fan-out: ticked by hand, it would stop the promo's notifications for good.
+        "notifications_queued",
         "created_at",
     ]
     actions = ["cancel"]

@@ -54,18 +54,24 @@ class DeliveryResult:
 def notifications_queue_for_promos(*, promo_ids: list[int], now: datetime) -> int:
     """Queue one ``pending`` notification per subscriber of each of ``promo_ids`` that is active and not yet
     queued; returns the number of rows written. Two statements: claim the promos, then one
-    ``INSERT ... SELECT``. A concurrent run for the same promos waits on the claim's row locks, then finds
-    them queued and writes nothing; the unique key is the second line of defence."""
+    ``INSERT ... SELECT``. The claim skips promos another fan-out holds (``SKIP LOCKED``): a duplicate
+    returns at once instead of holding a worker until the first commits, and if the first rolls back, the
+    sweep's recovery publishes the promo again. The unique key is the second line of defence."""
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
             UPDATE {_PROMO} SET notifications_queued = TRUE
-             WHERE id = ANY(%(ids)s) AND status = 'active' AND NOT notifications_queued
+             WHERE id IN (SELECT id FROM {_PROMO}
+                           WHERE id = ANY(%(ids)s) AND status = 'active' AND NOT notifications_queued
+                           FOR UPDATE SKIP LOCKED)
             RETURNING id
             """,  # noqa: S608 - table names come from model metadata, values are parameters
             {"ids": promo_ids},
         )
         claimed = [row[0] for row in cursor.fetchall()]
+        if len(claimed) < len(promo_ids):
+            # Not active any more (cancelled or ended before its fan-out ran), already queued, or being queued.
+            log.info("promo.fan_out_skipped", promos=len(promo_ids) - len(claimed))
         if not claimed:
             return 0
         cursor.execute(

@@ -34,8 +34,9 @@ MAX_BATCHES_PER_SWEEP = 1000
 #: Promos per fan-out task: 10,000 promos going live at once become 100 tasks that workers run side by side.
 FAN_OUT_CHUNK = 100
 #: An active promo whose notifications are still not queued this long after activation lost its fan-out task
-#: (a crash between the activation's commit and the publish): the sweep publishes it again. Normally the
-#: fan-out runs within milliseconds; a longer backlog only makes the sweep publish a duplicate, a no-op.
+#: (a crash between the activation's commit and the publish, or a fan-out rolled back): the sweep publishes it
+#: again. Normally the fan-out runs within milliseconds; behind a longer backlog the sweep publishes a
+#: duplicate, which claims nothing (the first holds or has queued the promo) and returns at once.
 FAN_OUT_RECOVERY_AFTER = timedelta(minutes=2)
 #: Cap on promos the sweep re-fans out per run.
 MAX_FAN_OUT_RECOVERIES = 10 * FAN_OUT_CHUNK

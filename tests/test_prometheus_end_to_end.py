@@ -164,7 +164,7 @@ def _promotions(waves: int) -> None:
     now = timezone.now()
     for wave in range(waves):
         product = ProductFactory()
-        PromoFactory(product=product, starts_at=now + timedelta(seconds=3 + wave * WAVE_SECONDS))
+        PromoFactory(product=product, starts_at=now + timedelta(seconds=5 + wave * WAVE_SECONDS))
         SubscriptionFactory.create_batch(3, product=product)
         SubscriptionFactory(product=product, email=f"{REFUSED_PREFIX}.{wave}@example.com")
     PromoFactory(status=PromoStatus.ACTIVE, starts_at=now - timedelta(hours=2), ends_at=now - timedelta(seconds=1))
@@ -187,6 +187,8 @@ def workload(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Workload]:
     from observability.models import DeadLetter
+    from promotions.models import FlashPromo, PromoStatus
+    from promotions.tasks import queue_promo_notifications
 
     tmp_path = tmp_path_factory.mktemp("workload")
     env = {**worker_env, "OTEL_EXPORTER_OTLP_ENDPOINT": bridge.endpoint, "OTEL_METRIC_EXPORT_INTERVAL": "500",
@@ -201,6 +203,8 @@ def workload(
             doomed = [tasks.flaky.apply_async((uuid.uuid4().hex, 10), queue=QUEUE)]
             doomed += [tasks.permanent.apply_async((token,), queue=QUEUE) for _ in range(2)]
             celery_app.send_task("no.such.task", queue=QUEUE)
+            # A malformed message for a domain task (not a list of ids): a dead letter of a promotions task.
+            doomed.append(queue_promo_notifications.apply_async((["not-an-id"],), queue=QUEUE))
             results = []
             with running_beat(env, tmp_path) as beat_log:
                 # Paced, not synchronising: rate() only sees a counter grow between two scrapes, so the
@@ -222,6 +226,11 @@ def workload(
                 lambda: DeadLetter.objects.filter(task_id__in=[r.id for r in doomed]).count() == len(doomed),
                 timeout=60,
                 what="the dead letters",
+            )
+            wait_for(
+                lambda: not FlashPromo.objects.exclude(status__in=[PromoStatus.ACTIVE, PromoStatus.ENDED]).exists(),
+                timeout=60,
+                what="every promo of the workload to go live",
             )
             replayed = DeadLetter.objects.filter(task_name="tests.permanent").values_list("id", flat=True)[0]
             assert "Published 1 " in _dlq(env, "replay", str(replayed))
@@ -274,6 +283,25 @@ def _substitute(expr: str) -> str:
 def test_every_panel_shows_data_from_the_workload(workload: Workload, prometheus: Prometheus, dashboard, expr):
     numbers = prometheus.numbers(_substitute(expr), workload.start, workload.end)
     assert numbers, f"{dashboard}: no data for {_substitute(expr)}"
+
+
+def _selectors(expr: str) -> list[str]:
+    """The vector selectors of ``expr`` (a catalogued metric, with its label matchers if any)."""
+    names = "|".join(sorted({f"{n}(?:_bucket|_sum|_count)?" for n in _catalogue()}, key=len, reverse=True))
+    return [m.group(0) for m in re.finditer(rf"\b(?:{names})\b(?:\{{[^}}]*\}})?", expr)]
+
+
+@pytest.mark.parametrize(("dashboard", "expr"), _targets())
+def test_every_selector_of_every_panel_matches_series(workload: Workload, prometheus: Prometheus, dashboard, expr):
+    """Fallbacks (``or vector(0)``) keep a panel from going blank when nothing happened; they would also hide a
+    misspelled metric or label. So each selector on its own must match series of the workload."""
+    selectors = _selectors(_substitute(expr))
+    assert selectors, expr
+    for selector in selectors:
+        series = prometheus.api(
+            "series", **{"match[]": selector, "start": str(workload.start), "end": str(workload.end)}
+        )
+        assert series, f"{dashboard}: {selector} matches nothing"
 
 
 def test_every_template_variable_has_values(workload: Workload, prometheus: Prometheus):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -51,11 +52,53 @@ def test_fan_out_queues_one_notification_per_subscriber_of_active_promos_once():
     ids = services.promos_sync_state(now=timezone.now()).activated
 
     assert notifications.notifications_queue_for_promos(promo_ids=[*ids, scheduled.pk], now=timezone.now()) == 12
-    assert notifications.notifications_queue_for_promos(promo_ids=ids, now=timezone.now()) == 0
+    with CaptureQueriesContext(connection) as queries:
+        assert notifications.notifications_queue_for_promos(promo_ids=ids, now=timezone.now()) == 0
+    statements = [q["sql"].split()[0] for q in queries.captured_queries]
+    assert [s for s in statements if s not in ("SAVEPOINT", "RELEASE")] == ["UPDATE"]  # the claim took nothing
 
     assert Notification.objects.filter(status="pending").count() == 12
     assert set(Notification.objects.values_list("promo_id", flat=True)) == {p.pk for p in promos}
     assert FlashPromo.objects.filter(notifications_queued=True).count() == 3
+
+
+def test_a_promo_cancelled_before_its_fan_out_gets_no_notifications():
+    """Activated, then cancelled before the fan-out task ran: nothing is queued for it."""
+    promo = _due_promos(1, subscribers=3)[0]
+    services.promos_sync_state(now=timezone.now())
+    FlashPromo.objects.filter(pk=promo.pk).update(status=PromoStatus.CANCELLED)
+
+    assert notifications.notifications_queue_for_promos(promo_ids=[promo.pk], now=timezone.now()) == 0
+    assert not Notification.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_concurrent_fan_out_of_the_same_promos_returns_at_once_and_writes_nothing():
+    """While one fan-out holds its promos (uncommitted), a duplicate skips them instead of waiting on the
+    row locks: a recovery duplicate must not hold a worker. lock_timeout turns a wait into an error."""
+    _due_promos(2, subscribers=3)
+    ids = services.promos_sync_state(now=timezone.now()).activated
+    holding, release, first = threading.Event(), threading.Event(), []
+
+    def fan_out_and_hold() -> None:
+        with transaction.atomic():
+            first.append(notifications.notifications_queue_for_promos(promo_ids=ids, now=timezone.now()))
+            holding.set()
+            release.wait(10)
+        connection.close()
+
+    thread = threading.Thread(target=fan_out_and_hold)
+    thread.start()
+    try:
+        assert holding.wait(10)
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '2s'")
+        second = notifications.notifications_queue_for_promos(promo_ids=ids, now=timezone.now())
+    finally:
+        release.set()
+        thread.join(10)
+    assert (first, second) == ([6], 0)
+    assert Notification.objects.count() == 6
 
 
 def test_sync_twice_changes_nothing_more_than_once():
