@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import socket
+import threading
 import urllib.error
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 def free_port() -> int:
@@ -23,3 +25,27 @@ def http_status(request: urllib.request.Request | str, timeout: float = 5) -> in
         return error.code
     except OSError:
         return None
+
+
+class LocalServer:
+    """An HTTP server on 127.0.0.1 (a free port) served by a daemon thread: ``start()``, ``stop()``, ``port``.
+    Test fakes of outside services (OTLP receiver, Sentry) build on it with their own request handler."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler], *, name: str) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        # A short poll: stop() returns within it.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=name, daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

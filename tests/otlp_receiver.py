@@ -6,12 +6,14 @@ from __future__ import annotations
 import gzip
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+from tests.net import LocalServer
 
 
 def _value(value: AnyValue) -> Any:
@@ -49,7 +51,7 @@ class Point:
     exemplar_trace_ids: list[str] = field(default_factory=list)
 
 
-class OtlpReceiver:
+class OtlpReceiver(LocalServer):
     def __init__(self) -> None:
         self.spans: list[Span] = []
         self.points: list[Point] = []
@@ -81,16 +83,8 @@ class OtlpReceiver:
             def log_message(self, *args: Any) -> None:
                 return None
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(Handler, name="otlp-receiver")
+        self.endpoint = f"http://127.0.0.1:{self.port}"
 
     def clear(self) -> None:
         with self._lock:

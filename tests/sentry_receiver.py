@@ -13,8 +13,10 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.net import LocalServer
 
 __all__ = ["Envelope", "Item", "SentryReceiver", "parse_envelope"]
 
@@ -65,36 +67,17 @@ def parse_envelope(data: bytes) -> tuple[dict[str, Any], list[Item]]:
     return json.loads(header_line), items
 
 
-class SentryReceiver:
+class SentryReceiver(LocalServer):
     """Start with ``start()``; point the SDK at ``dsn``; stop with ``stop()``. Thread-safe."""
 
     def __init__(self) -> None:
         self.envelopes: list[Envelope] = []
         self._changed = threading.Condition()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            # A short poll: stop() returns within it.
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="sentry-receiver",
-            daemon=True,
-        )
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
+        super().__init__(self._handler(), name="sentry-receiver")
 
     @property
     def dsn(self) -> str:
         return f"http://public@127.0.0.1:{self.port}/1"
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
     def items(self, type: str | None = None) -> list[Item]:
         """Every item received so far, in arrival order; only those of ``type`` if given."""

@@ -14,11 +14,10 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -31,7 +30,7 @@ from django.core.management import CommandError, call_command
 from observability import sentry
 from observability.dead_letters import Failure
 from tests.conftest import ROOT
-from tests.net import free_port
+from tests.net import LocalServer, free_port
 from tests.sentry_receiver import SentryReceiver
 
 ALERTS_DIR = ROOT / "dashboards" / "alerts"
@@ -339,7 +338,7 @@ class ApiRequest:
 
 
 @dataclass
-class FakeSentryApi:
+class FakeSentryApi(LocalServer):
     """Enough of Sentry's issue alert rules API for the command, on 127.0.0.1: the paged list (Sentry's Link
     header, ``page_size`` rules a page), create and update, for organization ``acme``, project ``marketplace``.
     ``errors[method] = (status, body, headers)`` makes a method answer that instead. Records every request."""
@@ -350,22 +349,11 @@ class FakeSentryApi:
     requests: list[ApiRequest] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-sentry-api", daemon=True
-        )
+        super().__init__(self._handler(), name="fake-sentry-api")
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        return f"http://127.0.0.1:{self.port}"
 
     def add(self, rule_id: int, name: str) -> None:
         self.rules[str(rule_id)] = {"id": str(rule_id), "name": name, "actionMatch": "all", "frequency": 30}
