@@ -30,6 +30,7 @@ from django.core.management import CommandError, call_command
 from observability import sentry
 from observability.dead_letters import Failure
 from tests.conftest import ROOT
+from tests.metrics_catalogue import catalogue, readable_names
 from tests.net import LocalServer, free_port
 from tests.sentry_receiver import SentryReceiver
 
@@ -37,7 +38,6 @@ ALERTS_DIR = ROOT / "dashboards" / "alerts"
 RULE_FILES = sorted(ALERTS_DIR.glob("*.yml"))
 TEST_FILES = sorted((ALERTS_DIR / "tests").glob("*.test.yml"))
 RUNBOOK = ROOT / "docs" / "alerts.md"
-METRICS_DOC = ROOT / "docs" / "metrics.md"
 SENTRY_RULES_FILE = ROOT / "dashboards" / "sentry" / "alert-rules.json"
 SEVERITIES = {"critical", "warning"}
 
@@ -65,31 +65,6 @@ def github_anchor(heading: str) -> str:
 
 def runbook_anchors() -> set[str]:
     return {github_anchor(line.lstrip("#")) for line in RUNBOOK.read_text().splitlines() if line.startswith("#")}
-
-
-def metric_catalogue() -> dict[str, str]:
-    """Prometheus name -> type, from every table of ``docs/metrics.md`` that has a "Prometheus name" column."""
-    catalogue: dict[str, str] = {}
-    header: list[str] | None = None
-    for line in METRICS_DOC.read_text().splitlines():
-        if not line.startswith("|"):
-            header = None
-            continue
-        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if "Prometheus name" in cells:
-            header = cells
-        elif header is not None and not set(line) <= set("|- "):
-            row = dict(zip(header, cells, strict=True))
-            catalogue[row["Prometheus name"].strip("`")] = row["Type"]
-    return catalogue
-
-
-def readable_names(catalogue: dict[str, str]) -> set[str]:
-    """The series names a query may select: a histogram is read through its _bucket, _sum and _count."""
-    names = set()
-    for name, kind in catalogue.items():
-        names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"} if kind == "histogram" else {name}
-    return names
 
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
@@ -206,9 +181,9 @@ def test_the_metric_name_reader_finds_names_and_nothing_else():
 
 def test_rules_use_only_the_metrics_of_the_catalogue():
     """Every metric a rule reads is in docs/metrics.md's Prometheus column (histograms via _bucket/_sum/_count)."""
-    catalogue = metric_catalogue()
-    assert "celery_worker_heartbeat_seconds" in catalogue and catalogue["celery_task_duration_seconds"] == "histogram"
-    allowed = readable_names(catalogue)
+    entries = catalogue()
+    assert "celery_worker_heartbeat_seconds" in entries and entries["celery_task_duration_seconds"].kind == "histogram"
+    allowed = readable_names(entries)
     for alert in ALERTS:
         used = metric_names(alert["expr"])
         assert used, f"{alert['alert']}: no metric found in its expression"
@@ -219,9 +194,7 @@ def test_counters_are_read_only_through_rate_or_increase():
     """Counters and histogram series are cumulative per process: a rule reads them only through rate() or
     increase() (never raw, never avg_over_time), so recycled children and resets cannot skew it."""
     cumulative = {
-        series
-        for series in readable_names(metric_catalogue())
-        if series.endswith(("_total", "_bucket", "_count", "_sum"))
+        series for series in readable_names(catalogue()) if series.endswith(("_total", "_bucket", "_count", "_sum"))
     }
     for alert in ALERTS:
         expr = alert["expr"]

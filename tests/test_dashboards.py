@@ -14,7 +14,6 @@ import json
 import re
 import shutil
 import subprocess
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
@@ -23,9 +22,9 @@ import yaml
 from dashboards import generate, promql
 from dashboards.boards import BOARDS
 from dashboards.spec import runbook
+from tests.conftest import ROOT
+from tests.metrics_catalogue import catalogue, readable_names
 
-ROOT = Path(__file__).resolve().parent.parent
-METRICS_DOC = ROOT / "docs" / "metrics.md"
 JSON_DIR = ROOT / "dashboards" / "grafana" / "json"
 #: Grafana's built-ins and the variables, as an end-to-end check would fill them in.
 SUBSTITUTIONS = {
@@ -35,24 +34,11 @@ SUBSTITUTIONS = {
     "$queue": ".*",
     "$task": "promotions.tasks.check_active_promos",
 }
-HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
 PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset"}
 PROMQL_KEYWORDS |= {"and", "or", "unless", "atan2", "inf", "nan"}
 
 
 # --- helpers -----------------------------------------------------------------------------------------------
-def _catalogue() -> dict[str, tuple[str, frozenset[str]]]:
-    """docs/metrics.md's tables: Prometheus name -> (type, labels)."""
-    catalogue = {}
-    for line in METRICS_DOC.read_text().splitlines():
-        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if len(cells) < 5 or not re.fullmatch(r"`[a-z_]+`", cells[1]):
-            continue
-        labels = frozenset(label.strip() for label in cells[4].split(",") if label.strip() not in {"-", ""})
-        catalogue[cells[1].strip("`")] = (cells[2], labels)
-    return catalogue
-
-
 def _dashboards() -> dict[str, dict[str, Any]]:
     return {path.stem: json.loads(path.read_text()) for path in sorted(JSON_DIR.glob("*.json"))}
 
@@ -177,19 +163,16 @@ def test_every_panel_says_what_it_shows_has_a_unit_and_thresholds_or_a_reason_fo
 def test_every_metric_is_in_the_catalogue():
     """Only the Prometheus names of docs/metrics.md (a histogram through its _bucket, _sum or _count series),
     with the labels the catalogue gives them."""
-    catalogue = _catalogue()
-    assert len(catalogue) >= 20, "docs/metrics.md's tables were not parsed"
-    allowed = {name for name, (kind, _) in catalogue.items() if kind != "histogram"}
-    allowed |= {
-        name + suffix for name, (kind, _) in catalogue.items() if kind == "histogram" for suffix in HISTOGRAM_SERIES
-    }
+    entries = catalogue()
+    assert len(entries) >= 20, "docs/metrics.md's tables were not parsed"
+    allowed = readable_names(entries)
     for uid, dashboard in _dashboards().items():
         for expr in _exprs(dashboard):
             names = {selector.metric for selector in _selectors(expr)}
             assert names, f"{uid}: no metric found in {expr}"
             assert names <= allowed, f"{uid}: {names - allowed} not in docs/metrics.md: {expr}"
     for metric in promql.USED_METRICS:
-        assert catalogue[metric.name][1] == metric.labels, metric.name
+        assert entries[metric.name].labels == metric.labels, metric.name
 
 
 def test_the_selector_parser_finds_metrics_not_labels_or_functions():
@@ -226,10 +209,10 @@ def test_the_celery_dashboards_have_queue_and_task_variables():
 def test_celery_queries_filter_by_queue_and_task_where_the_metric_has_them(uid):
     """A metric with a queue (task) label is always matched with ``queue=~"$queue"`` (``task=~"$task"``):
     no panel silently ignores the variables."""
-    catalogue = _catalogue()
+    entries = catalogue()
     for expr in _exprs(_dashboards()[uid]):
         for name, matchers, _ in _selectors(expr):
-            labels = catalogue[re.sub(r"_(bucket|sum|count)$", "", name) if name not in catalogue else name][1]
+            labels = entries[re.sub(r"_(bucket|sum|count)$", "", name) if name not in entries else name].labels
             for label in {"queue", "task"} & labels:
                 assert f'{label}=~"${label}"' in matchers, f"{uid}: {name} not filtered by ${label} in {expr}"
 

@@ -33,6 +33,7 @@ from django.utils import timezone
 from marketplace.celery import app as celery_app
 from tests import tasks
 from tests.conftest import ROOT, WorkerProcess, running_beat, wait_for
+from tests.metrics_catalogue import catalogue
 from tests.net import free_port
 from tests.otlp_prometheus import PrometheusBridge, translate_name
 from tests.smtp import REFUSED_PREFIX
@@ -50,12 +51,6 @@ WAVES, WAVE_SECONDS = 5, 1.5
 SHOWN_TASK = "tests.flaky"
 #: Grafana's built-in variables, as Grafana would fill them for a short range at a 1 s scrape interval.
 BUILTINS = {"$__rate_interval": "10s", "$__interval": "1s", "$__range": "5m", "$queue": ".*"}
-
-
-def _catalogue() -> dict[str, str]:
-    """docs/metrics.md: Prometheus name -> type."""
-    rows = re.findall(r"^\| `[a-z_.]+` \| `([a-z_]+)` \| (\w+) \|", (ROOT / "docs" / "metrics.md").read_text(), re.M)
-    return dict(rows)
 
 
 # --- Prometheus --------------------------------------------------------------------------------------------
@@ -235,14 +230,14 @@ def workload(
             replayed = DeadLetter.objects.filter(task_name="tests.permanent").values_list("id", flat=True)[0]
             assert "Published 1 " in _dlq(env, "replay", str(replayed))
             assert "Deleted 1 " in _dlq(env, "purge", "--status", "replayed", "--yes")
-            _wait_until_scraped(prometheus, _catalogue())
+            _wait_until_scraped(prometheus, list(catalogue()))
             yield Workload(start=start, end=time.time() + 1)
         finally:
             worker.stop()
 
 
-def _wait_until_scraped(prometheus: Prometheus, catalogue: dict[str, str]) -> None:
-    missing = list(catalogue)
+def _wait_until_scraped(prometheus: Prometheus, names: list[str]) -> None:
+    missing = list(names)
 
     def scraped() -> bool:
         missing[:] = [n for n in missing if not prometheus.query(f"count({n}_bucket) or count({n})")]
@@ -287,7 +282,7 @@ def test_every_panel_shows_data_from_the_workload(workload: Workload, prometheus
 
 def _selectors(expr: str) -> list[str]:
     """The vector selectors of ``expr`` (a catalogued metric, with its label matchers if any)."""
-    names = "|".join(sorted({f"{n}(?:_bucket|_sum|_count)?" for n in _catalogue()}, key=len, reverse=True))
+    names = "|".join(sorted({f"{n}(?:_bucket|_sum|_count)?" for n in catalogue()}, key=len, reverse=True))
     return [m.group(0) for m in re.finditer(rf"\b(?:{names})\b(?:\{{[^}}]*\}})?", expr)]
 
 
@@ -370,4 +365,4 @@ def test_the_bridge_names_metrics_as_the_collector_does():
 
 def test_prometheus_holds_exactly_the_catalogued_names(workload: Workload, bridge: PrometheusBridge):
     """What the worker, beat and the CLI exported is what docs/metrics.md promises, no more, no less."""
-    assert bridge.names == set(_catalogue())
+    assert bridge.names == set(catalogue())

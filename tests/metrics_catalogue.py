@@ -1,0 +1,44 @@
+"""``docs/metrics.md`` read as data: the Prometheus names (with type and labels) that the dashboards, the alert
+rules and the end-to-end test may use. One parser, so the three agree on what the catalogue says."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tests.conftest import ROOT
+
+METRICS_DOC = ROOT / "docs" / "metrics.md"
+HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str  # counter, gauge or histogram
+    #: Labels besides job and instance.
+    labels: frozenset[str]
+
+
+def catalogue() -> dict[str, Entry]:
+    """Prometheus name -> entry, from every table of docs/metrics.md that has a "Prometheus name" column."""
+    entries: dict[str, Entry] = {}
+    header: list[str] | None = None
+    for line in METRICS_DOC.read_text().splitlines():
+        if not line.startswith("|"):
+            header = None
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if "Prometheus name" in cells:
+            header = cells
+        elif header is not None and not set(line) <= set("|- "):
+            row = dict(zip(header, cells, strict=True))
+            labels = frozenset(label.strip() for label in row["Labels"].split(",") if label.strip() not in {"-", ""})
+            entries[row["Prometheus name"].strip("`")] = Entry(row["Type"], labels)
+    return entries
+
+
+def readable_names(entries: dict[str, Entry]) -> set[str]:
+    """The series names a query may select: a histogram is read through its _bucket, _sum and _count."""
+    names: set[str] = set()
+    for name, entry in entries.items():
+        names |= {name + suffix for suffix in HISTOGRAM_SERIES} if entry.kind == "histogram" else {name}
+    return names
