@@ -9,8 +9,8 @@
 - Providers are kept here, not installed globally: a child can rebuild them after fork, which the global
   API forbids.
 - Task runs get one CONSUMER span (``run/<task>``, OpenTelemetry messaging attributes, parent from the
-  message's W3C ``traceparent``; a replayed dead letter links to its original trace), the task metrics of
-  ``observability.metric_names`` and one summary log line.
+  message's W3C ``traceparent``; a replayed dead letter links to its original trace) on the lean path of
+  ``observability.task_spans``, the task metrics of ``observability.metric_names`` and one summary log line.
 """
 
 from __future__ import annotations
@@ -37,10 +37,11 @@ from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, V
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, Status, StatusCode
 
 from observability import metric_names as m
 from observability.logging import bind_task_context, clear_task_context
+from observability.task_spans import TaskSpanExporter, TaskSpans
 
 __all__ = [
     "PUBLISHED_AT_HEADER",
@@ -142,12 +143,11 @@ class _Instruments:
 
 @dataclass
 class Telemetry:
-    """This process's telemetry: a tracer (no-op when off), the instruments, and what to flush."""
+    """This process's telemetry: task spans (none when off), the instruments, and what to flush."""
 
     pid: int
     role: str
-    tracing: bool
-    tracer: trace.Tracer
+    task_spans: TaskSpans | None
     instruments: _Instruments
     providers: list[Any] = field(default_factory=list)
 
@@ -205,11 +205,11 @@ def setup(
         return _current
 
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     resource = _resource(role)
     tracer_provider = TracerProvider(resource=resource)
-    tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    span_processor = BatchSpanProcessor(TaskSpanExporter(resource))
+    tracer_provider.add_span_processor(span_processor)
     reader_cls = _SilentInForkedChildReader if fork_safe_metrics else PeriodicExportingMetricReader
     reader: MetricReader = reader_cls(
         OTLPMetricExporter(), export_interval_millis=settings.OTEL_METRIC_EXPORT_INTERVAL_MILLIS
@@ -223,8 +223,7 @@ def setup(
     _current = Telemetry(
         pid=os.getpid(),
         role=role,
-        tracing=True,
-        tracer=tracer_provider.get_tracer("marketplace"),
+        task_spans=TaskSpans(tracer_provider, span_processor),
         instruments=_Instruments.create(meter),
         providers=[tracer_provider, meter_provider],
     )
@@ -251,7 +250,7 @@ os.register_at_fork(after_in_child=_forget_after_fork)
 
 def _off(role: str) -> Telemetry:
     meter = NoOpMeterProvider().get_meter("marketplace")
-    return Telemetry(os.getpid(), role, False, trace.NoOpTracer(), _Instruments.create(meter))
+    return Telemetry(os.getpid(), role, None, _Instruments.create(meter))
 
 
 def shutdown() -> None:
@@ -268,7 +267,7 @@ def on_publish(headers: dict[str, Any], task_name: str, queue: str) -> None:
     """Before a task message leaves: propagate the current trace and stamp the publish time."""
     state = current()
     headers[PUBLISHED_AT_HEADER] = time.time()
-    if state.tracing:
+    if state.task_spans is not None:
         inject(headers)
     state.instruments.published.add(1, {"task": task_name, "queue": queue})
 
@@ -301,10 +300,10 @@ def _header(request: Any, name: str) -> Any:
     return request.__dict__.get(name)
 
 
-def _links(request: Any) -> list[Link] | None:
+def _links(request: Any) -> list[Link]:
     traceparent = _header(request, REPLAY_TRACEPARENT_HEADER)
     if not traceparent:
-        return None
+        return []
     span_context = trace.get_current_span(extract({"traceparent": traceparent})).get_span_context()
     return [Link(span_context, {"dead_letter.replay_of": str(_header(request, "x-dead-letter-replay-of"))})]
 
@@ -339,23 +338,14 @@ def task_started(task_name: str, request: Any) -> TaskRun:
     attributes = _attribute_set(task_name, queue)
     span: trace.Span = trace.INVALID_SPAN
     token: object = None
-    if state.tracing:
-        parent = extract(request.__dict__) if _header(request, "traceparent") else None
-        span = state.tracer.start_span(
-            f"run/{task_name}",
-            context=parent,
-            kind=SpanKind.CONSUMER,
+    if state.task_spans is not None:
+        span = state.task_spans.start(
+            task_name,
+            queue,
+            parent=extract(request.__dict__) if _header(request, "traceparent") else None,
+            message_id=task_id,
+            retries=retries,
             links=_links(request),
-            attributes={
-                "messaging.system": "celery",
-                "messaging.operation.type": "process",
-                "messaging.operation.name": "run",
-                "messaging.destination.name": queue,
-                "messaging.message.id": task_id,
-                "celery.action": "run",
-                "celery.task_name": task_name,
-                "celery.retries": retries,
-            },
         )
         token = otel_context.attach(trace.set_span_in_context(span))
     bind_task_context(task_name=task_name, task_id=task_id, retries=retries)
