@@ -25,6 +25,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from marketplace.celery import app as celery_app
+from tests.otlp_receiver import OtlpReceiver
 from tests.smtp import SmtpSink
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,6 +55,15 @@ def redis_client() -> Iterator[redis.Redis]:
     client.flushdb()
     yield client
     client.close()
+
+
+@pytest.fixture
+def otlp_receiver() -> Iterator[OtlpReceiver]:
+    """A local OTLP/HTTP receiver, for one test: the network boundary of a telemetry exporter."""
+    receiver = OtlpReceiver()
+    receiver.start()
+    yield receiver
+    receiver.stop()
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,6 @@ metrics to a real local OTLP receiver."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
@@ -97,20 +95,12 @@ def test_exemplars_are_the_last_sample_per_bucket_in_a_sampled_span_until_collec
     assert again.exemplars == [] and again.count == 4  # cumulative; exemplars since the last collection
 
 
-@pytest.fixture
-def otlp() -> Iterator[OtlpReceiver]:
-    receiver = OtlpReceiver()
-    receiver.start()
-    yield receiver
-    receiver.stop()
-
-
-def test_the_exporter_sends_the_histograms_with_the_sdks_metrics(otlp: OtlpReceiver):
+def test_the_exporter_sends_the_histograms_with_the_sdks_metrics(otlp_receiver: OtlpReceiver):
     """One export holds an SDK counter and the in-process histogram (with its exemplar) under one resource."""
     resource = Resource.create({"service.name": "marketplace-worker", "service.instance.id": "test-1"})
     ours = histogram()
     exporter = OTLPMetricExporterWithHistograms(
-        [ours], resource=resource, scope="marketplace", endpoint=f"{otlp.endpoint}/v1/metrics"
+        [ours], resource=resource, scope="marketplace", endpoint=f"{otlp_receiver.endpoint}/v1/metrics"
     )
     reader = PeriodicExportingMetricReader(exporter, export_interval_millis=3_600_000)
     provider = MeterProvider(resource=resource, metric_readers=[reader], shutdown_on_exit=False)
@@ -120,8 +110,8 @@ def test_the_exporter_sends_the_histograms_with_the_sdks_metrics(otlp: OtlpRecei
         ours.record(0.05, TASK)
     provider.shutdown()  # collects and exports once
 
-    [point] = wait_for(lambda: otlp.latest("celery.task.duration"), what="the histogram")
+    [point] = wait_for(lambda: otlp_receiver.latest("celery.task.duration"), what="the histogram")
     assert (point.count, point.total) == (1, pytest.approx(0.05))
     assert point.exemplar_trace_ids == [format(span.get_span_context().trace_id, "032x")]
-    [counter] = otlp.latest("celery.tasks.published")
+    [counter] = otlp_receiver.latest("celery.tasks.published")
     assert counter.value == 3 and counter.resource == point.resource == dict(resource.attributes)

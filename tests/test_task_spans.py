@@ -5,7 +5,6 @@ through the SDK's own HTTP client, to a real local OTLP receiver."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 import pytest
 from opentelemetry import trace
@@ -146,19 +145,11 @@ def test_what_the_run_sets_is_kept_and_what_the_api_forbids_is_dropped(caplog: p
     assert encoded.status.code == StatusCode.OK.value
 
 
-@pytest.fixture
-def otlp() -> Iterator[OtlpReceiver]:
-    receiver = OtlpReceiver()
-    receiver.start()
-    yield receiver
-    receiver.stop()
-
-
-def test_task_spans_and_sdk_spans_leave_in_one_request_through_the_sdks_http_client(otlp: OtlpReceiver):
+def test_task_spans_and_sdk_spans_leave_in_one_request_through_the_sdks_http_client(otlp_receiver: OtlpReceiver):
     """A batch holding a task span and an SQL span started inside it reaches a real receiver over HTTP:
     same resource, the SQL span a child of the task span."""
     provider = TracerProvider(resource=RESOURCE)
-    processor = BatchSpanProcessor(TaskSpanExporter(RESOURCE, endpoint=f"{otlp.endpoint}/v1/traces"))
+    processor = BatchSpanProcessor(TaskSpanExporter(RESOURCE, endpoint=f"{otlp_receiver.endpoint}/v1/traces"))
     provider.add_span_processor(processor)
     spans = TaskSpans(provider, processor)
     run = spans.start("tests.echo", "celery", parent=None, message_id="m-1", retries=0)
@@ -166,7 +157,7 @@ def test_task_spans_and_sdk_spans_leave_in_one_request_through_the_sdks_http_cli
         provider.get_tracer("psycopg").start_span("SELECT marketplace").end()
     provider.shutdown()
 
-    received = wait_for(lambda: otlp.spans if len(otlp.spans) == 2 else None, what="both spans")
+    received = wait_for(lambda: otlp_receiver.spans if len(otlp_receiver.spans) == 2 else None, what="both spans")
     task_span = next(s for s in received if s.name == "run/tests.echo")
     sql_span = next(s for s in received if s.name == "SELECT marketplace")
     assert sql_span.parent_span_id == task_span.span_id and sql_span.trace_id == task_span.trace_id
