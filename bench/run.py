@@ -315,6 +315,22 @@ def machine() -> dict[str, Any]:
     return {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version(), "kernel": platform.release()}
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(all, stolen) CPU ticks of the machine so far, from ``/proc/stat``; (0, 0) where it cannot be read."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    except (OSError, ValueError, IndexError):
+        return 0, 0
+    return sum(fields), fields[7]
+
+
+def steal_percent(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share of the machine's CPU time a hypervisor gave to other guests in between: on a shared virtual
+    machine the figures of a run with a high share are slowed unevenly (variants and repeats alike)."""
+    total = after[0] - before[0]
+    return round(100 * (after[1] - before[1]) / total, 1) if total else 0.0
+
+
 def render(rows: list[Row]) -> str:
     header = ("measure", "result (median, min-max)", "goal", "verdict")
     cells = [(r.measure, r.result, r.goal, r.verdict) for r in rows]
@@ -338,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": machine(),
         "arguments": {k: str(v) for k, v in vars(args).items()},
     }
-    started = time.perf_counter()
+    started, ticks = time.perf_counter(), cpu_ticks()
     try:
         for name in args.only.split(","):
             print(f"== {name}", flush=True)
@@ -352,6 +368,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         sink.stop()
     out["total_seconds"] = round(time.perf_counter() - started, 1)
+    out["machine"]["steal_percent"] = steal_percent(ticks, cpu_ticks())
     out["table"] = [asdict(r) | {"verdict": r.verdict} for r in rows]
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(out, indent=2, default=str))  # before rendering: the figures come first
@@ -359,7 +376,11 @@ def main(argv: list[str] | None = None) -> None:
     out["table_markdown"] = table
     args.output.write_text(json.dumps(out, indent=2, default=str))
     print()
-    print(f"machine: {out['machine']['nproc']} cores, {out['machine']['cpu']}; {out['total_seconds']} s")
+    machine_ = out["machine"]
+    print(
+        f"machine: {machine_['nproc']} cores, {machine_['cpu']}; {out['total_seconds']} s; "
+        f"CPU stolen by the hypervisor: {machine_['steal_percent']}%"
+    )
     print(table)
     print(f"\nJSON: {args.output}")
 

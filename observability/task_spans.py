@@ -295,6 +295,8 @@ def _add_attributes(message: Any, attributes: Mapping[str, types.AnyValue]) -> N
 
 
 def _set_value(target: AnyValue, value: object) -> None:
+    if value is None:  # a None inside a sequence: an empty value, as the SDK sends it
+        return
     if isinstance(value, bool):  # before int: a bool is an int
         target.bool_value = value
     elif isinstance(value, str):

@@ -119,7 +119,7 @@ def test_what_the_run_sets_is_kept_and_what_the_api_forbids_is_dropped(caplog: p
     warning, an OK status is final, nothing changes after end."""
     spans, processor = task_spans()
     span = spans.start("tests.echo", "celery", parent=None, message_id="m-1", retries=0)
-    span.set_attributes({"promos.activated": 3, "promo.ids": [1, 2], "ratio": 0.5, "flag": True})
+    span.set_attributes({"promos.activated": 3, "promo.ids": [1, None, 2], "ratio": 0.5, "flag": True})
     with caplog.at_level(logging.WARNING, logger="observability.task_spans"):
         span.set_attribute("bad", {"a": "mapping"})
     span.add_event("batch.done", {"rows": 10})
@@ -134,7 +134,7 @@ def test_what_the_run_sets_is_kept_and_what_the_api_forbids_is_dropped(caplog: p
     encoded = TaskSpanExporter(RESOURCE).encode([ended]).resource_spans[0].scope_spans[0].spans[0]
     attributes = {kv.key: kv.value for kv in encoded.attributes}
     assert attributes["promos.activated"].int_value == 3
-    assert [v.int_value for v in attributes["promo.ids"].array_value.values] == [1, 2]
+    assert [v.WhichOneof("value") and v.int_value for v in attributes["promo.ids"].array_value.values] == [1, None, 2]
     assert attributes["ratio"].double_value == 0.5 and attributes["flag"].bool_value is True
     assert "bad" not in attributes and "after" not in attributes
     assert "dropped" in caplog.text
