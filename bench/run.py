@@ -114,6 +114,11 @@ def _pairs(runs: dict[str, list[Any]]) -> list[tuple[Any, Any]]:
 def bench_throughput(args: argparse.Namespace, sink: Sink, rows: list[Row], out: dict[str, Any]) -> None:
     from bench.throughput import throughput_run
 
+    # A discarded warm-up pair: the second task run of a session came out 20-50% slow whatever its variant (4 of
+    # 7 sessions on the 09:00 machine), and the A/B order gives that slot to the instrumented variant.
+    for variant in ("bare", "observable"):
+        warm_up = throughput_run(variant, sink, min(args.tasks, 2000), "warm-up", _worker_args(args))
+        print(f"  {variant} warm-up (discarded): {warm_up}", flush=True)
     runs = _alternate(args.repeats, lambda v, tag: throughput_run(v, sink, args.tasks, tag, _worker_args(args)))
     e2e = {v: Summary.of([r.end_to_end_per_second for r in runs[v]]) for v in runs}
     pub = {v: Summary.of([r.publish_per_second for r in runs[v]]) for v in runs}
