@@ -1,9 +1,9 @@
 """Task run spans on a lean path: the OTLP data of an SDK span, for a fraction of a worker child's CPU.
 
 A task run's span (``run/<task>``, kind CONSUMER, OpenTelemetry messaging attributes) is the span every task
-run produces, thousands per second per worker. The SDK's general path costs about 65 us per span in-process
-(start and end 22 us, OTLP encoding 40 us: ``python -m bench.hooks``) and a worker child about twice that;
-this path about 10 us:
+run produces, thousands per second per worker. The SDK's general path costs about 60 us per span in-process
+(start and end 22 us, OTLP encoding 40 us; 2-core Intel Xeon, ``python -m bench.hooks``) and a worker child
+about twice that; this path about 15 us (start and end 7.5, encoding 7.7):
 
 - ``TaskSpans.start`` returns a ``TaskSpan``, an API span (``opentelemetry.trace.Span``) made current for the
   run, so child spans (SQL), log lines, metric exemplars and published messages see its context. Its ids come
