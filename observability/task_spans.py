@@ -44,9 +44,6 @@ __all__ = ["TaskSpan", "TaskSpanExporter", "TaskSpans"]
 
 _logger = logging.getLogger(__name__)
 
-#: The instrumentation scope of task spans: the name the project's tracer had before this path existed.
-SCOPE = "marketplace"
-
 _FLAGS_HAS_IS_REMOTE = SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
 _FLAGS_IS_REMOTE = SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
 _SCALARS = (str, bool, int, float)
@@ -225,13 +222,13 @@ class TaskSpans:
 
 class TaskSpanExporter(OTLPSpanExporter):
     """The OTLP/HTTP span exporter (configured by the standard ``OTEL_EXPORTER_OTLP_*`` variables) that also
-    encodes ``TaskSpan``s; ``resource`` is the tracer provider's."""
+    encodes ``TaskSpan``s under ``scope`` of ``resource`` (the tracer provider's)."""
 
-    def __init__(self, resource: Resource, **options: Any) -> None:
+    def __init__(self, resource: Resource, *, scope: str, **options: Any) -> None:
         super().__init__(**options)
         self._resource = ResourceMessage()
         _add_attributes(self._resource, resource.attributes)
-        self._scope = InstrumentationScope(name=SCOPE)
+        self._scope = InstrumentationScope(name=scope)
 
     def encode(self, spans: Sequence[ReadableSpan | TaskSpan]) -> ExportTraceServiceRequest:
         """One export request for a batch of SDK spans and ``TaskSpan``s."""

@@ -68,7 +68,7 @@ PUBLISHED_AT_HEADER = "x-published-at"
 #: Header of a replayed dead letter: the ``traceparent`` of the failed message, for a span link.
 REPLAY_TRACEPARENT_HEADER = "x-dead-letter-traceparent"
 
-#: The meter (instrumentation scope) of the project's metrics.
+#: The instrumentation scope of the project's metrics and task spans.
 METER = "marketplace"
 _SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
@@ -200,7 +200,7 @@ def setup(
 
     resource = _resource(role)
     tracer_provider = TracerProvider(resource=resource)
-    span_processor = BatchSpanProcessor(TaskSpanExporter(resource))
+    span_processor = BatchSpanProcessor(TaskSpanExporter(resource, scope=METER))
     tracer_provider.add_span_processor(span_processor)
     histograms = _TaskHistograms()
     exporter = OTLPMetricExporterWithHistograms(

@@ -19,10 +19,11 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.util.types import AnyValue
 
-from observability.task_spans import SCOPE, TaskSpan, TaskSpanExporter, TaskSpans
+from observability.task_spans import TaskSpan, TaskSpanExporter, TaskSpans
 from tests.conftest import wait_for
 from tests.otlp_receiver import OtlpReceiver
 
+SCOPE = "marketplace"
 RESOURCE = Resource.create({"service.name": "marketplace-worker", "service.instance.id": "test-1"})
 TRACE_ID, PARENT_SPAN_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7
 TRACEPARENT = f"00-{TRACE_ID:032x}-{PARENT_SPAN_ID:016x}-01"
@@ -82,7 +83,7 @@ def test_a_task_span_encodes_exactly_as_the_sdk_encodes_the_same_span():
     span.end()
 
     [ended] = processor.ended
-    ours = TaskSpanExporter(RESOURCE).encode([ended])
+    ours = TaskSpanExporter(RESOURCE, scope=SCOPE).encode([ended])
     assert ended.parent is not None and ended.parent.span_id == PARENT_SPAN_ID
     assert ended.context.trace_id == TRACE_ID
     assert ours == the_sdks_encoding_of(ended)
@@ -97,7 +98,7 @@ def test_a_root_run_gets_new_ids_from_the_providers_generator_and_the_sdks_encod
 
     [ended] = processor.ended
     assert ended.parent is None and ended.context.is_valid and ended.context.trace_flags.sampled
-    assert TaskSpanExporter(RESOURCE).encode([ended]) == the_sdks_encoding_of(ended)
+    assert TaskSpanExporter(RESOURCE, scope=SCOPE).encode([ended]) == the_sdks_encoding_of(ended)
 
 
 def test_the_providers_sampler_decides_and_an_unsampled_run_still_propagates_its_ids():
@@ -131,7 +132,7 @@ def test_what_the_run_sets_is_kept_and_what_the_api_forbids_is_dropped(caplog: p
     span.set_attribute("after", "end")
 
     [ended] = processor.ended
-    encoded = TaskSpanExporter(RESOURCE).encode([ended]).resource_spans[0].scope_spans[0].spans[0]
+    encoded = TaskSpanExporter(RESOURCE, scope=SCOPE).encode([ended]).resource_spans[0].scope_spans[0].spans[0]
     attributes = {kv.key: kv.value for kv in encoded.attributes}
     assert attributes["promos.activated"].int_value == 3
     assert [v.WhichOneof("value") and v.int_value for v in attributes["promo.ids"].array_value.values] == [1, None, 2]
@@ -149,7 +150,9 @@ def test_task_spans_and_sdk_spans_leave_in_one_request_through_the_sdks_http_cli
     """A batch holding a task span and an SQL span started inside it reaches a real receiver over HTTP:
     same resource, the SQL span a child of the task span."""
     provider = TracerProvider(resource=RESOURCE)
-    processor = BatchSpanProcessor(TaskSpanExporter(RESOURCE, endpoint=f"{otlp_receiver.endpoint}/v1/traces"))
+    processor = BatchSpanProcessor(
+        TaskSpanExporter(RESOURCE, scope=SCOPE, endpoint=f"{otlp_receiver.endpoint}/v1/traces")
+    )
     provider.add_span_processor(processor)
     spans = TaskSpans(provider, processor)
     run = spans.start("tests.echo", "celery", parent=None, message_id="m-1", retries=0)
