@@ -129,6 +129,7 @@ def bench_throughput(args: argparse.Namespace, sink: Sink, rows: list[Row], out:
     main_cpu = {v: Summary.of([r.main_cpu_us for r in runs[v]]) for v in runs}
     child_cpu = {v: Summary.of([r.child_cpu_us for r in runs[v]]) for v in runs}
     child_added = Summary.of([o.child_cpu_us - b.child_cpu_us for b, o in _pairs(runs)])
+    skew = {v: [r.busiest_child_share for r in runs[v] if r.busiest_child_share is not None] for v in runs}
     out["throughput"] = {
         "tasks_per_run": args.tasks,
         "end_to_end_per_second": {v: s.to_json() for v, s in e2e.items()},
@@ -139,6 +140,7 @@ def bench_throughput(args: argparse.Namespace, sink: Sink, rows: list[Row], out:
         "main_cpu_us_per_task": {v: s.to_json() for v, s in main_cpu.items()},
         "child_cpu_us_per_task": {v: s.to_json() for v, s in child_cpu.items()},
         "child_cpu_us_added": child_added.to_json(),
+        "busiest_child_share": {v: [r.busiest_child_share for r in runs[v]] for v in runs},
         "sink_requests": dict(sink.requests),
     }
     rows += [
@@ -158,6 +160,12 @@ def bench_throughput(args: argparse.Namespace, sink: Sink, rows: list[Row], out:
             None,
         ),
         Row("1. children CPU added per task", _fmt(child_added, " us"), "<= ~100 us", child_added.median <= 100),
+        Row(
+            "1. busiest child's share of children CPU, bare / observable",
+            " / ".join(_fmt(Summary.of(skew[v]), digits=2) if skew[v] else "n/a (recycled)" for v in runs),
+            "",
+            None,
+        ),
         Row("2. publish .delay()/s, bare", _fmt(pub["bare"]), "", None),
         Row("2. publish .delay()/s, instrumented", _fmt(pub["observable"]), "", None),
         Row("2. publish ratio", _fmt(pub_ratio, digits=2), ">= 0.90", pub_ratio.median >= 0.9),

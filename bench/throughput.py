@@ -92,10 +92,33 @@ def _cpu_seconds(pid: int) -> tuple[float, float]:
     return (utime + stime) / _TICK, (cutime + cstime) / _TICK
 
 
-def worker_cpu(worker: Worker) -> tuple[float, float]:
-    """CPU seconds so far of the worker's main process and of all its pool children (exited ones included)."""
+@dataclass(frozen=True)
+class WorkerCpu:
+    """CPU seconds so far of a worker's main process, of its pool children (exited ones included), and of each
+    living child by pid."""
+
+    main: float
+    children: float
+    per_child: dict[int, float]
+
+
+def worker_cpu(worker: Worker) -> WorkerCpu:
     main, reaped = _cpu_seconds(worker.process.pid)
-    return main, reaped + sum(_cpu_seconds(pid)[0] for pid in worker.children())
+    per_child = {pid: _cpu_seconds(pid)[0] for pid in worker.children()}
+    return WorkerCpu(main, reaped + sum(per_child.values()), per_child)
+
+
+def busiest_child_share(before: WorkerCpu, after: WorkerCpu) -> float | None:
+    """The busiest pool child's share of the children's CPU between two readings (0.5 = two children even), or
+    None when the children changed in between (recycled): a new child's share says nothing.
+
+    Why it is reported: with prefetch 1 and two children, the pool settles either in a lopsided regime (one
+    child takes most tasks, the other mostly sleeps) or in an even one, and the lopsided one drains faster on two
+    cores - fewer wake-ups and migrations. A run's throughput says which regime it fell into only with this."""
+    if not after.per_child or after.per_child.keys() != before.per_child.keys():
+        return None
+    used = [after.per_child[pid] - before.per_child[pid] for pid in after.per_child]
+    return max(used) / sum(used) if sum(used) > 0 else None
 
 
 @dataclass
@@ -106,6 +129,8 @@ class ThroughputRun:
     #: CPU per task during the timed drain, microseconds: the main process, and the pool children together.
     main_cpu_us: float = 0.0
     child_cpu_us: float = 0.0
+    #: See ``busiest_child_share``.
+    busiest_child_share: float | None = None
 
 
 def throughput_run(variant: str, sink: Sink, count: int, tag: str, extra: Sequence[str] = ()) -> ThroughputRun:
@@ -132,8 +157,9 @@ def throughput_run(variant: str, sink: Sink, count: int, tag: str, extra: Sequen
         publish_rate,
         done / (t1 - t0),
         log.count('"task.finished"'),
-        (cpu1[0] - cpu0[0]) / done * 1e6,
-        (cpu1[1] - cpu0[1]) / done * 1e6,
+        (cpu1.main - cpu0.main) / done * 1e6,
+        (cpu1.children - cpu0.children) / done * 1e6,
+        busiest_child_share(cpu0, cpu1),
     )
 
 

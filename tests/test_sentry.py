@@ -5,6 +5,7 @@ in-process tests call ``observability.sentry`` directly, the others run real wor
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -145,6 +146,20 @@ class TestInit:
         sentry.init_sentry(role="test")
         assert sentry_sdk.get_client() is not client
         assert sentry_sdk.get_client().is_active()
+
+    def test_the_release_is_the_sdks_default_found_once(self, settings, receiver, monkeypatch):
+        """Events carry the release the SDK would find itself (``SENTRY_RELEASE`` first); a forked child keeps
+        the one its parent found instead of looking again (a ``git`` subprocess per recycled pool child)."""
+        settings.SENTRY_DSN = receiver.dsn
+        monkeypatch.setattr(sentry, "_release", functools.cache(sentry._release.__wrapped__))
+        monkeypatch.setenv("SENTRY_RELEASE", "parent-release")
+        sentry.init_sentry(role="test")
+        assert sentry_sdk.get_client().options["release"] == "parent-release"
+
+        monkeypatch.setenv("SENTRY_RELEASE", "looked-up-again")
+        monkeypatch.setattr(sentry, "_initialised_in_pid", os.getpid() + 1)
+        sentry.init_sentry(role="test")
+        assert sentry_sdk.get_client().options["release"] == "parent-release"
 
     def test_no_pii_no_frame_variables_no_tracing(self, sentry_on):
         """No PII, no task arguments, no frame variables (set explicitly: ``data_collection``, which
