@@ -2,7 +2,8 @@
 process's start. Imported by ``marketplace.celery`` (every role) and ``marketplace.wsgi`` (web).
 
     web      configure at import of the WSGI app: Django, psycopg and Redis instrumented
-    worker   main process at worker_init: gauges, a metric reader that stays silent in forked children
+    worker   main process at worker_init: gauges, a metric reader that stays silent in forked children;
+             then what start-up built is frozen out of garbage collection before the pool forks
              each pool child at worker_process_init (after fork): its own providers, psycopg
              instrumented; flushed at worker_process_shutdown, so recycled children lose nothing
     beat     at beat_init
@@ -11,6 +12,7 @@ process's start. Imported by ``marketplace.celery`` (every role) and ``marketpla
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from celery import signals
@@ -61,6 +63,14 @@ def _worker_main_process(**kwargs: Any) -> None:
     # inherits the loaded modules: importing them after fork was 72-90 ms of CPU per child, about 80 us per
     # task at the default 1,000 tasks per child (docs/performance.md).
     import opentelemetry.instrumentation.psycopg  # noqa: F401
+
+    # A garbage collection writes to every object it scans, so after each fork (a recycled child) the main
+    # process's collections copy the pages it shares with the children, page by page: 70-135 us of the main
+    # process's CPU per task at 1,000 tasks per child (docs/performance.md). What start-up built (Django,
+    # Celery, the task registry, telemetry) lives as long as the process: frozen, no collection scans it, in
+    # the main process or in the children it forks (the prefork pattern of the `gc.freeze` documentation).
+    gc.collect()
+    gc.freeze()
 
 
 @signals.worker_process_init.connect
