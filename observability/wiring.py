@@ -64,11 +64,11 @@ def _worker_main_process(**kwargs: Any) -> None:
     # task at the default 1,000 tasks per child (docs/performance.md).
     import opentelemetry.instrumentation.psycopg  # noqa: F401
 
-    # A garbage collection writes to every object it scans, so after each fork (a recycled child) the main
-    # process's collections copy the pages it shares with the children, page by page: 70-135 us of the main
-    # process's CPU per task at 1,000 tasks per child (docs/performance.md). What start-up built (Django,
-    # Celery, the task registry, telemetry) lives as long as the process: frozen, no collection scans it, in
-    # the main process or in the children it forks (the prefork pattern of the `gc.freeze` documentation).
+    # What start-up built (Django, Celery, the task registry, telemetry) lives as long as the process: frozen,
+    # no garbage collection scans it, in the main process or in the children it forks (the prefork pattern of
+    # the `gc.freeze` documentation). A collection writes to every object it scans, and after each fork (a
+    # recycled child) those writes copy pages shared with the child: the freeze cut the main process's CPU by
+    # 70-135 us per task at 1,000 tasks per child, and the recycles' 40-90 ms p99 tails (docs/performance.md).
     gc.collect()
     gc.freeze()
 
