@@ -2,6 +2,7 @@
 
 ``bare_noop`` is a plain ``celery.Task`` (no ObservableTask hook runs for it); ``observable_noop`` uses the
 app's default base, ``ObservableTask``. Both ignore results so the only Redis call is the task's own.
+``bare_pass`` and ``observable_pass`` are the same pair doing nothing at all (``bench.child_path``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from django.conf import settings
 
 from marketplace.celery import app
 
-__all__ = ["COUNTER_KEY", "LATENCY_KEY", "bare_noop", "observable_noop"]
+__all__ = ["COUNTER_KEY", "LATENCY_KEY", "bare_noop", "bare_pass", "observable_noop", "observable_pass"]
 
 #: Incremented once per run (throughput mode).
 COUNTER_KEY = "bench:done"
@@ -51,3 +52,13 @@ def bare_noop(published_at: float | None = None) -> None:
 def observable_noop(published_at: float | None = None) -> None:
     """The same work through the app's base task, ``ObservableTask``."""
     _one_call(published_at)
+
+
+@app.task(base=celery.Task, name="bench.bare_pass", ignore_result=True, time_limit=60)
+def bare_pass() -> None:
+    """A plain Celery task that does nothing."""
+
+
+@app.task(name="bench.observable_pass", ignore_result=True)
+def observable_pass() -> None:
+    """An ``ObservableTask`` that does nothing."""
