@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from typing import Any
 
+from bench import contrib
 from bench.harness import LOGS, ROOT, Sink, Summary, base_env, instrumented_env
 
 HOSTNAME = "bench@localhost"
@@ -96,7 +97,8 @@ def _run_child(variant: str, tasks: int) -> dict[str, float]:
     from marketplace.celery import app
     from observability import telemetry
 
-    app.log.setup()  # the project's setup_logging handler: LOG_LEVEL, JSON lines to stderr
+    # What `celery worker --loglevel=LEVEL` does: the project's setup_logging handler, JSON lines to stderr.
+    app.log.setup(loglevel=logging.getLevelNamesMapping()[os.environ["LOG_LEVEL"]])
     trace.setup_worker_optimizations(app, HOSTNAME)
     task = app.tasks[TASKS[variant]]
     request_dict, body, content_type, content_encoding = _message(app, task, instrumented=variant == "observable")
@@ -107,7 +109,7 @@ def _run_child(variant: str, tasks: int) -> dict[str, float]:
         os.close(read)
         process_initializer(app, HOSTNAME)  # what billiard runs in a new pool child: tracers, worker_process_init
         if variant == "contrib":
-            _instrument_like_the_contrib_reference()
+            contrib.instrument()
 
         def run(count: int) -> None:
             for _ in range(count):
@@ -127,39 +129,6 @@ def _run_child(variant: str, tasks: int) -> dict[str, float]:
         figures: dict[str, float] = json.loads(pipe.read())
     os.waitpid(pid, 0)
     return figures
-
-
-def _instrument_like_the_contrib_reference() -> None:
-    """The issue's reference point, set up after the fork as it would be at ``worker_process_init``."""
-    from celery import signals
-    from opentelemetry.instrumentation.celery import CeleryInstrumentor
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-
-    class NoOpExporter(SpanExporter):
-        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-            return SpanExportResult.SUCCESS
-
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(BatchSpanProcessor(NoOpExporter()))
-    CeleryInstrumentor().instrument(tracer_provider=tracer_provider)
-    meter = MeterProvider(metric_readers=[InMemoryMetricReader()]).get_meter("bench")
-    finished = meter.create_counter("celery.task.finished")
-    duration = meter.create_histogram("celery.task.duration", unit="s")
-    started: dict[str, float] = {}
-
-    def on_prerun(task_id: str, **kwargs: Any) -> None:
-        started[task_id] = time.perf_counter()
-
-    def on_postrun(sender: Any, task_id: str, state: str | None = None, **kwargs: Any) -> None:
-        attributes = {"task": sender.name, "state": state or ""}
-        finished.add(1, attributes)
-        duration.record(time.perf_counter() - started.pop(task_id), attributes)
-
-    signals.task_prerun.connect(on_prerun, weak=False)
-    signals.task_postrun.connect(on_postrun, weak=False)
 
 
 def _environment(variant: str, sink: Sink) -> dict[str, str]:

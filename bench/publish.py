@@ -2,7 +2,8 @@
 
 Run as a subprocess so bare and instrumented producers start equal: the instrumented one sets up telemetry
 (``observability.telemetry.setup("bench")``, OTLP endpoint in its environment) so ``before_task_publish``
-injects the trace headers; the bare one disconnects the project's publish hook altogether.
+injects the trace headers; the bare one disconnects the project's publish hook altogether, and the contrib one
+does too, then runs under the contrib instrumentation (``bench.contrib``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from bench.harness import setup_django
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--variant", choices=["bare", "observable"], required=True)
+    parser.add_argument("--variant", choices=["bare", "observable", "contrib"], required=True)
     parser.add_argument("--count", type=int, required=True, help="Messages to publish.")
     parser.add_argument("--rate", type=float, default=0.0, help="Messages per second (0: as fast as possible).")
     parser.add_argument("--stamp", action="store_true", help="Pass the publish time as the task's argument.")
@@ -26,12 +27,15 @@ def main(argv: list[str] | None = None) -> None:
     setup_django()
     from celery import signals
 
+    from bench import contrib
     from bench.tasks import bare_noop, observable_noop
     from observability import telemetry, wiring
 
-    if args.variant == "bare":
+    if args.variant in ("bare", "contrib"):
         signals.before_task_publish.disconnect(wiring._before_publish)
         task = bare_noop
+        if args.variant == "contrib":
+            contrib.instrument()
     else:
         telemetry.setup("bench")
         task = observable_noop

@@ -93,11 +93,13 @@ def _fmt(summary: Summary, unit: str = "", digits: int = 0) -> str:
     return f"{summary.median:,.{digits}f}{unit} ({summary.low:,.{digits}f}-{summary.high:,.{digits}f})"
 
 
-def _alternate(repeats: int, run: Callable[[str, str], Any]) -> dict[str, list[Any]]:
-    """Run ``run(variant, tag)`` for both variants, order swapped every repeat."""
-    results: dict[str, list[Any]] = {"bare": [], "observable": []}
+def _alternate(
+    repeats: int, run: Callable[[str, str], Any], variants: tuple[str, ...] = ("bare", "observable")
+) -> dict[str, list[Any]]:
+    """Run ``run(variant, tag)`` for every variant, the order reversed every repeat."""
+    results: dict[str, list[Any]] = {variant: [] for variant in variants}
     for repeat in range(repeats):
-        order = ("bare", "observable") if repeat % 2 == 0 else ("observable", "bare")
+        order = variants if repeat % 2 == 0 else tuple(reversed(variants))
         for variant in order:
             results[variant].append(run(variant, str(repeat)))
             print(f"  {variant} #{repeat + 1}: {results[variant][-1]}", flush=True)
@@ -108,9 +110,9 @@ def _worker_args(args: argparse.Namespace) -> list[str]:
     return [f"--max-tasks-per-child={args.max_tasks_per_child}"] if args.max_tasks_per_child else []
 
 
-def _pairs(runs: dict[str, list[Any]]) -> list[tuple[Any, Any]]:
-    """(bare, observable) runs of the same repeat, measured side by side."""
-    return list(zip(runs["bare"], runs["observable"], strict=True))
+def _pairs(runs: dict[str, list[Any]], variant: str = "observable") -> list[tuple[Any, Any]]:
+    """(bare, ``variant``) runs of the same repeat, measured side by side."""
+    return list(zip(runs["bare"], runs[variant], strict=True))
 
 
 def bench_child_path(args: argparse.Namespace, sink: Sink, rows: list[Row], out: dict[str, Any]) -> None:
@@ -153,12 +155,19 @@ def bench_throughput(args: argparse.Namespace, sink: Sink, rows: list[Row], out:
     for variant in ("bare", "observable"):
         warm_up = throughput_run(variant, sink, min(args.tasks, 2000), "warm-up", _worker_args(args))
         print(f"  {variant} warm-up (discarded): {warm_up}", flush=True)
-    runs = _alternate(args.repeats, lambda v, tag: throughput_run(v, sink, args.tasks, tag, _worker_args(args)))
+    runs = _alternate(
+        args.repeats,
+        lambda v, tag: throughput_run(v, sink, args.tasks, tag, _worker_args(args)),
+        ("bare", "observable", "contrib"),
+    )
     e2e = {v: Summary.of([r.end_to_end_per_second for r in runs[v]]) for v in runs}
     pub = {v: Summary.of([r.publish_per_second for r in runs[v]]) for v in runs}
     # Pairwise ratios of the runs made side by side, then their median.
     e2e_ratio = Summary.of([o.end_to_end_per_second / b.end_to_end_per_second for b, o in _pairs(runs)])
     pub_ratio = Summary.of([o.publish_per_second / b.publish_per_second for b, o in _pairs(runs)])
+    contrib = _pairs(runs, "contrib")
+    contrib_e2e_ratio = Summary.of([c.end_to_end_per_second / b.end_to_end_per_second for b, c in contrib])
+    contrib_pub_ratio = Summary.of([c.publish_per_second / b.publish_per_second for b, c in contrib])
     lines = {v: [r.summary_lines for r in runs[v]] for v in runs}
     main_cpu = {v: Summary.of([r.main_cpu_us for r in runs[v]]) for v in runs}
     child_cpu = {v: Summary.of([r.child_cpu_us for r in runs[v]]) for v in runs}
@@ -168,6 +177,8 @@ def bench_throughput(args: argparse.Namespace, sink: Sink, rows: list[Row], out:
         "tasks_per_run": args.tasks,
         "end_to_end_per_second": {v: s.to_json() for v, s in e2e.items()},
         "end_to_end_ratio": e2e_ratio.to_json(),
+        "contrib_end_to_end_ratio": contrib_e2e_ratio.to_json(),
+        "contrib_publish_ratio": contrib_pub_ratio.to_json(),
         "publish_per_second": {v: s.to_json() for v, s in pub.items()},
         "publish_ratio": pub_ratio.to_json(),
         "summary_log_lines": lines,
@@ -180,16 +191,18 @@ def bench_throughput(args: argparse.Namespace, sink: Sink, rows: list[Row], out:
     rows += [
         Row("1. e2e tasks/s, bare celery.Task", _fmt(e2e["bare"]), "", None),
         Row("1. e2e tasks/s, ObservableTask (all on)", _fmt(e2e["observable"]), "", None),
+        Row("1. e2e tasks/s, contrib reference", _fmt(e2e["contrib"]), "", None),
         Row("1. e2e ratio observable/bare", _fmt(e2e_ratio, digits=2), ">= 0.90", e2e_ratio.median >= 0.9),
+        Row("1. e2e ratio contrib/bare (issue: 0.75-0.82)", _fmt(contrib_e2e_ratio, digits=2), "", None),
         Row(
-            "1. worker main CPU us/task, bare / observable",
-            f"{_fmt(main_cpu['bare'])} / {_fmt(main_cpu['observable'])}",
+            "1. worker main CPU us/task, bare / observable / contrib",
+            " / ".join(_fmt(main_cpu[v]) for v in runs),
             "",
             None,
         ),
         Row(
-            "1. children CPU us/task, bare / observable",
-            f"{_fmt(child_cpu['bare'])} / {_fmt(child_cpu['observable'])}",
+            "1. children CPU us/task, bare / observable / contrib",
+            " / ".join(_fmt(child_cpu[v]) for v in runs),
             "",
             None,
         ),
@@ -200,14 +213,16 @@ def bench_throughput(args: argparse.Namespace, sink: Sink, rows: list[Row], out:
             None,
         ),
         Row(
-            "1. busiest child's share of children CPU, bare / observable",
+            "1. busiest child's share of children CPU, bare / observable / contrib",
             " / ".join(_fmt(Summary.of(skew[v]), digits=2) if skew[v] else "n/a (recycled)" for v in runs),
             "",
             None,
         ),
         Row("2. publish .delay()/s, bare", _fmt(pub["bare"]), "", None),
         Row("2. publish .delay()/s, instrumented", _fmt(pub["observable"]), "", None),
+        Row("2. publish .delay()/s, contrib reference", _fmt(pub["contrib"]), "", None),
         Row("2. publish ratio", _fmt(pub_ratio, digits=2), ">= 0.90", pub_ratio.median >= 0.9),
+        Row("2. publish ratio contrib/bare (issue: 0.75-0.81)", _fmt(contrib_pub_ratio, digits=2), "", None),
     ]
 
 

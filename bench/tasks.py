@@ -3,6 +3,7 @@
 ``bare_noop`` is a plain ``celery.Task`` (no ObservableTask hook runs for it); ``observable_noop`` uses the
 app's default base, ``ObservableTask``. Both ignore results so the only Redis call is the task's own.
 ``bare_pass`` and ``observable_pass`` are the same pair doing nothing at all (``bench.child_path``).
+A worker started with ``bench.contrib.CONTRIB_ENV`` set runs its children under the contrib instrumentation.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import time
 
 import celery
 import redis
+from celery import signals
 from django.conf import settings
 
+from bench import contrib
 from marketplace.celery import app
 
 __all__ = ["COUNTER_KEY", "LATENCY_KEY", "bare_noop", "bare_pass", "observable_noop", "observable_pass"]
@@ -62,3 +65,9 @@ def bare_pass() -> None:
 @app.task(name="bench.observable_pass", ignore_result=True)
 def observable_pass() -> None:
     """An ``ObservableTask`` that does nothing."""
+
+
+@signals.worker_process_init.connect
+def _contrib_reference(**kwargs: object) -> None:
+    if os.environ.get(contrib.CONTRIB_ENV):
+        contrib.instrument()

@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 
+from bench.contrib import CONTRIB_ENV
 from bench.harness import REDIS_URL, ROOT, Sink, Worker, base_env, instrumented_env, percentile, rss_kib, wait_until
 from bench.tasks import COUNTER_KEY, LATENCY_KEY
 
@@ -42,11 +43,14 @@ def latency_values_ms(client: redis.Redis) -> list[float]:
 
 
 def variant_env(variant: str, sink: Sink) -> dict[str, str]:
-    return base_env() if variant == "bare" else instrumented_env(sink)
+    """``bare``, ``observable`` (everything on) or ``contrib`` (the reference: ``bench.contrib``)."""
+    if variant == "observable":
+        return instrumented_env(sink)
+    return {**base_env(), CONTRIB_ENV: "1"} if variant == "contrib" else base_env()
 
 
 def loglevel(variant: str) -> str:
-    return "WARNING" if variant == "bare" else "INFO"
+    return "INFO" if variant == "observable" else "WARNING"
 
 
 def publish(variant: str, env: Mapping[str, str], count: int, *, rate: float = 0.0, stamp: bool = False) -> float:
