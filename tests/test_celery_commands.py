@@ -123,4 +123,11 @@ def test_flower_runs_and_requires_authentication(worker_env, tmp_path):
             assert status({"Authorization": f"Basic {token}"}) == 200
         finally:
             flower.terminate()
-            flower.wait(timeout=20)
+            try:
+                flower.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                # Flower's SIGTERM handler calls sys.exit() inside the signal handler (mher/flower#138): when
+                # the signal lands while a weakref callback runs, Python prints "Exception ignored" and Flower
+                # keeps running (seen in CI on a slow machine). Its UI was checked above; stop it for good.
+                flower.kill()
+                flower.wait(timeout=20)
