@@ -41,7 +41,7 @@ def _ints(text: str) -> list[int]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="Smoke run (~2 min): small sizes for everything.")
+    parser.add_argument("--quick", action="store_true", help="Smoke run (3-4 min): small sizes for everything.")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"Comma-separated sections: {', '.join(SECTIONS)}.")
     parser.add_argument("--repeats", type=int, default=3, help="A/B repeats of each task benchmark (default 3).")
     parser.add_argument("--child-tasks", type=int, help="Tasks per in-process child run (default 10000; quick 2000).")
