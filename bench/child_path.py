@@ -33,8 +33,8 @@ import sys
 import time
 from typing import Any
 
-from bench import contrib
-from bench.harness import LOGS, ROOT, Sink, Summary, base_env, instrumented_env
+from bench.harness import LOGS, ROOT, Sink, Summary
+from bench.throughput import variant_env
 
 HOSTNAME = "bench@localhost"
 VARIANTS = ("bare", "reliability", "observable", "contrib")
@@ -107,9 +107,9 @@ def _run_child(variant: str, tasks: int) -> dict[str, float]:
     pid = os.fork()
     if pid == 0:
         os.close(read)
-        process_initializer(app, HOSTNAME)  # what billiard runs in a new pool child: tracers, worker_process_init
-        if variant == "contrib":
-            contrib.instrument()
+        # What billiard runs in a new pool child: tracers, worker_process_init (bench.tasks instruments the
+        # contrib variant there, as in its end-to-end workers).
+        process_initializer(app, HOSTNAME)
 
         def run(count: int) -> None:
             for _ in range(count):
@@ -132,8 +132,8 @@ def _run_child(variant: str, tasks: int) -> dict[str, float]:
 
 
 def _environment(variant: str, sink: Sink) -> dict[str, str]:
-    env = instrumented_env(sink) if variant == "observable" else base_env()
-    return {**env, "PYTHONPATH": str(ROOT)}
+    # The end-to-end workers' environments; ``reliability`` is ObservableTask in the bare one.
+    return variant_env("bare" if variant == "reliability" else variant, sink)
 
 
 def measure(tasks: int, repeats: int, sink: Sink, variants: tuple[str, ...] = VARIANTS) -> dict[str, Any]:
