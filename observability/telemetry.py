@@ -35,12 +35,12 @@ from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetr
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Link, Status, StatusCode
 
 from observability import metric_names as m
 from observability.in_process_metrics import InProcessCounter, InProcessHistogram, OTLPMetricExporterWithHistograms
 from observability.logging import bind_task_context, clear_task_context
+from observability.span_processor import HandOffSpanProcessor
 from observability.task_spans import TaskSpanExporter, TaskSpans
 
 __all__ = [
@@ -70,6 +70,9 @@ REPLAY_TRACEPARENT_HEADER = "x-dead-letter-traceparent"
 
 #: The instrumentation scope of the project's metrics and task spans.
 METER = "marketplace"
+#: Longest a span that fills an export batch waits for that export (``observability.span_processor``): one
+#: task in 512 waits this long at worst, when the collector is slow or unreachable.
+SPAN_HAND_OFF_TIMEOUT_SECONDS = 0.05
 _SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 _LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
@@ -200,7 +203,9 @@ def setup(
 
     resource = _resource(role)
     tracer_provider = TracerProvider(resource=resource)
-    span_processor = BatchSpanProcessor(TaskSpanExporter(resource, scope=METER))
+    span_processor = HandOffSpanProcessor(
+        TaskSpanExporter(resource, scope=METER), hand_off_timeout_seconds=SPAN_HAND_OFF_TIMEOUT_SECONDS
+    )
     tracer_provider.add_span_processor(span_processor)
     histograms = _TaskHistograms()
     exporter = OTLPMetricExporterWithHistograms(
