@@ -12,9 +12,10 @@ about twice that; this path about 15 us (start and end 7.5, encoding 7.7):
 - Attributes, events, links and status set during the run are kept (types as the API allows; other values
   are dropped, like the SDK does). Span limits are not applied: task spans carry a fixed, small set.
 - Ended, a ``TaskSpan`` goes to the provider's batch span processor (``observability.span_processor``) with
-  the SDK's spans (bounded queue, export thread, flush at shutdown), and ``TaskSpanExporter`` encodes it by copying a protobuf template made
-  once per (task, queue) - name, kind and the constant attributes - and setting what varies. The batch's SDK
-  spans are encoded by the SDK, and the whole batch leaves in one request through the SDK's HTTP client.
+  the SDK's spans (bounded queue, export thread, flush at shutdown), and ``TaskSpanExporter`` encodes it by
+  copying a protobuf template made once per (task, queue) - name, kind and the constant attributes - and
+  setting what varies. The batch's SDK spans are encoded by the SDK, and the whole batch leaves in one request
+  through the SDK's HTTP client.
 """
 
 from __future__ import annotations
