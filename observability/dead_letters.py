@@ -209,7 +209,7 @@ def dead_letters_replay(
     statuses = [DeadLetterStatus.PENDING, DeadLetterStatus.REPLAYED] if again else [DeadLetterStatus.PENDING]
     candidates = entries.filter(status__in=statuses).order_by("id")
     result = ReplayResult()
-    started = time.monotonic()
+    pacer = _Pacer(rate) if rate else None
     last_id = 0
     while limit is None or len(result.published) < limit:
         with transaction.atomic():
@@ -224,8 +224,8 @@ def dead_letters_replay(
                 if entry.task_name not in registered:
                     result.skipped[entry.pk] = f"task {entry.task_name or '(none)'} is not registered"
                     continue
-                if rate:
-                    _pace(started, len(result.published), rate)
+                if pacer:
+                    pacer.wait(len(result.published))
                 new_id = str(uuid.uuid4())
                 if not dry_run:
                     replays.append(_publish(entry, new_id=new_id, queue=queue, operator=operator))
@@ -246,11 +246,23 @@ def dead_letters_replay(
     return result
 
 
-def _pace(started: float, published: int, rate: float) -> None:
-    # Absolute schedule, not a sleep per message: the average rate holds whatever publishing costs.
-    delay = started + published / rate - time.monotonic()
-    if delay > 0:
-        time.sleep(delay)
+class _Pacer:
+    """At most ``rate`` publications per second, on an absolute schedule that starts at the first one: the
+    average holds whatever publishing costs, and a slow start (the first chunk's query, the broker connection)
+    is not made up for by a burst."""
+
+    def __init__(self, rate: float) -> None:
+        self._rate = rate
+        self._started: float | None = None
+
+    def wait(self, published: int) -> None:
+        """Sleep until publication number ``published`` (counting from 0) is due."""
+        now = time.monotonic()
+        if self._started is None:
+            self._started = now
+        delay = self._started + published / self._rate - now
+        if delay > 0:
+            time.sleep(delay)
 
 
 def _registered_task_names() -> set[str]:
