@@ -25,11 +25,13 @@ is taken pair by pair against ``bare`` of the same round.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -117,18 +119,34 @@ def _run_child(variant: str, tasks: int) -> dict[str, float]:
                                       content_encoding)  # fmt: skip
 
         run(min(1000, tasks))  # warm-up: first-call caches, the span template, the log handler's file
+        switches = _background_switches()
         cpu, wall = time.process_time(), time.perf_counter()
         run(tasks)
+        switches = _background_switches() - switches  # before the flush: the loop's, not the flush's
         for provider in telemetry.current().providers:
             provider.force_flush()
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-        os.write(write, json.dumps({"cpu_us": cpu / tasks * 1e6, "wall_us": wall / tasks * 1e6}).encode())
+        per_task = {"cpu_us": cpu / tasks * 1e6, "wall_us": wall / tasks * 1e6, "background_switches": switches / tasks}
+        os.write(write, json.dumps(per_task).encode())
         os._exit(0)
     os.close(write)
     with os.fdopen(read) as pipe:
         figures: dict[str, float] = json.loads(pipe.read())
     os.waitpid(pid, 0)
     return figures
+
+
+def _background_switches() -> int:
+    """Voluntary context switches of this process's threads other than the calling one, so far. A background
+    thread (the span export thread) that waits for the GIL the task thread keeps taking back wakes up about once
+    per task instead of once per batch (docs/performance.md, 16:05 block)."""
+    total = 0
+    for tid in os.listdir("/proc/self/task"):
+        if int(tid) == threading.get_native_id():
+            continue
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/self/task/{tid}/status") as status:
+            total += next(int(line.split()[1]) for line in status if line.startswith("voluntary_ctxt_switches"))
+    return total
 
 
 def _environment(variant: str, sink: Sink) -> dict[str, str]:
@@ -155,7 +173,8 @@ def measure(tasks: int, repeats: int, sink: Sink, variants: tuple[str, ...] = VA
             print(f"  {variant} #{round_index + 1}: {samples[variant][-1]['cpu_us']:.1f} us CPU/task", flush=True)
     result: dict[str, Any] = {"tasks": tasks, "repeats": repeats}
     for variant, runs in samples.items():
-        result[variant] = {key: Summary.of([run[key] for run in runs]).to_json() for key in ("cpu_us", "wall_us")}
+        keys = ("cpu_us", "wall_us", "background_switches")
+        result[variant] = {key: Summary.of([run[key] for run in runs]).to_json() for key in keys}
     for variant in variants:
         if variant != "bare" and "bare" in samples:
             # Pair by pair (same round), as the other A/B figures of the benchmark.
@@ -190,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         line = f"{variant:12} {cpu['median']:7.1f} us CPU per task ({cpu['min']:.1f}-{cpu['max']:.1f})"
         if added:
             line += f", adds {added['median']:.1f} ({added['min']:.1f}-{added['max']:.1f})"
+        line += f"; background threads woke {result[variant]['background_switches']['median']:.3f} times per task"
         print(line)
     share = result["observable_share_of_contrib"]
     print(f"observable adds {share['median']:.2f}x what contrib adds ({share['min']:.2f}-{share['max']:.2f})")

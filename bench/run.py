@@ -148,6 +148,15 @@ def bench_child_path(args: argparse.Namespace, sink: Sink, rows: list[Row], out:
             "<= 0.25 (a quarter)",
             share.median <= 0.25,
         ),
+        Row(
+            "1. child's background-thread wake-ups per task, observable / contrib (per batch: ~0.002)",
+            " / ".join(
+                f"{Summary.of(result[variant]['background_switches']['samples']).median:.3f}"
+                for variant in ("observable", "contrib")
+            ),
+            "",
+            None,
+        ),
     ]
 
 
