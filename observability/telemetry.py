@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from django.conf import settings
@@ -102,13 +102,32 @@ class _TaskHistograms:
     )
 
 
+class _RunCounter(Protocol):
+    def add(self, amount: int, attributes: Mapping[str, str]) -> None: ...
+
+
+class _RunHistogram(Protocol):
+    def record(self, value: float, attributes: Mapping[str, str]) -> None: ...
+
+
+class _Discard:
+    """The per-run counters and histograms of a process without telemetry: its in-process sums would never be
+    exported, and keeping them cost about 6 us per task run (bench.child_path, ``reliability`` variant)."""
+
+    def add(self, amount: int, attributes: Mapping[str, str]) -> None:
+        return None
+
+    def record(self, value: float, attributes: Mapping[str, str]) -> None:
+        return None
+
+
 @dataclass
 class _Instruments:
     published: Any
-    started: InProcessCounter
-    finished: InProcessCounter
-    duration: InProcessHistogram
-    queue_wait: InProcessHistogram
+    started: _RunCounter
+    finished: _RunCounter
+    duration: _RunHistogram
+    queue_wait: _RunHistogram
     dead_letters_created: Any
     dead_letters_replayed: Any
     dead_letters_purged: Any
@@ -119,16 +138,26 @@ class _Instruments:
     notifications_failed: Any
 
     @classmethod
-    def create(cls, meter: Meter, histograms: _TaskHistograms) -> _Instruments:
+    def create(cls, meter: Meter, histograms: _TaskHistograms | None) -> _Instruments:
+        """The instruments of ``meter``; the per-run ones discard everything when ``histograms`` is None."""
         counter, histogram = meter.create_counter, meter.create_histogram
+        if histograms is None:
+            started: _RunCounter = _Discard()
+            finished: _RunCounter = _Discard()
+            duration: _RunHistogram = _Discard()
+            queue_wait: _RunHistogram = _Discard()
+        else:
+            started = InProcessCounter(meter, m.TASKS_STARTED, unit="{task}", description="Task runs started")
+            finished = InProcessCounter(
+                meter, m.TASKS_FINISHED, unit="{task}", description="Task runs finished, by outcome"
+            )
+            duration, queue_wait = histograms.duration, histograms.queue_wait
         return cls(
             published=counter(m.TASKS_PUBLISHED, unit="{task}", description="Task messages published"),
-            started=InProcessCounter(meter, m.TASKS_STARTED, unit="{task}", description="Task runs started"),
-            finished=InProcessCounter(
-                meter, m.TASKS_FINISHED, unit="{task}", description="Task runs finished, by outcome"
-            ),
-            duration=histograms.duration,
-            queue_wait=histograms.queue_wait,
+            started=started,
+            finished=finished,
+            duration=duration,
+            queue_wait=queue_wait,
             dead_letters_created=counter(m.DEAD_LETTERS_CREATED, unit="{entry}", description="Dead letters"),
             dead_letters_replayed=counter(m.DEAD_LETTERS_REPLAYED, unit="{entry}", description="Replays"),
             dead_letters_purged=counter(m.DEAD_LETTERS_PURGED, unit="{entry}", description="Purged entries"),
@@ -249,7 +278,7 @@ os.register_at_fork(after_in_child=_forget_after_fork)
 
 def _off(role: str) -> Telemetry:
     meter = NoOpMeterProvider().get_meter(METER)
-    return Telemetry(os.getpid(), role, None, _Instruments.create(meter, _TaskHistograms()))
+    return Telemetry(os.getpid(), role, None, _Instruments.create(meter, None))
 
 
 def shutdown() -> None:
