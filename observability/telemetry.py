@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -393,14 +394,16 @@ def task_finished(run: TaskRun, outcome: str, error: BaseException | None = None
     state.instruments.finished.add(1, _attribute_set(task, queue, outcome, error_type))
     # Recorded while the span is current, so the histogram sample carries it as an exemplar.
     state.instruments.duration.record(duration, _attribute_set(task, queue, outcome))
-    log.info(
-        "task.finished",
-        outcome=outcome,
-        # Microseconds rounded to an int, then shown in ms: round(x, 3) of a float costs four times as much.
-        duration_ms=round(duration * 1_000_000) / 1000,
-        queue_wait_ms=None if run.queue_wait is None else round(run.queue_wait * 1_000_000) / 1000,
-        error_type=error_type or None,
-    )
+    # The chain's level filter, asked before the event is built: at WARNING a dropped line cost 5 us per run.
+    if log.isEnabledFor(logging.INFO):
+        log.info(
+            "task.finished",
+            outcome=outcome,
+            # Microseconds rounded to an int, then shown in ms: round(x, 3) of a float costs four times as much.
+            duration_ms=round(duration * 1_000_000) / 1000,
+            queue_wait_ms=None if run.queue_wait is None else round(run.queue_wait * 1_000_000) / 1000,
+            error_type=error_type or None,
+        )
     clear_task_context()
     if run.token is not None:
         run.span.set_attribute("celery.outcome", outcome)
