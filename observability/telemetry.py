@@ -142,11 +142,12 @@ class _Instruments:
     def create(cls, meter: Meter, histograms: _TaskHistograms | None) -> _Instruments:
         """The instruments of ``meter``; the per-run ones discard everything when ``histograms`` is None."""
         counter, histogram = meter.create_counter, meter.create_histogram
+        started: _RunCounter
+        finished: _RunCounter
+        duration: _RunHistogram
+        queue_wait: _RunHistogram
         if histograms is None:
-            started: _RunCounter = _Discard()
-            finished: _RunCounter = _Discard()
-            duration: _RunHistogram = _Discard()
-            queue_wait: _RunHistogram = _Discard()
+            started = finished = duration = queue_wait = _Discard()
         else:
             started = InProcessCounter(meter, m.TASKS_STARTED, unit="{task}", description="Task runs started")
             finished = InProcessCounter(

@@ -60,7 +60,7 @@ def test_the_span_that_fills_a_batch_returns_once_the_batch_is_exported(
 
 def test_a_busy_thread_making_system_calls_loses_no_span(provider: TracerProvider, exporter: InMemorySpanExporter):
     """A thread that ends spans back to back and writes a line after each (a task's summary line) releases the
-    GIL at every write; the export threads still keeps up: every span of 40 batches is exported, none dropped
+    GIL at every write; the export thread still keeps up: every span of 40 batches is exported, none dropped
     although the queue holds only four batches."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     tracer = provider.get_tracer("tests")
