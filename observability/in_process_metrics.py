@@ -1,9 +1,10 @@
 """Task metrics summed in this process: the streams of SDK instruments, for a fraction of their CPU per run.
 
-Every task run adds to two counters and records two histograms. The SDK's synchronous instruments cost 5 us per
-counter add and 9-13 us per histogram record in-process (``python -m bench.hooks``): each measurement is
-validated, its attributes copied and hashed, offered to the exemplar filter and dispatched per view - and a
-worker child pays about twice that. These classes keep the same streams for about a microsecond each:
+Every task run adds to two counters and records two histograms, and every publish adds to a counter. The SDK's
+synchronous instruments cost 5 us per counter add and 9-13 us per histogram record in-process (``python -m
+bench.hooks``): each measurement is validated, its attributes copied and hashed, offered to the exemplar filter
+and dispatched per view - and a worker child pays about twice that. These classes keep the same streams for
+about a microsecond each:
 
 - ``InProcessCounter``: a cumulative monotonic sum, read by the SDK at each collection through an observable
   counter (same name, unit and attributes).
