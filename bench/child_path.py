@@ -4,8 +4,9 @@ A worker's child runs a task as ``celery.app.trace.fast_trace_task`` on the requ
 process hands it. This benchmark does exactly that without a broker or a pool, so neither the main process
 nor the pool's regime (which child gets the next message) moves the figure:
 
-1. the project's ``setup_logging`` and ``worker_init`` handlers run (Sentry, telemetry, the pre-fork imports and
-   ``gc.freeze``), then the process forks, and the forked copy runs ``worker_process_init`` - as billiard does;
+1. the loader's ``init_worker`` (task modules, Django's system checks) and the project's ``setup_logging`` and
+   ``worker_init`` handlers run (Sentry, telemetry, the pre-fork imports and ``gc.freeze``), then the process
+   forks, and the forked copy runs ``worker_process_init`` - as a worker and billiard do;
 2. the message is built as a producer builds it (``app.amqp.as_task_v2``, the project's publish hook for the
    instrumented variant, kombu's JSON encoding) and turned into the request dict by the task's own ``Request``
    class (``ObservableRequest`` for ``ObservableTask``), as the main process does;
@@ -104,6 +105,9 @@ def _run_child(variant: str, tasks: int) -> dict[str, float]:
     trace.setup_worker_optimizations(app, HOSTNAME)
     task = app.tasks[TASKS[variant]]
     request_dict, body, content_type, content_encoding = _message(app, task, instrumented=variant == "observable")
+    # What WorkController.__init__ does first: the task modules, and the Django fix-up's system checks, once in
+    # the main process; a forked child then skips them (without this, each child ran the checks, 100-150 ms).
+    app.loader.init_worker()
     signals.worker_init.send(sender=_WorkerStandIn(app))
     read, write = os.pipe()
     pid = os.fork()
