@@ -103,11 +103,11 @@ class _TaskHistograms:
     )
 
 
-class _RunCounter(Protocol):
+class _TaskCounter(Protocol):
     def add(self, amount: int, attributes: Mapping[str, str]) -> None: ...
 
 
-class _RunHistogram(Protocol):
+class _TaskHistogram(Protocol):
     def record(self, value: float, attributes: Mapping[str, str]) -> None: ...
 
 
@@ -125,11 +125,11 @@ class _Discard:
 
 @dataclass
 class _Instruments:
-    published: _RunCounter
-    started: _RunCounter
-    finished: _RunCounter
-    duration: _RunHistogram
-    queue_wait: _RunHistogram
+    published: _TaskCounter
+    started: _TaskCounter
+    finished: _TaskCounter
+    duration: _TaskHistogram
+    queue_wait: _TaskHistogram
     dead_letters_created: Any
     dead_letters_replayed: Any
     dead_letters_purged: Any
@@ -144,11 +144,11 @@ class _Instruments:
         """The instruments of ``meter``; the per-publish and per-run ones discard everything when ``histograms`` is
         None."""
         counter, histogram = meter.create_counter, meter.create_histogram
-        published: _RunCounter
-        started: _RunCounter
-        finished: _RunCounter
-        duration: _RunHistogram
-        queue_wait: _RunHistogram
+        published: _TaskCounter
+        started: _TaskCounter
+        finished: _TaskCounter
+        duration: _TaskHistogram
+        queue_wait: _TaskHistogram
         if histograms is None:
             published = started = finished = duration = queue_wait = _Discard()
         else:
