@@ -221,6 +221,10 @@ LOGGING_CONFIG = None
 # OTEL_SERVICE_NAME overrides marketplace-<role>). Without an endpoint, no provider is installed: zero cost.
 OTEL_EXPORTER_OTLP_ENDPOINT = env_str("OTEL_EXPORTER_OTLP_ENDPOINT", "")
 OTEL_METRIC_EXPORT_INTERVAL_MILLIS = env_int("OTEL_METRIC_EXPORT_INTERVAL", 15_000, minimum=100)
+# Longest a process's exit (a recycled worker child's included) waits for its last spans and metrics to be
+# exported; what the collector has not taken by then is lost, and logged. An unreachable collector otherwise
+# held each exiting child for ~20 s (the exporters' retries), a child the pool could not replace meanwhile.
+TELEMETRY_SHUTDOWN_TIMEOUT_SECONDS = env_float("TELEMETRY_SHUTDOWN_TIMEOUT", 2.0, minimum=0.0)
 # Gauges the worker's main process measures (once per worker, not in every child).
 TELEMETRY_GAUGES = ["observability.gauges.register", "promotions.metrics.register_gauges"]
 

@@ -4,8 +4,10 @@
   and a per-process ``service.instance.id``; export goes over OTLP, configured by the standard ``OTEL_*``
   variables. Without ``OTEL_EXPORTER_OTLP_ENDPOINT`` nothing is installed and every hook is a no-op.
 - Worker children call it after fork (``worker_process_init``) and ``shutdown()`` flushes before a child
-  exits (``worker_process_shutdown``), so nothing is lost when ``max_tasks_per_child`` recycles it. The
-  worker's main process uses a metric reader that stays silent in forked children (no duplicate series).
+  exits (``worker_process_shutdown``), so nothing is lost when ``max_tasks_per_child`` recycles it - unless
+  the collector does not take it within ``TELEMETRY_SHUTDOWN_TIMEOUT_SECONDS``: an unreachable collector
+  must not hold up the pool. The worker's main process uses a metric reader that stays silent in forked
+  children (no duplicate series).
 - Providers are kept here, not installed globally: a child can rebuild them after fork, which the global
   API forbids.
 - Task runs get one CONSUMER span (``run/<task>``, OpenTelemetry messaging attributes, parent from the
@@ -18,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -289,12 +292,36 @@ def _off(role: str) -> Telemetry:
 
 
 def shutdown() -> None:
-    """Flush and stop this process's providers (before a worker child exits)."""
+    """Flush and stop this process's providers (before a worker child exits), waiting at most
+    ``settings.TELEMETRY_SHUTDOWN_TIMEOUT_SECONDS`` in all; what is not exported by then is lost, and logged.
+
+    The bound matters in a worker child: billiard tells the pool that a child has gone only after its exit
+    handlers return, so until then the pool is a child short and a task it handed that child waits. With the
+    collector unreachable the exporters' retries held an exiting child for ~20 s.
+    """
     state = _current
     if state is None or state.pid != os.getpid():
         return
-    for provider in state.providers:
-        provider.shutdown()
+    timeout = settings.TELEMETRY_SHUTDOWN_TIMEOUT_SECONDS
+    deadline = time.monotonic() + timeout
+    # One thread per provider: spans and metrics are exported at once, and a hung export can be left behind
+    # (daemon threads: the exiting process does not wait for them).
+    stopping = [
+        threading.Thread(target=provider.shutdown, name=f"telemetry-shutdown-{type(provider).__name__}", daemon=True)
+        for provider in state.providers
+    ]
+    for thread in stopping:
+        thread.start()
+    for thread in stopping:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    unfinished = [thread.name for thread in stopping if thread.is_alive()]
+    if unfinished:
+        log.warning(
+            "telemetry.shutdown_timed_out",
+            timeout_seconds=timeout,
+            unfinished=unfinished,
+            detail="the collector did not take this process's last spans or metrics in time: they are lost",
+        )
 
 
 # --- Producer --------------------------------------------------------------------------------------------------

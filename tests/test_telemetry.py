@@ -157,6 +157,25 @@ def test_recycled_children_lose_no_spans(start_worker, otlp):
     assert len({s.resource["service.instance.id"] for s in spans}) == 6
 
 
+def test_an_unreachable_collector_does_not_hold_up_recycled_children(start_worker):
+    """Every child exits after one task and its last export cannot succeed: it gives up after
+    TELEMETRY_SHUTDOWN_TIMEOUT, says so, and the pool replaces it. Unbounded, the exporters' retries held each
+    exiting child ~20 s - the third task below would wait that long for a child."""
+    worker = start_worker(
+        "-Q", "unreachable-collector", "--max-tasks-per-child=1",
+        env={"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}", "TELEMETRY_SHUTDOWN_TIMEOUT": "0.5"},
+    )  # fmt: skip
+    token = uuid.uuid4().hex
+    for _ in range(4):
+        assert tasks.echo.apply_async((token,), queue="unreachable-collector").get(timeout=10) == token
+
+    wait_for(
+        lambda: worker.log().count('"event":"telemetry.shutdown_timed_out"') >= 3,
+        timeout=10,
+        what="three exiting children to report the export they gave up",
+    )
+
+
 def test_log_lines_inside_a_task_carry_its_trace(observed_worker, otlp):
     """Every JSON line of a run carries task name, id, retries and the span's ids; one summary line ends it."""
     trace_id, parent = traceparent()
