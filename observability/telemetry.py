@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import socket
@@ -241,7 +242,9 @@ def setup(
         return _current
 
     resource = _resource(role)
-    tracer_provider = TracerProvider(resource=resource)
+    # shutdown_on_exit=False: this module's ``shutdown`` runs at exit instead, bounded (the SDK's waits out the
+    # exporters' retries, ~10 s each with the collector down).
+    tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
     span_processor = HandOffSpanProcessor(
         TaskSpanExporter(resource, scope=METER), hand_off_timeout_seconds=SPAN_HAND_OFF_TIMEOUT_SECONDS
     )
@@ -252,7 +255,7 @@ def setup(
     )
     reader_cls = _SilentInForkedChildReader if fork_safe_metrics else PeriodicExportingMetricReader
     reader: MetricReader = reader_cls(exporter, export_interval_millis=settings.OTEL_METRIC_EXPORT_INTERVAL_MILLIS)
-    meter_provider = MeterProvider(resource=resource, metric_readers=[reader], views=_views())
+    meter_provider = MeterProvider(resource=resource, metric_readers=[reader], views=_views(), shutdown_on_exit=False)
     meter = meter_provider.get_meter(METER)
     for register in gauges:
         register(meter)
@@ -292,16 +295,19 @@ def _off(role: str) -> Telemetry:
 
 
 def shutdown() -> None:
-    """Flush and stop this process's providers (before a worker child exits), waiting at most
-    ``settings.TELEMETRY_SHUTDOWN_TIMEOUT_SECONDS`` in all; what is not exported by then is lost, and logged.
+    """Flush and stop this process's providers, waiting at most ``settings.TELEMETRY_SHUTDOWN_TIMEOUT_SECONDS``
+    in all; what is not exported by then is lost, and logged. Runs at exit (``atexit``), when a worker child
+    exits (``worker_process_shutdown``) and when a worker stops (``worker_shutdown``); the first call does it.
 
     The bound matters in a worker child: billiard tells the pool that a child has gone only after its exit
     handlers return, so until then the pool is a child short and a task it handed that child waits. With the
-    collector unreachable the exporters' retries held an exiting child for ~20 s.
+    collector unreachable the exporters' retries held an exiting child for ~20 s, a stopping worker ~12 s.
     """
+    global _current
     state = _current
     if state is None or state.pid != os.getpid():
         return
+    _current = None  # later hooks are no-ops, and a second call does nothing
     timeout = settings.TELEMETRY_SHUTDOWN_TIMEOUT_SECONDS
     deadline = time.monotonic() + timeout
     # One thread per provider: spans and metrics are exported at once, and a hung export can be left behind
@@ -322,6 +328,9 @@ def shutdown() -> None:
             unfinished=unfinished,
             detail="the collector did not take this process's last spans or metrics in time: they are lost",
         )
+
+
+atexit.register(shutdown)
 
 
 # --- Producer --------------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@ process's start. Imported by ``marketplace.celery`` (every role) and ``marketpla
 
     web      configure at import of the WSGI app: Django, psycopg and Redis instrumented
     worker   main process at worker_init: gauges, a metric reader that stays silent in forked children;
-             then what start-up built is frozen out of garbage collection before the pool forks
+             then what start-up built is frozen out of garbage collection before the pool forks;
+             flushed at worker_shutdown
              each pool child at worker_process_init (after fork): its own providers, psycopg
              instrumented; flushed at worker_process_shutdown, so recycled children lose nothing
     beat     at beat_init
@@ -83,6 +84,13 @@ def _worker_child(**kwargs: Any) -> None:
 
 @signals.worker_process_shutdown.connect
 def _worker_child_exit(**kwargs: Any) -> None:
+    telemetry.shutdown()
+
+
+@signals.worker_shutdown.connect
+def _worker_main_process_exit(**kwargs: Any) -> None:
+    # The main process's last metrics export, bounded as a child's is: left to the SDK's own at-exit shutdown,
+    # it waited for the exporter's retries (~10 s with the collector down) before a stopping worker could exit.
     telemetry.shutdown()
 
 

@@ -160,7 +160,7 @@ def test_recycled_children_lose_no_spans(start_worker, otlp):
 def test_an_unreachable_collector_does_not_hold_up_recycled_children(start_worker):
     """Every child exits after one task and its last export cannot succeed: it gives up after
     TELEMETRY_SHUTDOWN_TIMEOUT, says so, and the pool replaces it. Unbounded, the exporters' retries held each
-    exiting child ~20 s - the third task below would wait that long for a child."""
+    exiting child ~20 s - the third task below would wait that long for a child - and a stopping worker ~12 s."""
     worker = start_worker(
         "-Q", "unreachable-collector", "--max-tasks-per-child=1",
         env={"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}", "TELEMETRY_SHUTDOWN_TIMEOUT": "0.5"},
@@ -174,6 +174,12 @@ def test_an_unreachable_collector_does_not_hold_up_recycled_children(start_worke
         timeout=10,
         what="three exiting children to report the export they gave up",
     )
+    stopping = time.monotonic()
+    worker.stop()
+    # Its children give up after 0.5 s each, and so does the main process's last metrics export: unbounded,
+    # that export alone retried for ~10 s before the worker could exit.
+    assert worker.process.returncode == 0
+    assert time.monotonic() - stopping < 6
 
 
 def test_log_lines_inside_a_task_carry_its_trace(observed_worker, otlp):
