@@ -21,6 +21,11 @@ the summary line per task as JSON to a file) and ``contrib``, the reference the 
 a plain ``celery.Task`` under ``opentelemetry-instrumentation-celery`` (batch span processor, no-op exporter)
 plus a counter and a histogram per task. Alternated, medians (min-max) of ``--repeats``; what a variant adds
 is taken pair by pair against ``bare`` of the same round.
+
+``--options`` adds three variants: ``observable`` with one of the settings that would bring its cost near the
+quarter of contrib's the issue asks for, to price a product decision (docs/performance.md): ``no-line`` (logs
+at WARNING: no summary line per successful run), ``sampled`` (``parentbased_traceidratio`` at 1%: 99 runs in
+100 get a non-recording span) and ``lean`` (both).
 """
 
 from __future__ import annotations
@@ -41,11 +46,19 @@ from bench.throughput import variant_env
 
 HOSTNAME = "bench@localhost"
 VARIANTS = ("bare", "reliability", "observable", "contrib")
+_SAMPLED = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"}
+#: ``--options``: ``observable``'s environment with these settings on top.
+OPTIONS: dict[str, dict[str, str]] = {
+    "no-line": {"LOG_LEVEL": "WARNING"},
+    "sampled": _SAMPLED,
+    "lean": {"LOG_LEVEL": "WARNING", **_SAMPLED},
+}
 TASKS = {
     "bare": "bench.bare_pass",
     "reliability": "bench.observable_pass",
     "observable": "bench.observable_pass",
     "contrib": "bench.bare_pass",
+    **dict.fromkeys(OPTIONS, "bench.observable_pass"),
 }
 
 
@@ -104,7 +117,8 @@ def _run_child(variant: str, tasks: int) -> dict[str, float]:
     app.log.setup(loglevel=logging.getLevelNamesMapping()[os.environ["LOG_LEVEL"]])
     trace.setup_worker_optimizations(app, HOSTNAME)
     task = app.tasks[TASKS[variant]]
-    request_dict, body, content_type, content_encoding = _message(app, task, instrumented=variant == "observable")
+    instrumented = variant == "observable" or variant in OPTIONS
+    request_dict, body, content_type, content_encoding = _message(app, task, instrumented=instrumented)
     # What WorkController.__init__ does first: the task modules, and the Django fix-up's system checks, once in
     # the main process; a forked child then skips them (without this, each child ran the checks, 100-150 ms).
     app.loader.init_worker()
@@ -155,6 +169,8 @@ def _background_switches() -> int:
 
 def _environment(variant: str, sink: Sink) -> dict[str, str]:
     # The end-to-end workers' environments; ``reliability`` is ObservableTask in the bare one.
+    if variant in OPTIONS:
+        return {**variant_env("observable", sink), **OPTIONS[variant]}
     return variant_env("bare" if variant == "reliability" else variant, sink)
 
 
@@ -185,38 +201,48 @@ def measure(tasks: int, repeats: int, sink: Sink, variants: tuple[str, ...] = VA
             pairs = zip(samples["bare"], samples[variant], strict=True)
             added = [run["cpu_us"] - bare["cpu_us"] for bare, run in pairs]
             result[variant]["added_cpu_us"] = Summary.of(added).to_json()
-    if {"bare", "observable", "contrib"} <= set(samples):
-        shares = [
-            (run["cpu_us"] - bare["cpu_us"]) / (contrib["cpu_us"] - bare["cpu_us"])
-            for bare, run, contrib in zip(samples["bare"], samples["observable"], samples["contrib"], strict=True)
-        ]
-        result["observable_share_of_contrib"] = Summary.of(shares).to_json()
+    if {"bare", "contrib"} <= set(samples):
+        for variant in ("observable", *OPTIONS):
+            if variant in samples:
+                result[f"{variant}_share_of_contrib"] = _shares_of_contrib(samples, variant)
     return result
+
+
+def _shares_of_contrib(samples: dict[str, list[dict[str, float]]], variant: str) -> dict[str, Any]:
+    """What ``variant`` adds over ``bare`` divided by what ``contrib`` adds, round by round."""
+    rounds = zip(samples["bare"], samples[variant], samples["contrib"], strict=True)
+    shares = [(run["cpu_us"] - bare["cpu_us"]) / (contrib["cpu_us"] - bare["cpu_us"]) for bare, run, contrib in rounds]
+    return Summary.of(shares).to_json()
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=10_000, help="Tasks timed per run (default 10,000).")
     parser.add_argument("--repeats", type=int, default=3, help="Rounds of every variant (default 3).")
-    parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--options", action="store_true", help="Also measure observable with each of: " + ", ".join(OPTIONS) + "."
+    )
+    parser.add_argument("--child", choices=(*VARIANTS, *OPTIONS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(_run_child(args.child, args.tasks)))
         return
+    variants = (*VARIANTS, *OPTIONS) if args.options else VARIANTS
     sink = Sink()
     try:
-        result = measure(args.tasks, args.repeats, sink)
+        result = measure(args.tasks, args.repeats, sink, variants)
     finally:
         sink.stop()
-    for variant in VARIANTS:
+    for variant in variants:
         cpu, added = result[variant]["cpu_us"], result[variant].get("added_cpu_us")
         line = f"{variant:12} {cpu['median']:7.1f} us CPU per task ({cpu['min']:.1f}-{cpu['max']:.1f})"
         if added:
             line += f", adds {added['median']:.1f} ({added['min']:.1f}-{added['max']:.1f})"
         line += f"; background threads woke {result[variant]['background_switches']['median']:.3f} times per task"
         print(line)
-    share = result["observable_share_of_contrib"]
-    print(f"observable adds {share['median']:.2f}x what contrib adds ({share['min']:.2f}-{share['max']:.2f})")
+    for variant in ("observable", *OPTIONS):
+        if share := result.get(f"{variant}_share_of_contrib"):
+            print(f"{variant} adds {share['median']:.2f}x what contrib adds ({share['min']:.2f}-{share['max']:.2f})")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ __all__ = [
     "Failure",
     "ReplayResult",
     "dead_letter_record",
+    "dead_letter_record_deferred",
     "dead_letter_record_safely",
     "dead_letters_discard",
     "dead_letters_purge",
@@ -153,6 +154,20 @@ def dead_letter_record_safely(failure: Failure) -> DeadLetter | None:
             raise
         sentry.report_dead_letter(failure, None)  # tagged "deferred": the entry has no id yet
         return None
+    _announce(entry, failure, deferred=False)
+    sentry.report_dead_letter(failure, entry.pk)
+    return entry
+
+
+def dead_letter_record_deferred(failure: Failure) -> DeadLetter:
+    """Record a failure ``dead_letter_record_safely`` deferred while Postgres was down (the record task's
+    body): logged and counted as any entry - Sentry heard of it when it was deferred. Raises DatabaseError."""
+    entry = dead_letter_record(failure)
+    _announce(entry, failure, deferred=True)
+    return entry
+
+
+def _announce(entry: DeadLetter, failure: Failure, *, deferred: bool) -> None:
     log.warning(
         "dead_letter.recorded",
         dead_letter_id=entry.pk,
@@ -161,10 +176,9 @@ def dead_letter_record_safely(failure: Failure) -> DeadLetter | None:
         reason=failure.reason,
         exception_type=failure.exception_type,
         trace_id=failure.trace_id or None,
+        deferred=deferred,
     )
     telemetry.dead_letter_created(failure.task_name, failure.reason)
-    sentry.report_dead_letter(failure, entry.pk)
-    return entry
 
 
 def record_or_report(failure: Failure) -> bool:

@@ -156,9 +156,9 @@ def _delay_seconds(countdown: float | None, eta: datetime | str | None) -> float
 def record_dead_letter(failure: dict[str, Any]) -> dict[str, int]:
     """Write a dead letter that could not be written when it happened (Postgres was down). Retries -
     forever, with backoff capped at a minute - until the database takes it."""
-    from observability.dead_letters import Failure, dead_letter_record
+    from observability.dead_letters import Failure, dead_letter_record_deferred
 
-    return {"dead_letter_id": dead_letter_record(Failure(**failure)).pk}
+    return {"dead_letter_id": dead_letter_record_deferred(Failure(**failure)).pk}
 
 
 @shared_task(base=ObservableTask, singleton=True)

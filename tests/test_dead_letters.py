@@ -161,6 +161,13 @@ def test_database_down_while_dead_lettering_loses_nothing(start_worker, worker_e
     assert entry.reason == "non_retryable_error"
     assert len(tasks.runs(t)) == 1
 
+    def recorded_lines() -> list[str]:
+        return [line for line in worker.log().splitlines() if '"dead_letter.recorded"' in line and result.id in line]
+
+    # Logged (and counted: the same call) as an entry recorded at once is, marked as deferred.
+    wait_for(recorded_lines, timeout=10, what="the deferred entry's dead_letter.recorded line")
+    assert [json.loads(line)["deferred"] for line in recorded_lines()] == [True]
+
 
 class TestReplay:
     @pytest.mark.usefixtures("celery_worker")
