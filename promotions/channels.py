@@ -2,14 +2,19 @@
 
 ``NOTIFICATION_BACKEND`` picks one: ``console`` (a log line, for the demo), ``email`` (Django's email
 backend, SMTP in production) or ``sns`` (boto3; ``AWS_ENDPOINT_URL`` points it at LocalStack). A backend
-gets a batch and returns the failures by notification id; every message carries its idempotency key so a
-provider can drop the duplicate that a redelivery after a crash may produce.
+gets a batch and yields each message's outcome as soon as it is known, so the caller records outcomes while
+the batch goes on. One message's error never stops the batch: it becomes that message's failure (permanent
+unless ``observability.errors`` knows it as transient). Only ``SoftTimeLimitExceeded`` escapes, so the task
+stops at its soft time limit. Every message carries its idempotency key so a provider can drop the duplicate
+that a redelivery after a crash may produce. Failure texts never carry an email address (masked: they are
+logged and stored).
 """
 
 from __future__ import annotations
 
+import re
 import smtplib
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from email.utils import make_msgid
 from functools import cache
@@ -18,12 +23,13 @@ from typing import Protocol
 import boto3
 import botocore.exceptions
 import structlog
+from billiard.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.mail import EmailMessage, get_connection
 
 from observability.errors import ErrorKind, classify
 
-__all__ = ["ChannelBackend", "DeliveryFailure", "OutgoingMessage", "get_backend", "mask_email"]
+__all__ = ["ChannelBackend", "DeliveryFailure", "Outcome", "OutgoingMessage", "get_backend", "mask_email"]
 
 log = structlog.get_logger(__name__)
 
@@ -44,9 +50,13 @@ class DeliveryFailure:
     permanent: bool
 
 
+#: What one message's delivery came to: its notification id and its failure, None when it was sent.
+Outcome = tuple[int, "DeliveryFailure | None"]
+
+
 class ChannelBackend(Protocol):
-    def send(self, messages: Sequence[OutgoingMessage]) -> dict[int, DeliveryFailure]:
-        """Deliver ``messages``; return the failures keyed by notification id."""
+    def send(self, messages: Sequence[OutgoingMessage]) -> Generator[Outcome, None, None]:
+        """Deliver ``messages`` in order, yielding each one's outcome once it is known."""
 
 
 def mask_email(address: str) -> str:
@@ -55,14 +65,27 @@ def mask_email(address: str) -> str:
     return f"{local[:1]}***@{domain}"
 
 
-def _failure(exc: Exception) -> DeliveryFailure:
-    return DeliveryFailure(f"{type(exc).__name__}: {exc}"[:500], classify(exc) is ErrorKind.PERMANENT)
+_EMAIL_ADDRESS = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+
+
+def _failure(exc: Exception, *, permanent: bool | None = None) -> DeliveryFailure:
+    # Provider errors echo addresses (smtplib's SMTPRecipientsRefused is the refused recipients' dict).
+    text = _EMAIL_ADDRESS.sub(lambda match: mask_email(match.group()), f"{type(exc).__name__}: {exc}")
+    return DeliveryFailure(text[:500], classify(exc) is ErrorKind.PERMANENT if permanent is None else permanent)
+
+
+def _single_message_failure(exc: Exception) -> DeliveryFailure:
+    """The failure of one message whose send raised ``exc``; re-raises the soft time limit, which must stop the
+    batch (caught here, the task would run on into its hard limit and be killed with outcomes unrecorded)."""
+    if isinstance(exc, SoftTimeLimitExceeded):
+        raise exc
+    return _failure(exc)
 
 
 class ConsoleBackend:
     """Logs each delivery; the demo's channel."""
 
-    def send(self, messages: Sequence[OutgoingMessage]) -> dict[int, DeliveryFailure]:
+    def send(self, messages: Sequence[OutgoingMessage]) -> Generator[Outcome, None, None]:
         for message in messages:
             log.info(
                 "notification.delivered",
@@ -71,19 +94,20 @@ class ConsoleBackend:
                 subject=message.subject,
                 idempotency_key=message.idempotency_key,
             )
-        return {}
+            yield message.notification_id, None
 
 
 class EmailBackend:
     """Sends through Django's email backend over one connection per batch."""
 
-    def send(self, messages: Sequence[OutgoingMessage]) -> dict[int, DeliveryFailure]:
-        failures: dict[int, DeliveryFailure] = {}
+    def send(self, messages: Sequence[OutgoingMessage]) -> Generator[Outcome, None, None]:
         try:
             connection = get_connection(fail_silently=False)
             connection.open()
         except (OSError, smtplib.SMTPException) as exc:
-            return dict.fromkeys((m.notification_id for m in messages), _failure(exc))
+            for message in messages:
+                yield message.notification_id, _failure(exc)
+            return
         try:
             for message in messages:
                 email = EmailMessage(
@@ -99,12 +123,17 @@ class EmailBackend:
                 try:
                     email.send()
                 except smtplib.SMTPRecipientsRefused as exc:
-                    failures[message.notification_id] = DeliveryFailure(f"recipient refused: {exc}"[:500], True)
-                except (OSError, smtplib.SMTPException) as exc:
-                    failures[message.notification_id] = _failure(exc)
+                    yield message.notification_id, _failure(exc, permanent=True)
+                except Exception as exc:  # noqa: BLE001 - one message's error (a header Django refuses) is its failure
+                    yield message.notification_id, _single_message_failure(exc)
+                else:
+                    yield message.notification_id, None
         finally:
             connection.close()
-        return failures
+
+
+#: SNS takes subjects "less than 100 characters long" (its API reference).
+_SNS_SUBJECT_MAX = 99
 
 
 class SnsBackend:
@@ -115,13 +144,12 @@ class SnsBackend:
             "sns", region_name=settings.AWS_REGION, endpoint_url=settings.AWS_ENDPOINT_URL or None
         )
 
-    def send(self, messages: Sequence[OutgoingMessage]) -> dict[int, DeliveryFailure]:
-        failures: dict[int, DeliveryFailure] = {}
+    def send(self, messages: Sequence[OutgoingMessage]) -> Generator[Outcome, None, None]:
         for message in messages:
             try:
                 self._client.publish(
                     TopicArn=settings.SNS_TOPIC_ARN,
-                    Subject=message.subject[:100],
+                    Subject=message.subject[:_SNS_SUBJECT_MAX],
                     Message=message.body,
                     MessageAttributes={
                         "recipient": {"DataType": "String", "StringValue": message.recipient},
@@ -136,10 +164,11 @@ class SnsBackend:
                     "InternalError",
                     "ServiceUnavailable",
                 }
-                failures[message.notification_id] = DeliveryFailure(f"{code}: {exc}"[:500], not throttled)
-            except botocore.exceptions.BotoCoreError as exc:
-                failures[message.notification_id] = _failure(exc)
-        return failures
+                yield message.notification_id, _failure(exc, permanent=not throttled)
+            except Exception as exc:  # noqa: BLE001 - one message's error (unreachable endpoint) is its failure
+                yield message.notification_id, _single_message_failure(exc)
+            else:
+                yield message.notification_id, None
 
 
 _BACKENDS: dict[str, type[ChannelBackend]] = {

@@ -11,7 +11,9 @@ claim's token, so a worker that lost its lease cannot overwrite the newer claim'
 
 from __future__ import annotations
 
+import time
 import uuid
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -124,17 +126,69 @@ def notifications_fail_for_inactive_promos(*, now: datetime) -> int:
 
 
 def notifications_deliver_batch(*, now: datetime, batch_size: int | None = None) -> DeliveryResult:
-    """Claim up to ``batch_size`` due notifications, deliver them and record each outcome."""
+    """Claim up to ``batch_size`` due notifications, deliver them and record each outcome - as the batch goes,
+    at least every ``RECORD_INTERVAL_SECONDS``. Interrupted (the soft time limit, an error outside the
+    backend's per-message handling), it records what was sent and puts the rest back to ``pending`` at once,
+    then re-raises: only the message in flight at that moment may be sent twice."""
     token = uuid.uuid4()
     messages = _claim(now=now, token=token, limit=batch_size or settings.NOTIFICATION_BATCH_SIZE)
     if not messages:
         return DeliveryResult(0, 0, 0, 0)
-    failures = get_backend(settings.NOTIFICATION_BACKEND).send(messages)
-    sent_ids = [m.notification_id for m in messages if m.notification_id not in failures]
-    sent, retrying, failed = _record_outcomes(token=token, sent_ids=sent_ids, failures=failures)
-    result = DeliveryResult(claimed=len(messages), sent=sent, retrying=retrying, failed=failed)
+    outcomes = _Outcomes(token)
+    try:
+        with closing(get_backend(settings.NOTIFICATION_BACKEND).send(messages)) as delivered:
+            for notification_id, failure in delivered:
+                outcomes.add(notification_id, failure)
+    except BaseException as exc:
+        interrupted = DeliveryFailure(f"delivery interrupted: {type(exc).__name__}", permanent=False)
+        for message in messages:
+            if not outcomes.knows(message.notification_id):
+                outcomes.add(message.notification_id, interrupted)
+        outcomes.record()
+        raise
+    outcomes.record()
+    result = DeliveryResult(len(messages), sent=outcomes.sent, retrying=outcomes.retrying, failed=outcomes.failed)
     log.info("notifications.delivered", **result.summary())
     return result
+
+
+#: Outcomes are written at least this often while a batch is delivered: a worker killed mid-batch (hard time
+#: limit, OOM, a deploy's SIGKILL) leaves at most this long of sent messages unrecorded, which the queue sweep
+#: hands out again once their lease expires.
+RECORD_INTERVAL_SECONDS = 1.0
+
+
+class _Outcomes:
+    """A batch's outcomes not yet written, and the totals of those written."""
+
+    def __init__(self, token: uuid.UUID) -> None:
+        self._token = token
+        self._sent_ids: list[int] = []
+        self._failures: dict[int, DeliveryFailure] = {}
+        self._known: set[int] = set()
+        self._recorded_at = time.monotonic()
+        self.sent = self.retrying = self.failed = 0
+
+    def knows(self, notification_id: int) -> bool:
+        return notification_id in self._known
+
+    def add(self, notification_id: int, failure: DeliveryFailure | None) -> None:
+        self._known.add(notification_id)
+        if failure is None:
+            self._sent_ids.append(notification_id)
+        else:
+            self._failures[notification_id] = failure
+        if time.monotonic() - self._recorded_at >= RECORD_INTERVAL_SECONDS:
+            self.record()
+
+    def record(self) -> None:
+        if self._sent_ids or self._failures:
+            sent, retrying, failed = _record_outcomes(
+                token=self._token, sent_ids=self._sent_ids, failures=self._failures
+            )
+            self.sent, self.retrying, self.failed = self.sent + sent, self.retrying + retrying, self.failed + failed
+            self._sent_ids, self._failures = [], {}
+        self._recorded_at = time.monotonic()
 
 
 def _claim(*, now: datetime, token: uuid.UUID, limit: int) -> list[OutgoingMessage]:
@@ -170,7 +224,8 @@ def _claim(*, now: datetime, token: uuid.UUID, limit: int) -> list[OutgoingMessa
             notification_id=pk,
             idempotency_key=str(key),
             recipient=email,
-            subject=f"{discount}% off {product}: {title}",
+            # One line: a line break in a header is refused by Django's email and by SNS (older rows may hold one).
+            subject=" ".join(f"{discount}% off {product}: {title}".split()),
             body=f"{title}: {product} is {discount}% off until {ends_at:%Y-%m-%d %H:%M} UTC.",
         )
         for pk, key, email, title, discount, product, ends_at in rows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import Counter
 from email import message_from_bytes
@@ -29,6 +30,8 @@ class _Handler:
         message = message_from_bytes(envelope.content)
         with self._sink.lock:
             self._sink.messages.append(message)
+        # A slow provider: the message is taken, its "250 OK" comes later.
+        await asyncio.sleep(self._sink.reply_delay_seconds)
         return "250 OK"
 
 
@@ -38,6 +41,8 @@ class SmtpSink:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.messages: list[Any] = []
+        #: Seconds before each accepted message's reply (0: at once).
+        self.reply_delay_seconds = 0.0
         self.port = free_port()
         self._controller = Controller(_Handler(self), hostname="127.0.0.1", port=self.port)
 
@@ -50,7 +55,12 @@ class SmtpSink:
     def clear(self) -> None:
         with self.lock:
             self.messages.clear()
+        self.reply_delay_seconds = 0.0
 
     def deliveries_by_key(self) -> Counter[str]:
         with self.lock:
             return Counter(str(m["X-Idempotency-Key"]) for m in self.messages)
+
+    def subjects(self) -> list[str]:
+        with self.lock:
+            return [str(m["Subject"]) for m in self.messages]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from promotions.models import FlashPromo, Notification, PromoStatus
+from promotions.models import FlashPromo, Notification, PromoStatus, Subscription
 from promotions.tasks import (
     check_active_promos,
     cleanup_expired_promos,
@@ -19,6 +20,7 @@ from promotions.tasks import (
 )
 from tests.conftest import ROOT, wait_for
 from tests.factories import ProductFactory, PromoFactory, SubscriptionFactory
+from tests.smtp import REFUSED_PREFIX
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("celery_worker")]
 
@@ -170,3 +172,96 @@ def test_notifications_of_a_cancelled_promo_are_not_sent(smtp_sink):
     notification.refresh_from_db()
     assert (notification.status, notification.last_error) == ("failed", "the promo is no longer active")
     assert str(notification.idempotency_key) not in smtp_sink.deliveries_by_key()
+
+
+def _notify(promo: FlashPromo, subscriptions: list[Subscription]) -> None:
+    """Pending notifications of ``promo`` for ``subscriptions``, due now."""
+    Notification.objects.bulk_create(
+        Notification(promo=promo, subscription=subscription, next_attempt_at=timezone.now())
+        for subscription in subscriptions
+    )
+
+
+def _active_promo_with_pending_notifications(count: int, **fields: object) -> FlashPromo:
+    product = ProductFactory()
+    promo = PromoFactory.create(
+        product=product, status="active", starts_at=timezone.now() - timedelta(minutes=1), **fields
+    )
+    _notify(promo, SubscriptionFactory.create_batch(count, product=product))
+    return promo
+
+
+def _count(status: str) -> int:
+    return Notification.objects.filter(status=status).count()
+
+
+@pytest.fixture(scope="module")
+def delivery_worker(start_worker):
+    """A worker of its own (queue ``test-deliveries``), so the tests below read the log of the one that ran
+    their batches (the session's workers share the default queue)."""
+    return start_worker("-Q", DELIVERY_QUEUE)
+
+
+DELIVERY_QUEUE = "test-deliveries"
+
+
+@pytest.fixture
+def slow_smtp(smtp_sink):
+    """The SMTP sink answering each message after 0.1 s: a batch of 30 takes about 3 s."""
+    smtp_sink.reply_delay_seconds = 0.1
+    yield smtp_sink
+    smtp_sink.reply_delay_seconds = 0.0
+
+
+def test_one_message_that_cannot_be_sent_fails_alone_and_its_error_names_no_address(smtp_sink, delivery_worker):
+    """In one batch: a refused mailbox, an address Django cannot encode (a 64-character label) and a promo title
+    with a line break (older rows may hold one). The two addresses fail at once - masked in the stored error and
+    in the log - and the others are sent once, their subject on one line."""
+    promo = _active_promo_with_pending_notifications(3, title="Flash\nSale")
+    refused = SubscriptionFactory(product=promo.product, email=f"{REFUSED_PREFIX}.jane@example.com")
+    unencodable = SubscriptionFactory(product=promo.product, email=f"joe@{'x' * 64}.example.com")
+    _notify(promo, [refused, unencodable])
+
+    summary = deliver_notification_batch.apply_async(queue=DELIVERY_QUEUE).get(timeout=15)
+
+    assert summary == {"claimed": 5, "sent": 3, "retrying": 0, "failed": 2}
+    errors = dict(Notification.objects.filter(status="failed").values_list("subscription__email", "last_error"))
+    assert "r***@example.com" in errors[refused.email] and refused.email not in errors[refused.email]
+    assert errors[unencodable.email].startswith("UnicodeError: ")
+    assert max(smtp_sink.deliveries_by_key().values()) == 1
+    assert set(smtp_sink.subjects()) == {f"20% off {promo.product.name}: Flash Sale"}
+    wait_for(lambda: '"notification.failed"' in delivery_worker.log(), what="the failures' log lines")
+    assert refused.email not in delivery_worker.log()
+
+
+def test_a_slow_batch_records_its_outcomes_as_it_goes(slow_smtp):
+    """A batch that takes seconds writes what it sent at least every second, while it still runs: a worker
+    killed mid-batch leaves at most a second of sent messages to be sent again, not the whole batch."""
+    _active_promo_with_pending_notifications(30)
+
+    deliver_notification_batch.delay()
+
+    wait_for(lambda: _count("sent") and _count("sending"), timeout=15, what="sent rows recorded mid-batch")
+    wait_for(lambda: _count("sent") == 30, timeout=15, what="30 sent")
+    assert max(slow_smtp.deliveries_by_key().values()) == 1
+
+
+def test_a_batch_stopped_by_its_soft_time_limit_hands_back_what_it_did_not_send(slow_smtp, delivery_worker):
+    """The soft time limit interrupts a batch mid-send: what was sent is recorded as sent, the rest goes back to
+    the queue at once (not after the 6-minute lease), and the task's retries deliver it. Only the message in
+    flight at each interruption may reach the provider twice."""
+    _active_promo_with_pending_notifications(30)
+    log_start = len(delivery_worker.log())
+
+    deliver_notification_batch.apply_async(soft_time_limit=1, queue=DELIVERY_QUEUE)  # its retries go there too
+
+    wait_for(lambda: _count("sent") == 30, timeout=30, what="30 sent by the interrupted run and its retries")
+    lines = [json.loads(line) for line in delivery_worker.log()[log_start:].splitlines() if '"task.finished"' in line]
+    interrupted = sum(
+        line["task_name"] == "promotions.tasks.deliver_notification_batch" and line["outcome"] == "retried"
+        for line in lines
+    )
+    deliveries = slow_smtp.deliveries_by_key()
+    assert interrupted >= 1
+    assert len(deliveries) == 30
+    assert sum(count - 1 for count in deliveries.values()) <= interrupted
