@@ -6,15 +6,24 @@ promo x subscription x channel and is the durable outbox that the delivery tasks
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
 
+def validate_single_line(value: str) -> None:
+    """Refuse control characters and line breaks: names and titles go into notification subjects, and email
+    headers and SNS subjects refuse them (the whole promo's notifications would fail)."""
+    if any(unicodedata.category(char) in {"Cc", "Zl", "Zp"} for char in value):
+        raise ValidationError("Must be one line of text: no line breaks, tabs or other control characters.")
+
+
 class Product(models.Model):
-    name = models.CharField(max_length=200)
+    name = models.CharField(max_length=200, validators=[validate_single_line])
     price = models.DecimalField(max_digits=10, decimal_places=2, validators=[MinValueValidator(0)])
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -34,7 +43,7 @@ class PromoStatus(models.TextChoices):
 
 class FlashPromo(models.Model):
     product = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="promos")
-    title = models.CharField(max_length=200)
+    title = models.CharField(max_length=200, validators=[validate_single_line])
     discount_percent = models.PositiveSmallIntegerField(validators=[MinValueValidator(1), MaxValueValidator(99)])
     starts_at = models.DateTimeField()
     ends_at = models.DateTimeField()

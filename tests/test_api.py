@@ -137,8 +137,9 @@ def test_product_write_with_a_non_staff_token_is_403_and_creates_nothing(shopper
         ({"name": "Kettle", "price": "-0.01"}, "price"),
         ({"name": "Kettle", "price": "1.001"}, "price"),
         ({"name": "Kettle", "price": "cheap"}, "price"),
+        ({"name": "Kettle\nDeluxe", "price": "1.00"}, "name"),
     ],
-    ids=["no-name", "no-price", "blank-name", "negative-price", "three-decimals", "not-a-number"],
+    ids=["no-name", "no-price", "blank-name", "negative-price", "three-decimals", "not-a-number", "two-lines"],
 )
 def test_invalid_product_is_400_by_field(staff, payload, field):
     """Given a staff token and an invalid product, when it is posted, then 400 names the field at fault."""
@@ -301,6 +302,10 @@ def test_creating_a_promo_publishes_one_sweep_after_the_commit(staff, django_cap
         ({"discount_percent": 100}, {"discount_percent"}),
         ({"discount_percent": 12.5}, {"discount_percent"}),
         ({"title": ""}, {"title"}),
+        ({"title": "Flash\nSale"}, {"title"}),
+        ({"title": "Flash\tSale\u2028"}, {"title"}),
+        ({"starts_at": "2030-01-01T10:00:00"}, {"starts_at"}),
+        ({"ends_at": "2030-01-01"}, {"ends_at"}),
         ({"starts_at": "2030-01-01T10:00:00Z", "ends_at": "2030-01-01T09:59:00Z"}, {"ends_at"}),
         ({"starts_at": "2030-01-01T10:00:00-02:00", "ends_at": "2030-01-01T11:00:00Z"}, {"ends_at"}),
         ({"starts_at": "next tuesday"}, {"starts_at"}),
@@ -317,6 +322,10 @@ def test_creating_a_promo_publishes_one_sweep_after_the_commit(staff, django_cap
         "discount-100",
         "discount-fraction",
         "blank-title",
+        "title-with-a-line-break",
+        "title-with-a-tab-and-a-line-separator",
+        "start-without-an-offset",
+        "end-as-a-date-only",
         "ends-before-start",
         "ends-before-start-in-another-offset",
         "malformed-start",

@@ -1,16 +1,35 @@
-"""Input validation and output shapes of the API; times are ISO 8601 with offsets."""
+"""Input validation and output shapes of the API; times are ISO 8601 with a UTC offset (a time without one is
+refused, never guessed)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from rest_framework import serializers
 
-from promotions.models import FlashPromo, PromoStatus
+from promotions.models import FlashPromo, PromoStatus, validate_single_line
+
+
+class OffsetDateTimeField(serializers.DateTimeField):
+    """An ISO 8601 time with its UTC offset (``Z`` or ``+02:00``): a local time without one would be taken as
+    UTC and a promo sent at 10:00 Madrid time would go live an hour or two late."""
+
+    default_error_messages = {"naive": "Include a UTC offset, e.g. 2030-06-01T10:00:00+02:00 or 2030-06-01T08:00:00Z."}
+
+    def to_internal_value(self, value: Any) -> datetime:
+        if isinstance(value, str):
+            try:
+                parsed = datetime.fromisoformat(value)
+            except ValueError:
+                parsed = None  # not ISO 8601: the field's own message says so
+            if parsed is not None and parsed.tzinfo is None:
+                self.fail("naive")
+        return super().to_internal_value(value)
 
 
 class ProductInput(serializers.Serializer[Any]):
-    name = serializers.CharField(max_length=200)
+    name = serializers.CharField(max_length=200, validators=[validate_single_line])
     price = serializers.DecimalField(max_digits=10, decimal_places=2, min_value=0)
 
 
@@ -20,10 +39,10 @@ class SubscriptionInput(serializers.Serializer[Any]):
 
 class PromoInput(serializers.Serializer[Any]):
     product_id = serializers.IntegerField(min_value=1)
-    title = serializers.CharField(max_length=200)
+    title = serializers.CharField(max_length=200, validators=[validate_single_line])
     discount_percent = serializers.IntegerField(min_value=1, max_value=99)
-    starts_at = serializers.DateTimeField()
-    ends_at = serializers.DateTimeField()
+    starts_at = OffsetDateTimeField()
+    ends_at = OffsetDateTimeField()
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if attrs["ends_at"] <= attrs["starts_at"]:
