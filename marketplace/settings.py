@@ -177,7 +177,14 @@ if PROMO_TRANSITION_HORIZON_SECONDS <= CHECK_PROMOS_INTERVAL_SECONDS:
     )
 PROMO_RETENTION_DAYS = env_int("PROMO_RETENTION_DAYS", 30, minimum=1)
 PROMO_CLEANUP_BATCH_SIZE = env_int("PROMO_CLEANUP_BATCH_SIZE", 200, minimum=1)
-PROMO_CLEANUP_MAX_BATCHES = env_int("PROMO_CLEANUP_MAX_BATCHES", 50, minimum=1)
+PROMO_CLEANUP_NOTIFICATION_BATCH_SIZE = env_int("PROMO_CLEANUP_NOTIFICATION_BATCH_SIZE", 5000, minimum=1)
+PROMO_CLEANUP_MAX_BATCHES = env_int("PROMO_CLEANUP_MAX_BATCHES", 1000, minimum=1)
+PROMO_CLEANUP_TIME_BUDGET_SECONDS = env_int("PROMO_CLEANUP_TIME_BUDGET_SECONDS", 120, minimum=1)
+if PROMO_CLEANUP_TIME_BUDGET_SECONDS > 200:
+    # The run must end well inside ObservableTask's 240 s soft time limit, or the limit cuts it every hour.
+    raise ImproperlyConfigured(
+        "PROMO_CLEANUP_TIME_BUDGET_SECONDS must be at most 200 (the task's soft limit is 240 s)."
+    )
 NOTIFICATION_BATCH_SIZE = env_int("NOTIFICATION_BATCH_SIZE", 500, minimum=1)
 NOTIFICATION_MAX_ATTEMPTS = env_int("NOTIFICATION_MAX_ATTEMPTS", 5, minimum=1)
 # Longer than a delivery batch's 300 s hard time limit plus clock skew: a running batch is never reclaimed.

@@ -7,6 +7,7 @@ more than running it once.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -147,16 +148,20 @@ def promos_cleanup_finished(*, now: datetime) -> dict[str, int]:
 
     Deleted, not archived: a promo's effect on prices lives on in the orders that used it, and its
     notifications are a delivery log with no value once the promo is over. Every statement deletes at most
-    ``PROMO_CLEANUP_BATCH_SIZE`` rows in its own short transaction, so no run holds long locks even for a
-    promo with 100,000 notifications; a run stops after ``PROMO_CLEANUP_MAX_BATCHES`` statements and the
-    next run goes on where it stopped.
+    ``PROMO_CLEANUP_NOTIFICATION_BATCH_SIZE`` notifications or ``PROMO_CLEANUP_BATCH_SIZE`` promos in its own
+    short transaction, so no run holds long locks even for a promo with 100,000 notifications; a run stops
+    after ``PROMO_CLEANUP_MAX_BATCHES`` statements or ``PROMO_CLEANUP_TIME_BUDGET_SECONDS`` (checked after each
+    statement: every run makes progress) and the next run goes on where it stopped.
     """
     cutoff = now - timedelta(days=settings.PROMO_RETENTION_DAYS)
     batch = settings.PROMO_CLEANUP_BATCH_SIZE
+    deadline = time.monotonic() + settings.PROMO_CLEANUP_TIME_BUDGET_SECONDS
     totals = {"promos_deleted": 0, "notifications_deleted": 0, "batches": 0}
     finished = FlashPromo.objects.filter(status__in=[PromoStatus.ENDED, PromoStatus.CANCELLED], ended_at__lt=cutoff)
     with connection.cursor() as cursor:
-        while totals["batches"] < settings.PROMO_CLEANUP_MAX_BATCHES:
+        while totals["batches"] < settings.PROMO_CLEANUP_MAX_BATCHES and (
+            not totals["batches"] or time.monotonic() < deadline
+        ):
             promo_ids = list(finished.order_by("ended_at").values_list("id", flat=True)[:batch])
             if not promo_ids:
                 break
@@ -166,7 +171,7 @@ def promos_cleanup_finished(*, now: datetime) -> dict[str, int]:
                 DELETE FROM {_NOTIFICATION} WHERE id IN (
                     SELECT id FROM {_NOTIFICATION} WHERE promo_id = ANY(%(ids)s) LIMIT %(batch)s)
                 """,  # noqa: S608
-                {"ids": promo_ids, "batch": batch},
+                {"ids": promo_ids, "batch": settings.PROMO_CLEANUP_NOTIFICATION_BATCH_SIZE},
             )
             if cursor.rowcount:
                 totals["notifications_deleted"] += cursor.rowcount

@@ -181,6 +181,7 @@ def test_upcoming_transitions_are_claimed_once():
 def test_cleanup_deletes_only_promos_finished_before_retention_in_batches(settings):
     """Old finished promos go with their notifications, in bounded statements; recent ones stay."""
     settings.PROMO_CLEANUP_BATCH_SIZE = 3
+    settings.PROMO_CLEANUP_NOTIFICATION_BATCH_SIZE = 3
     now = timezone.now()
     old = now - timedelta(days=settings.PROMO_RETENTION_DAYS + 1)
     product = ProductFactory()
@@ -200,3 +201,24 @@ def test_cleanup_deletes_only_promos_finished_before_retention_in_batches(settin
     assert totals["notifications_deleted"] == 8
     assert totals["batches"] >= 4  # 8 notifications in batches of 3, then the promos
     assert list(FlashPromo.objects.values_list("pk", flat=True)) == [recent.pk]
+
+
+def test_a_cleanup_run_stops_at_its_time_budget_and_the_next_goes_on(settings):
+    """With its time budget used up, a run stops after the statement under way (one here, as every run makes
+    progress); the next run goes on where it stopped."""
+    settings.PROMO_CLEANUP_TIME_BUDGET_SECONDS = 0
+    now = timezone.now()
+    old = now - timedelta(days=settings.PROMO_RETENTION_DAYS + 1)
+    product = ProductFactory()
+    promo = PromoFactory(product=product, status="ended", starts_at=old - timedelta(hours=1), ends_at=old, ended_at=old)
+    Notification.objects.bulk_create(
+        Notification(promo=promo, subscription=s, next_attempt_at=now)
+        for s in SubscriptionFactory.create_batch(3, product=product)
+    )
+
+    first = services.promos_cleanup_finished(now=now)
+    second = services.promos_cleanup_finished(now=now)
+
+    assert (first["batches"], first["notifications_deleted"], first["promos_deleted"]) == (1, 3, 0)
+    assert (second["batches"], second["notifications_deleted"], second["promos_deleted"]) == (1, 0, 1)
+    assert not FlashPromo.objects.exists()
