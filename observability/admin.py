@@ -51,8 +51,14 @@ class DeadLetterAdmin(admin.ModelAdmin[DeadLetter]):
 
     @admin.action(description="Replay the selected pending dead letters", permissions=["replay"])
     def replay(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
-        result = dead_letters.dead_letters_replay(queryset, operator=request.user.get_username())
-        self.message_user(request, f"Replayed {len(result.published)} dead letter(s).", messages.SUCCESS)
+        try:
+            result = dead_letters.dead_letters_replay(queryset, operator=request.user.get_username())
+        except dead_letters.ReplayBrokerError as stopped:
+            # What was published before the broker went away is committed; the message names the count.
+            result = stopped.result
+            self.message_user(request, f"{stopped}.", messages.ERROR)
+        else:
+            self.message_user(request, f"Replayed {len(result.published)} dead letter(s).", messages.SUCCESS)
         for entry_id, why in result.skipped.items():
             self.message_user(request, f"Dead letter {entry_id} not replayed: {why}.", messages.WARNING)
 

@@ -32,6 +32,7 @@ from observability.models import DeadLetter, DeadLetterReplay, DeadLetterStatus
 
 __all__ = [
     "Failure",
+    "ReplayBrokerError",
     "ReplayResult",
     "dead_letter_record",
     "dead_letter_record_deferred",
@@ -63,6 +64,31 @@ REPLAY_OF_HEADER = "x-dead-letter-replay-of"
 DEFERRED_RECORD_COUNTDOWN_SECONDS = 5
 
 
+#: ``Failure`` fields stored in ``CharField(max_length=255)`` columns: a malformed message can name anything.
+_BOUNDED_FIELDS = frozenset(
+    {"task_name", "task_id", "queue", "exchange", "routing_key", "exception_type", "worker_host"}
+)
+_BOUNDED_LENGTH = 255
+
+
+def _storable(value: Any) -> Any:
+    """``value`` (JSON-like) with what Postgres cannot store replaced, in strings and keys at any depth: NUL
+    (text and jsonb refuse it) by U+FFFD, an unpaired surrogate (not UTF-8) by its ``\\udXXX`` escape."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            value = value.replace("\x00", "\ufffd")
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            value = value.encode(errors="backslashreplace").decode()
+        return value
+    if isinstance(value, dict):
+        return {_storable(key): _storable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable(item) for item in value]
+    return value
+
+
 @dataclass
 class Failure:
     """Everything known about a message that reached a dead end; JSON-serialisable."""
@@ -84,6 +110,15 @@ class Failure:
     traceback: str = ""
     worker_host: str = field(default_factory=socket.gethostname)
     failed_at: str = field(default_factory=lambda: timezone.now().isoformat())
+
+    def __post_init__(self) -> None:
+        # Made storable here, once, so no later write can fail on it: a failure Postgres refuses would be
+        # deferred to the record task, which fails on it too, and so on forever.
+        for name, value in list(vars(self).items()):
+            value = _storable(value)
+            if name in _BOUNDED_FIELDS:
+                value = value[:_BOUNDED_LENGTH]
+            setattr(self, name, value)
 
     @property
     def dedup_key(self) -> str:
@@ -199,6 +234,18 @@ class ReplayResult:
     skipped: dict[int, str] = field(default_factory=dict)
 
 
+class ReplayBrokerError(Exception):
+    """The broker failed partway through a replay: ``result`` holds what was published before it did, committed
+    as replayed; the entry it failed on and the rest stay pending. The broker's error is the ``__cause__``."""
+
+    def __init__(self, result: ReplayResult, error: Exception) -> None:
+        super().__init__(
+            f"The broker is unreachable ({error}): published {len(result.published)} task(s) before it failed; "
+            "the other entries stay pending"
+        )
+        self.result = result
+
+
 def dead_letters_replay(
     entries: QuerySet[DeadLetter],
     *,
@@ -218,14 +265,18 @@ def dead_letters_replay(
     publish one entry twice. Only pending entries are taken unless ``again``; only registered tasks are
     published. ``rate`` caps publications per second. A crash between publishing and the commit leaves
     the entry pending: at worst published twice, never marked replayed without being published.
+
+    Raises ``ReplayBrokerError`` when publishing an entry fails with a broker error, after committing what was
+    published before it: rolled back, those would stay pending and the next replay would publish them again.
     """
     registered = _registered_task_names()
     statuses = [DeadLetterStatus.PENDING, DeadLetterStatus.REPLAYED] if again else [DeadLetterStatus.PENDING]
     candidates = entries.filter(status__in=statuses).order_by("id")
     result = ReplayResult()
     pacer = _Pacer(rate) if rate else None
+    broker_error: BrokerOperationalError | OSError | None = None
     last_id = 0
-    while limit is None or len(result.published) < limit:
+    while broker_error is None and (limit is None or len(result.published) < limit):
         with transaction.atomic():
             chunk = list(candidates.filter(id__gt=last_id).select_for_update(skip_locked=True)[:chunk_size])
             if not chunk:
@@ -242,7 +293,11 @@ def dead_letters_replay(
                     pacer.wait(len(result.published))
                 new_id = str(uuid.uuid4())
                 if not dry_run:
-                    replays.append(_publish(entry, new_id=new_id, queue=queue, operator=operator))
+                    try:
+                        replays.append(_publish(entry, new_id=new_id, queue=queue, operator=operator))
+                    except (BrokerOperationalError, OSError) as exc:
+                        broker_error = exc  # kombu gave up reconnecting: every later entry would fail the same
+                        break
                 result.published.append((entry.pk, new_id))
                 result.task_names.append(entry.task_name)
                 if on_progress:
@@ -257,6 +312,9 @@ def dead_letters_replay(
         log.info(
             "dead_letter.replayed", dead_letter_id=entry_id, new_task_id=new_id, operator=operator, dry_run=dry_run
         )
+    if broker_error is not None:
+        log.error("dead_letters.replay_stopped", published=len(result.published), error=str(broker_error))
+        raise ReplayBrokerError(result, broker_error) from broker_error
     return result
 
 

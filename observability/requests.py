@@ -74,7 +74,23 @@ class ObservableRequest(Request):
             # The child died mid-run: count the run, and the loss, which quarantines a poison message.
             self._count_outcome("failed", "WorkerLostError")
             delivery_counter.count_lost_run(self.id)
+        elif isinstance(exc, SystemExit | KeyboardInterrupt) and not self._stopped_by_the_worker():
+            # The task itself raised it (sys.exit in a library): the child counted the run and exits; Celery
+            # redelivers the message as for a lost worker, so the loss counts towards the poison limit too.
+            delivery_counter.count_lost_run(self.id)
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+    def _stopped_by_the_worker(self) -> bool:
+        # Celery's flags (not in its type stubs): the run was cancelled (connection lost) or revoked.
+        return bool(getattr(self, "_already_cancelled", False) or getattr(self, "_already_revoked", False))
+
+    def _announce_revoked(self, reason: str, terminated: bool, signum: object, expired: bool) -> None:
+        # Celery acknowledges an expired or revoked message without running it; count and log it, so a
+        # discarded message (a beat tick's retry past the tick's expiry, say) is never a silent one.
+        super()._announce_revoked(reason, terminated, signum, expired)  # type: ignore[misc]
+        outcome = "expired" if expired else "revoked"
+        self._count_outcome(outcome, "")
+        log.warning("task.discarded", task_name=self.name, task_id=self.id, outcome=outcome, reason=reason)
 
     def _requeue_unrecorded(self) -> None:
         # Neither Postgres nor the broker took the dead letter: give the message back instead of dropping it.

@@ -12,6 +12,7 @@ models are imported inside the task bodies.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -78,8 +79,8 @@ class ObservableTask(DjangoTask):  # type: ignore[type-arg]
         error: BaseException | None = None
         try:
             with monitor_periodic_run(schedule_entry) if schedule_entry else nullcontext():
-                run_body = self._run_alone if self.singleton else self._run_with_retry_policy
-                result = run_body(*args, **kwargs)
+                # The singleton lock's Redis call is under the retry policy too: a blip there is as transient.
+                result = self._run_with_retry_policy(self._run_alone if self.singleton else self._run, args, kwargs)
             outcome = "skipped" if result is SKIPPED else "succeeded"
             if schedule_entry:
                 record_beat_success(schedule_entry)  # best effort: never turns a success into a failure
@@ -87,15 +88,22 @@ class ObservableTask(DjangoTask):  # type: ignore[type-arg]
         except Retry as exc:
             outcome, error = "retried", exc.exc
             raise
+        except (SystemExit, KeyboardInterrupt) as exc:
+            # The child exits with it and Celery redelivers the message, as for a lost worker.
+            outcome, error = "failed", exc
+            raise
         except BaseException as exc:
             error = exc
             raise
         finally:
             telemetry.task_finished(run, outcome, error)
 
-    def _run_with_retry_policy(self, *args: Any, **kwargs: Any) -> Any:
+    def _run(self, *args: Any, **kwargs: Any) -> Any:
+        return super().__call__(*args, **kwargs)
+
+    def _run_with_retry_policy(self, run: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         try:
-            return super().__call__(*args, **kwargs)
+            return run(*args, **kwargs)
         except Exception as exc:  # the last-resort handler: every failure is classified here
             if classify(exc) is ErrorKind.TRANSIENT and self.request.called_directly is False:
                 # Once max_retries is used up, retry() re-raises ``exc`` itself: a final failure.
@@ -109,11 +117,12 @@ class ObservableTask(DjangoTask):  # type: ignore[type-arg]
         client = broker_redis()
         # The lock outlives no run: it expires with the hard time limit, when the child is killed.
         run_id = str(self.request.id)
-        if not client.set(key, run_id, nx=True, ex=int(self.time_limit or 300)):
+        acquired = client.set(key, run_id, nx=True, ex=int(self.time_limit or 300))
+        if not acquired:
             log.warning("task.skipped", task_name=self.name, reason="a previous run is still in progress")
             return SKIPPED
         try:
-            return self._run_with_retry_policy(*args, **kwargs)
+            return self._run(*args, **kwargs)
         finally:
             try:
                 client.eval(_RELEASE_LOCK, 1, key, run_id)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 
 import redis
@@ -66,6 +67,13 @@ def kills_its_worker(token: str) -> None:
     """Dies like an OOM kill: SIGKILL to its own process, every time."""
     _record_run(token)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@shared_task(name="tests.exits_its_worker")
+def exits_its_worker(token: str) -> None:
+    """Calls ``sys.exit`` (as a CLI library might): the child exits with it, every time."""
+    _record_run(token)
+    sys.exit(3)
 
 
 @shared_task(name="tests.slow_once")

@@ -11,7 +11,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 import pytest
 from celery.result import AsyncResult
@@ -19,11 +21,13 @@ from django.conf import settings
 from django.core.management import call_command
 from django.utils import timezone
 
-from observability.dead_letters import _Pacer
+from marketplace.celery import app as celery_app
+from observability.dead_letters import REPLAY_OF_HEADER, _Pacer
 from observability.errors import PermanentError
 from observability.models import DeadLetter, DeadLetterReplay
 from tests import tasks
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, TEST_REDIS_URL, stopped_after, wait_for
+from tests.net import free_port
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -78,6 +82,15 @@ class TestRetriesAndTerminalFailures:
         assert len(entry.fingerprint) == 16
         assert len(tasks.runs(t)) == 1
 
+    def test_a_failure_postgres_cannot_store_as_is_is_recorded_made_storable(self):
+        """An argument with a NUL character (text and jsonb refuse it) and an unpaired surrogate (not UTF-8):
+        the entry is written at once with those replaced - not deferred to a record task that fails the same."""
+        t = token()
+        entry = dead_letter_of(tasks.permanent.delay(f"{t}\x00\ud800").id)
+        assert entry.args == [f"{t}\ufffd\\ud800"]
+        assert entry.reason == "non_retryable_error"
+        assert DeadLetter.objects.count() == 1
+
     def test_hard_time_limit_records_and_the_worker_goes_on(self):
         """A run killed at its hard time limit becomes one ``time_limit_exceeded`` entry; the worker keeps
         serving."""
@@ -89,11 +102,13 @@ class TestRetriesAndTerminalFailures:
         assert tasks.echo.delay("after").get(timeout=15) == "after"
         assert DeadLetter.objects.count() == 1
 
-    def test_a_poison_message_is_quarantined_after_max_deliveries(self):
-        """A task that kills its worker process every time runs ``max_deliveries`` times, then its next
-        delivery becomes one ``poison_message`` entry instead of a run; the worker goes on."""
+    @pytest.mark.parametrize("task", [tasks.kills_its_worker, tasks.exits_its_worker], ids=["SIGKILL", "sys.exit"])
+    def test_a_poison_message_is_quarantined_after_max_deliveries(self, task):
+        """A task that kills its worker process every time (SIGKILL, or its own ``sys.exit``) runs
+        ``max_deliveries`` times, then its next delivery becomes one ``poison_message`` entry instead of a run;
+        the worker goes on."""
         t = token()
-        entry = dead_letter_of(tasks.kills_its_worker.delay(t).id, timeout=60)
+        entry = dead_letter_of(task.delay(t).id, timeout=60)
         assert entry.reason == "poison_message"
         assert entry.delivery_count == settings.DEAD_LETTER_MAX_DELIVERIES + 1
         assert len(tasks.runs(t)) == settings.DEAD_LETTER_MAX_DELIVERIES
@@ -133,6 +148,52 @@ class TestRetriesAndTerminalFailures:
         )
         assert garbage[0].raw_message == "{this is not json"
         assert "delivery_tag" in garbage[1].exception_message
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "error"),
+    [
+        ("properties", "body_encoding", "gzip", "the message body cannot be decoded"),
+        ("properties", "body_encoding", 5, "the message body cannot be decoded"),
+        ("properties", "delivery_tag", None, "delivery_tag"),
+        ("properties", "delivery_tag", {"id": 1}, "delivery_tag"),
+        ("properties", "delivery_tag", [1], "delivery_tag"),
+        ("properties", "delivery_tag", True, "delivery_tag"),
+        # JSON carries a lone surrogate, which redis-py cannot encode as the key of the unacknowledged index.
+        ("properties", "delivery_tag", "\ud800", "the message cannot be handed to its consumer"),
+        # kombu's JSON type marker for bytes, around a number: its decoder raises AttributeError.
+        ("headers", "spoiled", {"__type__": "bytes", "__value__": 5}, "the message is not JSON"),
+    ],
+    ids=[
+        "unknown-body-encoding", "body-encoding-not-a-string", "null-delivery-tag", "object-delivery-tag",
+        "list-delivery-tag", "boolean-delivery-tag", "unstorable-delivery-tag", "broken-type-marker",
+    ],
+)  # fmt: skip
+def test_a_malformed_envelope_is_dead_lettered_and_the_worker_goes_on(
+    redis_client, start_worker, section, key, value, error
+):
+    """A task's envelope with one field kombu cannot take (pushed straight into the queue of a worker) becomes
+    one ``undecodable_message`` entry holding its bytes; the worker stays up and runs the next task.
+    Unguarded, each of these ends the worker with an unrecoverable error, and the popped message with it."""
+    queue = f"malformed-{token()[:8]}"
+    tasks.echo.apply_async((token(),), queue=queue)
+    envelope = json.loads(redis_client.rpop(queue))
+    envelope[section][key] = value
+    raw = json.dumps(envelope)
+    worker = start_worker("-Q", queue)
+    with stopped_after(worker):
+        redis_client.lpush(queue, raw)
+
+        def entry() -> DeadLetter | None:
+            assert worker.process.poll() is None, f"the worker exited:\n{worker.log()}"
+            return DeadLetter.objects.filter(reason="undecodable_message", queue=queue).first()
+
+        dead = wait_for(entry, what="the undecodable entry")
+        assert dead.raw_message == raw
+        assert error in dead.exception_message
+        worker.wait_ready(timeout=10)
+        assert tasks.echo.apply_async(("after",), queue=queue).get(timeout=20) == "after"
+        assert DeadLetter.objects.count() == 1
 
 
 def test_database_down_while_dead_lettering_loses_nothing(start_worker, worker_env):
@@ -253,6 +314,79 @@ class TestReplay:
         assert redis_client.llen(queue) == 0
         assert "is not registered" in capsys.readouterr().err
 
+    def test_a_broker_lost_mid_replay_keeps_what_was_published_and_says_so(self, redis_client, worker_env):
+        """Redis goes away while ``dlq replay --all`` is publishing: the entries published before it did are
+        marked replayed with their replay recorded, the rest stay pending, and the command prints its usual
+        lines, then fails naming how many it published and the unreachable broker, without a traceback. The
+        next replay publishes only the rest: no task is published twice."""
+        queue = f"broker-lost-{token()}"
+        entries = _entries(10, queue=queue, task_name="promotions.tasks.deliver_notification_batch", args=[])
+        redis_url = urlsplit(TEST_REDIS_URL)
+        proxy = TcpProxy(target_port=redis_url.port or 6379)
+        proxy.start()
+        through_proxy = redis_url._replace(netloc=f"127.0.0.1:{proxy.port}").geturl()
+        env = {**worker_env, "CELERY_BROKER_URL": through_proxy, "CELERY_RESULT_BACKEND": through_proxy}
+        # 5 a second, in one chunk: the cut lands in a 200 ms gap between two publications, not during one.
+        run = subprocess.Popen(
+            [sys.executable, "manage.py", "dlq", "replay", "--all", "--rate", "5"],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        wait_for(lambda: redis_client.llen(queue) >= 3, interval=0.01, what="three publications")
+        proxy.cut()
+        out, err = run.communicate(timeout=60)
+
+        messages = [json.loads(m)["headers"] for m in redis_client.lrange(queue, 0, -1)]
+        sent = {m[REPLAY_OF_HEADER]: m["id"] for m in messages}
+        assert 3 <= len(sent) == len(messages) < len(entries)
+        replays = dict(DeadLetterReplay.objects.values_list("dead_letter_id", "new_task_id"))
+        assert replays == sent
+        assert dict(DeadLetter.objects.values_list("id", "status")) == {
+            e.pk: "replayed" if e.pk in sent else "pending" for e in entries
+        }
+        assert out.splitlines() == [
+            *(f"Published dead letter {pk} as task {sent[pk]}" for pk in sorted(sent)),
+            f"Published {len(sent)} task(s); skipped 0.",
+        ]
+        assert run.returncode == 1, err
+        assert "Traceback" not in err
+        (line,) = [line for line in err.splitlines() if not line.startswith("{")]  # the others are JSON logs
+        assert line.startswith("CommandError: The broker is unreachable (")
+        assert line.endswith(
+            f"): published {len(sent)} task(s) before it failed; the other entries stay pending: replay them once "
+            "the broker is back."
+        )
+
+        call_command("dlq", "replay", "--all")
+
+        published = Counter(json.loads(m)["headers"][REPLAY_OF_HEADER] for m in redis_client.lrange(queue, 0, -1))
+        assert published == {e.pk: 1 for e in entries}
+        assert DeadLetterReplay.objects.count() == len(entries)
+
+    def test_the_admin_replay_action_reports_an_unreachable_broker(self, admin_client, monkeypatch, redis_client):
+        """The admin's "replay" action with the broker unreachable is no server error: the changelist comes back
+        with an error message naming the broker and the count published (none), and the entries stay pending."""
+        queue = f"admin-broker-lost-{token()}"
+        entries = _entries(2, queue=queue, task_name="promotions.tasks.deliver_notification_batch", args=[])
+        monkeypatch.setenv("CELERY_BROKER_URL", f"redis://127.0.0.1:{free_port()}/0")
+        # Fresh connection pools for that URL, as Celery makes after a fork; the session's come back afterwards.
+        monkeypatch.setattr(celery_app, "_pool", None)
+        monkeypatch.setattr(celery_app.amqp, "_producer_pool", None)
+
+        response = admin_client.post(
+            "/admin/observability/deadletter/",
+            {"action": "replay", "_selected_action": [e.pk for e in entries]},
+            follow=True,
+        )
+
+        assert response.status_code == 200
+        ((level, message),) = [(m.level_tag, m.message) for m in response.context["messages"]]
+        assert level == "error"
+        assert message.startswith("The broker is unreachable (")
+        assert message.endswith("): published 0 task(s) before it failed; the other entries stay pending.")
+        assert DeadLetter.objects.filter(status="pending").count() == len(entries)
+        assert not DeadLetterReplay.objects.exists()
+        assert redis_client.llen(queue) == 0
+
 
 def _entries(
     count: int, *, queue: str, task_name: str = "tests.echo", args: list[object] | None = None
@@ -317,3 +451,20 @@ def test_redelivery_without_a_lost_run_does_not_count_towards_poison(redis_clien
 
     wait_for(lambda: len(tasks.runs(t)) == deliveries, what="every redelivery to run")
     assert not DeadLetter.objects.filter(reason="poison_message").exists()
+
+
+def test_an_expired_message_is_counted_and_logged_not_run(start_worker):
+    """A message whose ``expires`` passed before a worker took it (a beat tick's retry after the next tick)
+    is acknowledged without running, as Celery does - and logged, never silent."""
+    queue = f"expiry-{token()}"
+    t = token()
+    result = tasks.echo.apply_async((t,), queue=queue, expires=timezone.now() - timedelta(seconds=1))
+    worker = start_worker("-Q", queue)
+
+    def discarded() -> list[dict[str, object]]:
+        return [json.loads(line) for line in worker.log().splitlines() if '"task.discarded"' in line]
+
+    lines = wait_for(discarded, what="the expired message's line")
+    assert [(line["task_id"], line["outcome"]) for line in lines] == [(result.id, "expired")]
+    assert tasks.runs(t) == []
+    assert result.state == "REVOKED"

@@ -661,11 +661,21 @@ class TestPurge:
         (("purge", "--status", "gone"), ("--status", "'gone'")),
         (("show", "seven"), ("id", "'seven'")),
         (("frobnicate",), ("frobnicate",)),
+        # Well-formed, but they would overflow a date, a timedelta, int(), a Postgres bigint or time.sleep().
+        (("list", "--since", "1000000d"), ("--since", "'1000000d'", "too long")),
+        (("list", "--until", "99999999999d"), ("--until", "'99999999999d'", "too long")),
+        (("replay", "--since", "99999999999w"), ("--since", "'99999999999w'", "too long")),
+        (("purge", "--older-than", "1000000d"), ("--older-than", "'1000000d'", "too long")),
+        (("purge", "--older-than", "99999999999d"), ("--older-than", "'99999999999d'", "too long")),
+        (("purge", "--older-than", "1" + "0" * 4400 + "s"), ("--older-than", "too long")),  # past int()'s limit
+        (("list", "--limit", str(2**63)), ("--limit", f"'{2**63}'")),
+        (("replay", "--all", "--rate", "1e-300"), ("--rate", "'1e-300'")),
     ],
 )
 def test_bad_arguments_exit_2_naming_the_argument(args, names):
     """A value the command cannot use is refused by argument parsing: exit status 2 and a message on stderr
-    naming the argument and the value, before anything is read or changed."""
+    naming the argument and the value, before anything is read or changed. Well-formed values out of range too:
+    a duration reaching back before the year 1, a limit past Postgres' bigint, a rate under one a day."""
     result = subprocess.run(
         [sys.executable, "manage.py", "dlq", *args],
         cwd=ROOT, env={**os.environ, "DATABASE_URL": _test_database_url()}, capture_output=True, text=True,

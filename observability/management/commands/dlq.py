@@ -32,14 +32,27 @@ from observability.selectors import DeadLetterFilter, dead_letters_filter, dead_
 
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+#: The earliest time Python represents: every duration is counted back from now and must stay after it.
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+#: Postgres' largest bigint: a larger ``LIMIT`` is a database error.
+_BIGINT_MAX = 2**63 - 1
+#: One publication a day. Slower is of no use, and far slower (under 1e-10 per second) overflows ``time.sleep``.
+_SLOWEST_RATE = 1 / 86400
 
 
 def parse_duration(value: str) -> timedelta:
-    """``90s``, ``15m``, ``2h``, ``7d``, ``1w``."""
+    """``90s``, ``15m``, ``2h``, ``7d``, ``1w``, counted back from now: one reaching before the year 1 is refused
+    here, so no caller's ``now - duration`` can overflow."""
     match = _DURATION.match(value.strip())
     if not match:
         raise argparse.ArgumentTypeError(f"{value!r} is not a duration: use a number and a unit, like 30m, 2h or 7d.")
-    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+    try:
+        duration = timedelta(**{_UNITS[match[2]]: int(match[1])})
+    except (OverflowError, ValueError):  # past timedelta's range, or more digits than int() reads
+        duration = timedelta.max
+    if duration > timezone.now() - _EARLIEST:
+        raise argparse.ArgumentTypeError(f"{value!r} is too long: counted back from now it reaches before the year 1.")
+    return duration
 
 
 def parse_time(value: str) -> datetime:
@@ -58,8 +71,8 @@ def parse_time(value: str) -> datetime:
 
 
 def _positive(value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a positive whole number.")
+    if not value.isdigit() or not 1 <= int(value) <= _BIGINT_MAX:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number from 1 to {_BIGINT_MAX}.")
     return int(value)
 
 
@@ -68,8 +81,8 @@ def _positive_float(value: str) -> float:
         number = float(value)
     except ValueError:
         number = 0.0
-    if not 0 < number < float("inf"):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a positive number.")
+    if not _SLOWEST_RATE <= number < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a rate from {_SLOWEST_RATE:.7f} (one a day) up.")
     return number
 
 
@@ -189,24 +202,35 @@ class Command(BaseCommand):
         entries = dead_letters_filter(criteria)
         total = entries.count() if options["limit"] is None else min(entries.count(), options["limit"])
         operator = options["operator"] or getpass.getuser()
-        with tqdm(total=total, unit="task", disable=not sys.stderr.isatty() or total < 100, file=sys.stderr) as bar:
-            result = dead_letters.dead_letters_replay(
-                entries,
-                operator=operator,
-                again=again,
-                queue=options["queue"],
-                limit=options["limit"],
-                rate=options["rate"],
-                dry_run=dry_run,
-                on_progress=bar.update,
-            )
-        verb = "Would publish" if dry_run else "Published"
+        quiet = not sys.stderr.isatty() or total < 100
+        try:
+            with tqdm(total=total, unit="task", disable=quiet, file=sys.stderr) as bar:
+                result = dead_letters.dead_letters_replay(
+                    entries,
+                    operator=operator,
+                    again=again,
+                    queue=options["queue"],
+                    limit=options["limit"],
+                    rate=options["rate"],
+                    dry_run=dry_run,
+                    on_progress=bar.update,
+                )
+        except dead_letters.ReplayBrokerError as stopped:
+            # What was published is committed: print it as a complete run would. Named entries the replay did
+            # not reach are pending, not skipped: the error says so, without a line for each.
+            self._print_replay(stopped.result, verb="Published", named_ids=[])
+            raise CommandError(f"{stopped}: replay them once the broker is back.") from stopped
+        self._print_replay(result, verb="Would publish" if dry_run else "Published", named_ids=ids)
+
+    def _print_replay(self, result: dead_letters.ReplayResult, *, verb: str, named_ids: list[int]) -> None:
+        """A line per published and per skipped entry, one per entry of ``named_ids`` the replay did not take
+        (not pending, or taken by a replay running alongside) saying why, and a summary."""
         for entry_id, new_id in result.published:
             self.stdout.write(f"{verb} dead letter {entry_id} as task {new_id}")
         for entry_id, why in result.skipped.items():
             self.stderr.write(f"Skipped dead letter {entry_id}: {why}")
-        handled = {entry_id for entry_id, _ in result.published} | set(result.skipped)
-        for entry_id, status in DeadLetter.objects.filter(pk__in=set(ids) - handled).values_list("pk", "status"):
+        not_taken = set(named_ids) - {entry_id for entry_id, _ in result.published} - set(result.skipped)
+        for entry_id, status in DeadLetter.objects.filter(pk__in=not_taken).values_list("pk", "status"):
             hint = " (add --again)" if status == DeadLetterStatus.REPLAYED else ""
             self.stderr.write(f"Skipped dead letter {entry_id}: it is {status}{hint}")
         self.stdout.write(f"{verb} {len(result.published)} task(s); skipped {len(result.skipped)}.")
