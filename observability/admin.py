@@ -53,7 +53,7 @@ class DeadLetterAdmin(admin.ModelAdmin[DeadLetter]):
     def replay(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
         try:
             result = dead_letters.dead_letters_replay(queryset, operator=request.user.get_username())
-        except dead_letters.ReplayBrokerError as stopped:
+        except dead_letters.ReplayStoppedError as stopped:
             # What was published before the broker went away is committed; the message names the count.
             result = stopped.result
             self.message_user(request, f"{stopped}.", messages.ERROR)

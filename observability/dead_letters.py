@@ -32,8 +32,8 @@ from observability.models import DeadLetter, DeadLetterReplay, DeadLetterStatus
 
 __all__ = [
     "Failure",
-    "ReplayBrokerError",
     "ReplayResult",
+    "ReplayStoppedError",
     "dead_letter_record",
     "dead_letter_record_deferred",
     "dead_letter_record_safely",
@@ -234,16 +234,23 @@ class ReplayResult:
     skipped: dict[int, str] = field(default_factory=dict)
 
 
-class ReplayBrokerError(Exception):
-    """The broker failed partway through a replay: ``result`` holds what was published before it did, committed
-    as replayed; the entry it failed on and the rest stay pending. The broker's error is the ``__cause__``."""
+class ReplayStoppedError(Exception):
+    """A replay stopped partway - the broker failed, or the operator interrupted it (Ctrl-C): ``result`` holds
+    what was published before, committed as replayed; the entry it stopped on and the rest stay pending. The
+    cause is the ``__cause__``."""
 
-    def __init__(self, result: ReplayResult, error: Exception) -> None:
-        super().__init__(
-            f"The broker is unreachable ({error}): published {len(result.published)} task(s) before it failed; "
-            "the other entries stay pending"
-        )
+    def __init__(self, result: ReplayResult, cause: BaseException) -> None:
         self.result = result
+        self.interrupted = isinstance(cause, KeyboardInterrupt)
+        published = len(result.published)
+        if self.interrupted:
+            message = f"Interrupted: published {published} task(s) before it stopped; the other entries stay pending"
+        else:
+            message = (
+                f"The broker is unreachable ({cause}): published {published} task(s) before it failed; "
+                "the other entries stay pending"
+            )
+        super().__init__(message)
 
 
 def dead_letters_replay(
@@ -266,17 +273,18 @@ def dead_letters_replay(
     published. ``rate`` caps publications per second. A crash between publishing and the commit leaves
     the entry pending: at worst published twice, never marked replayed without being published.
 
-    Raises ``ReplayBrokerError`` when publishing an entry fails with a broker error, after committing what was
-    published before it: rolled back, those would stay pending and the next replay would publish them again.
+    Raises ``ReplayStoppedError`` when publishing an entry fails with a broker error or the operator interrupts the
+    replay (KeyboardInterrupt), after committing what was published before: rolled back, those would stay
+    pending and the next replay would publish them again.
     """
     registered = _registered_task_names()
     statuses = [DeadLetterStatus.PENDING, DeadLetterStatus.REPLAYED] if again else [DeadLetterStatus.PENDING]
     candidates = entries.filter(status__in=statuses).order_by("id")
     result = ReplayResult()
     pacer = _Pacer(rate) if rate else None
-    broker_error: BrokerOperationalError | OSError | None = None
+    stopped_by: BaseException | None = None
     last_id = 0
-    while broker_error is None and (limit is None or len(result.published) < limit):
+    while stopped_by is None and (limit is None or len(result.published) < limit):
         with transaction.atomic():
             chunk = list(candidates.filter(id__gt=last_id).select_for_update(skip_locked=True)[:chunk_size])
             if not chunk:
@@ -289,15 +297,16 @@ def dead_letters_replay(
                 if entry.task_name not in registered:
                     result.skipped[entry.pk] = f"task {entry.task_name or '(none)'} is not registered"
                     continue
-                if pacer:
-                    pacer.wait(len(result.published))
                 new_id = str(uuid.uuid4())
-                if not dry_run:
-                    try:
+                try:
+                    if pacer:
+                        pacer.wait(len(result.published))  # where a throttled replay spends its time, Ctrl-C too
+                    if not dry_run:
                         replays.append(_publish(entry, new_id=new_id, queue=queue, operator=operator))
-                    except (BrokerOperationalError, OSError) as exc:
-                        broker_error = exc  # kombu gave up reconnecting: every later entry would fail the same
-                        break
+                except (BrokerOperationalError, OSError, KeyboardInterrupt) as exc:
+                    # kombu gave up reconnecting (every later entry would fail the same), or the operator stops.
+                    stopped_by = exc
+                    break
                 result.published.append((entry.pk, new_id))
                 result.task_names.append(entry.task_name)
                 if on_progress:
@@ -312,9 +321,9 @@ def dead_letters_replay(
         log.info(
             "dead_letter.replayed", dead_letter_id=entry_id, new_task_id=new_id, operator=operator, dry_run=dry_run
         )
-    if broker_error is not None:
-        log.error("dead_letters.replay_stopped", published=len(result.published), error=str(broker_error))
-        raise ReplayBrokerError(result, broker_error) from broker_error
+    if stopped_by is not None:
+        log.error("dead_letters.replay_stopped", published=len(result.published), error=repr(stopped_by))
+        raise ReplayStoppedError(result, stopped_by) from stopped_by
     return result
 
 

@@ -362,6 +362,40 @@ class TestReplay:
         assert published == {e.pk: 1 for e in entries}
         assert DeadLetterReplay.objects.count() == len(entries)
 
+    def test_an_interrupted_replay_keeps_what_was_published_and_says_so(self, redis_client, worker_env):
+        """Ctrl-C (SIGINT) while a throttled ``dlq replay --all`` waits for its next publication: the entries
+        published before are marked replayed with their replay recorded, the rest stay pending, and the command
+        ends with one line saying so, without a traceback; the next replay publishes only the rest."""
+        queue = f"interrupted-{token()}"
+        entries = _entries(10, queue=queue, task_name="promotions.tasks.deliver_notification_batch", args=[])
+        run = subprocess.Popen(
+            [sys.executable, "manage.py", "dlq", "replay", "--all", "--rate", "5"],
+            cwd=ROOT, env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        wait_for(lambda: redis_client.llen(queue) >= 3, interval=0.01, what="three publications")
+        run.send_signal(signal.SIGINT)
+        out, err = run.communicate(timeout=60)
+
+        sent = {
+            m[REPLAY_OF_HEADER]: m["id"] for m in (json.loads(m)["headers"] for m in redis_client.lrange(queue, 0, -1))
+        }
+        assert 3 <= len(sent) < len(entries)
+        assert dict(DeadLetterReplay.objects.values_list("dead_letter_id", "new_task_id")) == sent
+        assert DeadLetter.objects.filter(status="pending").count() == len(entries) - len(sent)
+        assert out.splitlines()[-1] == f"Published {len(sent)} task(s); skipped 0."
+        assert run.returncode == 1, err
+        assert "Traceback" not in err
+        (line,) = [line for line in err.splitlines() if not line.startswith("{")]  # the others are JSON logs
+        assert line == (
+            f"CommandError: Interrupted: published {len(sent)} task(s) before it stopped; the other entries stay "
+            "pending: run the replay again to go on."
+        )
+
+        call_command("dlq", "replay", "--all")
+
+        published = Counter(json.loads(m)["headers"][REPLAY_OF_HEADER] for m in redis_client.lrange(queue, 0, -1))
+        assert published == {e.pk: 1 for e in entries}
+
     def test_the_admin_replay_action_reports_an_unreachable_broker(self, admin_client, monkeypatch, redis_client):
         """The admin's "replay" action with the broker unreachable is no server error: the changelist comes back
         with an error message naming the broker and the count published (none), and the entries stay pending."""

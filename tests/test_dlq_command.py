@@ -669,6 +669,7 @@ class TestPurge:
         (("purge", "--older-than", "99999999999d"), ("--older-than", "'99999999999d'", "too long")),
         (("purge", "--older-than", "1" + "0" * 4400 + "s"), ("--older-than", "too long")),  # past int()'s limit
         (("list", "--limit", str(2**63)), ("--limit", f"'{2**63}'")),
+        (("list", "--limit", "²"), ("--limit", "'²'", "whole number")),  # a digit to str.isdigit, not to int()
         (("replay", "--all", "--rate", "1e-300"), ("--rate", "'1e-300'")),
     ],
 )

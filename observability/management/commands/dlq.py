@@ -71,7 +71,7 @@ def parse_time(value: str) -> datetime:
 
 
 def _positive(value: str) -> int:
-    if not value.isdigit() or not 1 <= int(value) <= _BIGINT_MAX:
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= _BIGINT_MAX:  # "²" is a digit too
         raise argparse.ArgumentTypeError(f"{value!r} is not a whole number from 1 to {_BIGINT_MAX}.")
     return int(value)
 
@@ -215,11 +215,12 @@ class Command(BaseCommand):
                     dry_run=dry_run,
                     on_progress=bar.update,
                 )
-        except dead_letters.ReplayBrokerError as stopped:
+        except dead_letters.ReplayStoppedError as stopped:
             # What was published is committed: print it as a complete run would. Named entries the replay did
             # not reach are pending, not skipped: the error says so, without a line for each.
             self._print_replay(stopped.result, verb="Published", named_ids=[])
-            raise CommandError(f"{stopped}: replay them once the broker is back.") from stopped
+            then = "run the replay again to go on" if stopped.interrupted else "replay them once the broker is back"
+            raise CommandError(f"{stopped}: {then}.") from stopped
         self._print_replay(result, verb="Would publish" if dry_run else "Published", named_ids=ids)
 
     def _print_replay(self, result: dead_letters.ReplayResult, *, verb: str, named_ids: list[int]) -> None:
