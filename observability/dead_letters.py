@@ -286,7 +286,10 @@ def dead_letters_replay(
     last_id = 0
     while stopped_by is None and (limit is None or len(result.published) < limit):
         with transaction.atomic():
-            chunk = list(candidates.filter(id__gt=last_id).select_for_update(skip_locked=True)[:chunk_size])
+            # No more rows locked than this replay may publish: a replay running alongside skips locked rows
+            # for good, so rows locked here and left unpublished (past ``limit``) would be replayed by neither.
+            size = chunk_size if limit is None else min(chunk_size, limit - len(result.published))
+            chunk = list(candidates.filter(id__gt=last_id).select_for_update(skip_locked=True)[:size])
             if not chunk:
                 break
             last_id = chunk[-1].pk

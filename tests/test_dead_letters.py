@@ -362,6 +362,25 @@ class TestReplay:
         assert published == {e.pk: 1 for e in entries}
         assert DeadLetterReplay.objects.count() == len(entries)
 
+    def test_a_limited_replay_locks_no_more_than_it_publishes(self, redis_client, worker_env):
+        """``replay --all --limit 2`` (throttled, so it is still running) alongside a ``replay --all``: the
+        limited one holds only the two entries it publishes, so the other publishes all the rest - not none of
+        the entries the first had locked and would never publish. Every entry is published once."""
+        queue = f"limited-{token()}"
+        entries = _entries(10, queue=queue, task_name="promotions.tasks.deliver_notification_batch", args=[])
+        limited = subprocess.Popen(
+            [sys.executable, "manage.py", "dlq", "replay", "--all", "--limit", "2", "--rate", "1"],
+            cwd=ROOT, env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        wait_for(lambda: redis_client.llen(queue) >= 1, interval=0.01, what="the limited replay's first publication")
+
+        call_command("dlq", "replay", "--all")  # while the limited one waits a second for its second
+
+        limited.communicate(timeout=60)
+        assert limited.returncode == 0
+        published = Counter(json.loads(m)["headers"][REPLAY_OF_HEADER] for m in redis_client.lrange(queue, 0, -1))
+        assert published == {e.pk: 1 for e in entries}
+
     def test_an_interrupted_replay_keeps_what_was_published_and_says_so(self, redis_client, worker_env):
         """Ctrl-C (SIGINT) while a throttled ``dlq replay --all`` waits for its next publication: the entries
         published before are marked replayed with their replay recorded, the rest stay pending, and the command
