@@ -4,22 +4,31 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Value
+from django.db.models.functions import Coalesce
 
 from promotions.models import FlashPromo, Notification, NotificationStatus, PromoStatus
 
 __all__ = ["notifications_count_due", "promo_get", "promo_pending_start", "promos_awaiting_fan_out", "promos_list"]
 
-_COUNTS = {
-    f"notifications_{status}": Count("notifications", filter=Q(notifications__status=status))
-    for status in NotificationStatus.values
-}
+
+def _notification_count(status: str) -> Coalesce:
+    # A correlated count per returned promo (an index-only scan of notification_promo_status), not a join and
+    # GROUP BY over every notification of every promo: Postgres computes it for the rows a page returns only.
+    rows = Notification.objects.filter(promo=OuterRef("pk"), status=status).order_by().values("promo")
+    return Coalesce(Subquery(rows.annotate(count=Count("*")).values("count")), Value(0), output_field=IntegerField())
 
 
-def promos_list(*, status: str | None = None) -> QuerySet[FlashPromo]:
-    """Promos, soonest start first, with notification counts by status; optionally of one status."""
+_COUNTS = {f"notifications_{status}": _notification_count(status) for status in NotificationStatus.values}
+
+
+def promos_list(*, status: str | None = None, limit: int | None = None, offset: int = 0) -> QuerySet[FlashPromo]:
+    """Promos, soonest start first, with notification counts by status; optionally of one status; ``limit``
+    of them from ``offset``."""
     promos = FlashPromo.objects.annotate(**_COUNTS).order_by("starts_at", "id")
-    return promos.filter(status=status) if status else promos
+    if status:
+        promos = promos.filter(status=status)
+    return promos[offset : None if limit is None else offset + limit]
 
 
 def promo_get(*, promo_id: int) -> FlashPromo:

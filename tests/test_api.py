@@ -455,6 +455,34 @@ def test_listing_promos_without_a_filter_returns_all_soonest_first(anonymous, pr
     assert [item["id"] for item in response.json()] == [p.pk for p in expected]
 
 
+def test_listing_promos_pages_with_limit_and_offset_in_one_query(
+    anonymous, promos_by_status, django_assert_num_queries
+):
+    """Given six promos, when they are listed two at a time from the third, then exactly those two come back, in
+    start order, with their counts - one SQL statement, whatever the notifications table holds."""
+    expected = sorted((p for group in promos_by_status.values() for p in group), key=lambda p: p.starts_at)
+
+    with django_assert_num_queries(1):
+        response = anonymous.get("/api/promos", {"limit": 2, "offset": 2})
+
+    assert response.status_code == 200
+    assert [item["id"] for item in response.json()] == [p.pk for p in expected[2:4]]
+    assert all(set(item["notifications"]) == {"pending", "sending", "sent", "failed"} for item in response.json())
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [({"limit": 0}, "limit"), ({"limit": 501}, "limit"), ({"limit": "all"}, "limit"), ({"offset": -1}, "offset")],
+    ids=["limit-0", "limit-over-500", "limit-not-a-number", "negative-offset"],
+)
+def test_listing_promos_with_a_bad_page_is_400_on_that_field(anonymous, query, field):
+    """A page the list cannot serve is a 400 keyed by the parameter at fault (the list is public: at most 500)."""
+    response = anonymous.get("/api/promos", query)
+
+    assert response.status_code == 400
+    assert list(response.json()) == [field]
+
+
 @pytest.mark.parametrize("value", ["live", "SCHEDULED", "scheduled,active"])
 def test_listing_promos_with_an_unknown_status_is_400_on_status(anonymous, value):
     """Given any promos, when the ``status`` filter is not a promo status, then 400 keyed by ``status``."""

@@ -52,6 +52,9 @@ class PromoInput(serializers.Serializer[Any]):
 
 class PromoListQuery(serializers.Serializer[Any]):
     status = serializers.ChoiceField(choices=PromoStatus.values, required=False)
+    #: A page: the list is public, and each promo costs four index scans for its counts.
+    limit = serializers.IntegerField(min_value=1, max_value=500, default=100)
+    offset = serializers.IntegerField(min_value=0, default=0)
 
 
 class PromoOutput(serializers.ModelSerializer[FlashPromo]):

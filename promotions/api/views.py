@@ -51,7 +51,8 @@ class PromoCollectionView(APIView):
     def get(self, request: Request) -> Response:
         query = serializers.PromoListQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
-        promos = selectors.promos_list(status=query.validated_data.get("status"))
+        page = query.validated_data
+        promos = selectors.promos_list(status=page.get("status"), limit=page["limit"], offset=page["offset"])
         return Response(serializers.PromoOutput(promos, many=True).data)
 
     def post(self, request: Request) -> Response:
