@@ -34,6 +34,9 @@ OUTCOME_COLORS = (
     ("dead_lettered", "red"),
     ("failed", "dark-red"),
     ("rejected", "purple"),
+    # Acknowledged unrun (an expired beat tick's retry, a revoke): nothing to do, but visible.
+    ("expired", "text"),
+    ("revoked", "text"),
 )
 # Thresholds, with the reason for each number. Where an alert watches the same thing (dashboards/alerts/), red
 # starts at the alert's threshold, so a red panel and a firing alert tell the same story.
