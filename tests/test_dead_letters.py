@@ -387,8 +387,14 @@ class TestReplay:
         ends with one line saying so, without a traceback; the next replay publishes only the rest."""
         queue = f"interrupted-{token()}"
         entries = _entries(10, queue=queue, task_name="promotions.tasks.deliver_notification_batch", args=[])
+        # SIGINT as in a terminal: a test run in the background (nohup, CI) hands it down ignored, and Python
+        # then raises no KeyboardInterrupt. A launcher resets it and execs the command (preexec_fn is unsafe here).
+        command = [sys.executable, "manage.py", "dlq", "replay", "--all", "--rate", "5"]
+        reset_sigint = (
+            f"import os, signal; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv({command[0]!r}, {command})"
+        )
         run = subprocess.Popen(
-            [sys.executable, "manage.py", "dlq", "replay", "--all", "--rate", "5"],
+            [sys.executable, "-c", reset_sigint],
             cwd=ROOT, env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         wait_for(lambda: redis_client.llen(queue) >= 3, interval=0.01, what="three publications")
