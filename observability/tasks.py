@@ -117,8 +117,7 @@ class ObservableTask(DjangoTask):  # type: ignore[type-arg]
         client = broker_redis()
         # The lock outlives no run: it expires with the hard time limit, when the child is killed.
         run_id = str(self.request.id)
-        acquired = client.set(key, run_id, nx=True, ex=int(self.time_limit or 300))
-        if not acquired:
+        if not client.set(key, run_id, nx=True, ex=int(self.time_limit or 300)):
             log.warning("task.skipped", task_name=self.name, reason="a previous run is still in progress")
             return SKIPPED
         try:
