@@ -26,7 +26,7 @@ from django.utils import timezone
 from redis.exceptions import RedisError
 
 from observability.backoff import backoff_seconds
-from observability.errors import ErrorKind, PermanentError, classify
+from observability.errors import ErrorKind, PermanentError, TransientError, classify
 
 __all__ = ["ObservableTask", "purge_expired_dead_letters", "record_dead_letter"]
 
@@ -163,10 +163,20 @@ def _delay_seconds(countdown: float | None, eta: datetime | str | None) -> float
 )
 def record_dead_letter(failure: dict[str, Any]) -> dict[str, int]:
     """Write a dead letter that could not be written when it happened (Postgres was down). Retries -
-    forever, with backoff capped at a minute - until the database takes it."""
+    forever, with backoff capped at a minute - until the database takes it, whatever it answers."""
+    from django.db import DatabaseError, DataError, IntegrityError
+
     from observability.dead_letters import Failure, dead_letter_record_deferred
 
-    return {"dead_letter_id": dead_letter_record_deferred(Failure(**failure)).pk}
+    try:
+        return {"dead_letter_id": dead_letter_record_deferred(Failure(**failure)).pk}
+    except (DataError, IntegrityError):
+        raise  # this failure's own data: dead-lettered, this task's entry keeps it in its args
+    except DatabaseError as exc:
+        # Not only "unreachable": a table missing after a deploy without `migrate` too. Dead-lettered, this task
+        # would be deferred again (its own entry cannot be written either), wrapping the failure in a new one
+        # every 5 s, growing each time.
+        raise TransientError(f"the deferred dead letter could not be written: {exc}") from exc
 
 
 @shared_task(base=ObservableTask, singleton=True)

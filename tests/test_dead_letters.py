@@ -15,6 +15,7 @@ from collections import Counter
 from datetime import timedelta
 from urllib.parse import urlsplit
 
+import psycopg
 import pytest
 from celery.result import AsyncResult
 from django.conf import settings
@@ -22,7 +23,7 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from marketplace.celery import app as celery_app
-from observability.dead_letters import REPLAY_OF_HEADER, _Pacer
+from observability.dead_letters import REPLAY_OF_HEADER, Failure, _Pacer
 from observability.errors import PermanentError
 from observability.models import DeadLetter, DeadLetterReplay
 from tests import tasks
@@ -228,6 +229,32 @@ def test_database_down_while_dead_lettering_loses_nothing(start_worker, worker_e
     # Logged (and counted: the same call) as an entry recorded at once is, marked as deferred.
     wait_for(recorded_lines, timeout=10, what="the deferred entry's dead_letter.recorded line")
     assert [json.loads(line)["deferred"] for line in recorded_lines()] == [True]
+
+
+def test_a_deferred_record_without_its_table_is_retried_not_dead_lettered_again(start_worker):
+    """The record task meets a database without the dead-letter table (a deploy without ``migrate``): it
+    retries, as while Postgres is down, instead of failing for good - which would defer a dead letter of itself
+    (its own entry cannot be written either), wrapping the first, again and again."""
+    db = settings.DATABASES["default"]
+    server, empty = f"postgres://{db['USER']}@127.0.0.1:{db['PORT'] or 5432}", f"{db['NAME']}_unmigrated"
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{empty}"')
+        admin.execute(f'CREATE DATABASE "{empty}"')
+    queue = f"record-unmigrated-{token()}"
+    with stopped_after(start_worker("-Q", queue, env={"DATABASE_URL": f"{server}/{empty}"})) as worker:
+        failure = Failure(reason="non_retryable_error", task_name="tests.echo", task_id=str(uuid.uuid4()), queue=queue)
+        result = celery_app.send_task("observability.record_dead_letter", args=[failure.to_json()], queue=queue)
+
+        def retried() -> bool:
+            return any(
+                '"task.finished"' in line and result.id in line and '"retried"' in line
+                for line in worker.log().splitlines()
+            )
+
+        wait_for(retried, what="the record task to retry")
+        assert '"dead_letter.deferred"' not in worker.log()
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE "{empty}"')
 
 
 class TestReplay:
