@@ -9,6 +9,7 @@ unreachable too it raises, so the caller leaves the message unacknowledged: a de
 from __future__ import annotations
 
 import hashlib
+import math
 import socket
 import time
 import uuid
@@ -73,7 +74,10 @@ _BOUNDED_LENGTH = 255
 
 def _storable(value: Any) -> Any:
     """``value`` (JSON-like) with what Postgres cannot store replaced, in strings and keys at any depth: NUL
-    (text and jsonb refuse it) by U+FFFD, an unpaired surrogate (not UTF-8) by its ``\\udXXX`` escape."""
+    (text and jsonb refuse it) by U+FFFD, an unpaired surrogate (not UTF-8) by its ``\\udXXX`` escape, NaN and
+    infinities (jsonb refuses them; kombu's JSON carries them) by their names."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
     if isinstance(value, str):
         if "\x00" in value:
             value = value.replace("\x00", "\ufffd")
@@ -117,7 +121,7 @@ class Failure:
         for name, value in list(vars(self).items()):
             value = _storable(value)
             if name in _BOUNDED_FIELDS:
-                value = value[:_BOUNDED_LENGTH]
+                value = str(value)[:_BOUNDED_LENGTH]  # a malformed envelope's routing key may be a number
             setattr(self, name, value)
 
     @property

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -125,26 +126,27 @@ def notifications_fail_for_inactive_promos(*, now: datetime) -> int:
         return int(cursor.rowcount)
 
 
-def notifications_deliver_batch(*, now: datetime, batch_size: int | None = None) -> DeliveryResult:
+def notifications_deliver_batch(
+    *, now: datetime, batch_size: int | None = None, on_recorded: Callable[[int, int], object] | None = None
+) -> DeliveryResult:
     """Claim up to ``batch_size`` due notifications, deliver them and record each outcome - as the batch goes,
-    at least every ``RECORD_INTERVAL_SECONDS``. Interrupted (the soft time limit, an error outside the
-    backend's per-message handling), it records what was sent and puts the rest back to ``pending`` at once,
-    then re-raises: only the message in flight at that moment may be sent twice."""
+    at least every ``RECORD_INTERVAL_SECONDS``, calling ``on_recorded(sent, failed)`` for each write.
+    Interrupted (the soft time limit, an error outside the backend's per-message handling), it records what was
+    sent and hands the rest back - ``pending``, due now, the claim's attempt given back - then re-raises: only
+    the message in flight at that moment may be sent twice."""
     token = uuid.uuid4()
     messages = _claim(now=now, token=token, limit=batch_size or settings.NOTIFICATION_BATCH_SIZE)
     if not messages:
         return DeliveryResult(0, 0, 0, 0)
-    outcomes = _Outcomes(token)
+    outcomes = _Outcomes(token, on_recorded)
     try:
         with closing(get_backend(settings.NOTIFICATION_BACKEND).send(messages)) as delivered:
             for notification_id, failure in delivered:
                 outcomes.add(notification_id, failure)
     except BaseException as exc:
-        interrupted = DeliveryFailure(f"delivery interrupted: {type(exc).__name__}", permanent=False)
-        for message in messages:
-            if not outcomes.knows(message.notification_id):
-                outcomes.add(message.notification_id, interrupted)
         outcomes.record()
+        unsent = [m.notification_id for m in messages if not outcomes.knows(m.notification_id)]
+        _release(token=token, ids=unsent, why=f"delivery interrupted: {type(exc).__name__}")
         raise
     outcomes.record()
     result = DeliveryResult(len(messages), sent=outcomes.sent, retrying=outcomes.retrying, failed=outcomes.failed)
@@ -161,8 +163,9 @@ RECORD_INTERVAL_SECONDS = 1.0
 class _Outcomes:
     """A batch's outcomes not yet written, and the totals of those written."""
 
-    def __init__(self, token: uuid.UUID) -> None:
+    def __init__(self, token: uuid.UUID, on_recorded: Callable[[int, int], object] | None) -> None:
         self._token = token
+        self._on_recorded = on_recorded
         self._sent_ids: list[int] = []
         self._failures: dict[int, DeliveryFailure] = {}
         self._known: set[int] = set()
@@ -173,11 +176,11 @@ class _Outcomes:
         return notification_id in self._known
 
     def add(self, notification_id: int, failure: DeliveryFailure | None) -> None:
-        self._known.add(notification_id)
         if failure is None:
             self._sent_ids.append(notification_id)
         else:
             self._failures[notification_id] = failure
+        self._known.add(notification_id)  # last: interrupted before this, the outcome is still written
         if time.monotonic() - self._recorded_at >= RECORD_INTERVAL_SECONDS:
             self.record()
 
@@ -188,7 +191,25 @@ class _Outcomes:
             )
             self.sent, self.retrying, self.failed = self.sent + sent, self.retrying + retrying, self.failed + failed
             self._sent_ids, self._failures = [], {}
+            if self._on_recorded:
+                self._on_recorded(sent, failed)
         self._recorded_at = time.monotonic()
+
+
+def _release(*, token: uuid.UUID, ids: list[int], why: str) -> None:
+    """Hand claimed rows that were not tried back to the queue: due now, their claim's attempt given back."""
+    if not ids:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE {_NOTIFICATION}
+               SET status = 'pending', attempts = attempts - 1, next_attempt_at = now(), last_error = %(why)s,
+                   claim_token = NULL, lease_expires_at = NULL
+             WHERE id = ANY(%(ids)s) AND claim_token = %(token)s
+            """,  # noqa: S608
+            {"ids": ids, "token": token, "why": why},
+        )
 
 
 def _claim(*, now: datetime, token: uuid.UUID, limit: int) -> list[OutgoingMessage]:

@@ -305,6 +305,7 @@ def test_creating_a_promo_publishes_one_sweep_after_the_commit(staff, django_cap
         ({"title": "Flash\nSale"}, {"title"}),
         ({"title": "Flash\tSale\u2028"}, {"title"}),
         ({"starts_at": "2030-01-01T10:00:00"}, {"starts_at"}),
+        ({"starts_at": "2030-1-1T10:00"}, {"starts_at"}),
         ({"ends_at": "2030-01-01"}, {"ends_at"}),
         ({"starts_at": "2030-01-01T10:00:00Z", "ends_at": "2030-01-01T09:59:00Z"}, {"ends_at"}),
         ({"starts_at": "2030-01-01T10:00:00-02:00", "ends_at": "2030-01-01T11:00:00Z"}, {"ends_at"}),
@@ -325,6 +326,7 @@ def test_creating_a_promo_publishes_one_sweep_after_the_commit(staff, django_cap
         "title-with-a-line-break",
         "title-with-a-tab-and-a-line-separator",
         "start-without-an-offset",
+        "start-without-an-offset-in-a-loose-format",
         "end-as-a-date-only",
         "ends-before-start",
         "ends-before-start-in-another-offset",
@@ -472,8 +474,14 @@ def test_listing_promos_pages_with_limit_and_offset_in_one_query(
 
 @pytest.mark.parametrize(
     ("query", "field"),
-    [({"limit": 0}, "limit"), ({"limit": 501}, "limit"), ({"limit": "all"}, "limit"), ({"offset": -1}, "offset")],
-    ids=["limit-0", "limit-over-500", "limit-not-a-number", "negative-offset"],
+    [
+        ({"limit": 0}, "limit"),
+        ({"limit": 501}, "limit"),
+        ({"limit": "all"}, "limit"),
+        ({"offset": -1}, "offset"),
+        ({"offset": 2**63}, "offset"),
+    ],
+    ids=["limit-0", "limit-over-500", "limit-not-a-number", "negative-offset", "offset-past-bigint"],
 )
 def test_listing_promos_with_a_bad_page_is_400_on_that_field(anonymous, query, field):
     """A page the list cannot serve is a 400 keyed by the parameter at fault (the list is public: at most 500)."""

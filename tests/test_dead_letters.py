@@ -87,10 +87,17 @@ class TestRetriesAndTerminalFailures:
         """An argument with a NUL character (text and jsonb refuse it) and an unpaired surrogate (not UTF-8):
         the entry is written at once with those replaced - not deferred to a record task that fails the same."""
         t = token()
-        entry = dead_letter_of(tasks.permanent.delay(f"{t}\x00\ud800").id)
-        assert entry.args == [f"{t}\ufffd\\ud800"]
+        # An extra argument: NaN (kombu's JSON carries it, jsonb refuses it); the call fails with a TypeError.
+        result = celery_app.send_task("tests.permanent", args=[f"{t}\x00\ud800", float("nan")])
+        entry = dead_letter_of(result.id)
+        assert entry.args == [f"{t}\ufffd\\ud800", "nan"]
         assert entry.reason == "non_retryable_error"
         assert DeadLetter.objects.count() == 1
+
+    def test_a_failure_keeps_its_names_as_text_within_their_columns(self):
+        """A malformed envelope can name anything: a number for a routing key, a 300-character task name."""
+        failure = Failure(reason="undecodable_message", routing_key=5, task_name="t" * 300)
+        assert (failure.routing_key, len(failure.task_name)) == ("5", 255)
 
     def test_hard_time_limit_records_and_the_worker_goes_on(self):
         """A run killed at its hard time limit becomes one ``time_limit_exceeded`` entry; the worker keeps

@@ -265,3 +265,6 @@ def test_a_batch_stopped_by_its_soft_time_limit_hands_back_what_it_did_not_send(
     assert interrupted >= 1
     assert len(deliveries) == 30
     assert sum(count - 1 for count in deliveries.values()) <= interrupted
+    # The rows an interruption handed back untried got their attempt back: only the one in flight used two.
+    attempts = Notification.objects.values_list("attempts", flat=True)
+    assert sum(count - 1 for count in attempts) <= interrupted

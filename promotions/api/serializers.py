@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from django.utils import timezone
 from rest_framework import serializers
 
 from promotions.models import FlashPromo, PromoStatus, validate_single_line
@@ -17,15 +18,11 @@ class OffsetDateTimeField(serializers.DateTimeField):
 
     default_error_messages = {"naive": "Include a UTC offset, e.g. 2030-06-01T10:00:00+02:00 or 2030-06-01T08:00:00Z."}
 
-    def to_internal_value(self, value: Any) -> datetime:
-        if isinstance(value, str):
-            try:
-                parsed = datetime.fromisoformat(value)
-            except ValueError:
-                parsed = None  # not ISO 8601: the field's own message says so
-            if parsed is not None and parsed.tzinfo is None:
-                self.fail("naive")
-        return super().to_internal_value(value)
+    def enforce_timezone(self, value: datetime) -> datetime:
+        # Where DRF would make a parsed time aware in the current time zone - whatever parser read it.
+        if timezone.is_naive(value):
+            self.fail("naive")
+        return super().enforce_timezone(value)
 
 
 class ProductInput(serializers.Serializer[Any]):
@@ -54,7 +51,7 @@ class PromoListQuery(serializers.Serializer[Any]):
     status = serializers.ChoiceField(choices=PromoStatus.values, required=False)
     #: A page: the list is public, and each promo costs four index scans for its counts.
     limit = serializers.IntegerField(min_value=1, max_value=500, default=100)
-    offset = serializers.IntegerField(min_value=0, default=0)
+    offset = serializers.IntegerField(min_value=0, max_value=2**62, default=0)  # Postgres' OFFSET is a bigint
 
 
 class PromoOutput(serializers.ModelSerializer[FlashPromo]):

@@ -218,7 +218,7 @@ class Command(BaseCommand):
         except dead_letters.ReplayStoppedError as stopped:
             # What was published is committed: print it as a complete run would. Named entries the replay did
             # not reach are pending, not skipped: the error says so, without a line for each.
-            self._print_replay(stopped.result, verb="Published", named_ids=[])
+            self._print_replay(stopped.result, verb="Would publish" if dry_run else "Published", named_ids=[])
             then = "run the replay again to go on" if stopped.interrupted else "replay them once the broker is back"
             raise CommandError(f"{stopped}: {then}.") from stopped
         self._print_replay(result, verb="Would publish" if dry_run else "Published", named_ids=ids)
