@@ -438,22 +438,26 @@ class TestReplay:
         sent = {
             m[REPLAY_OF_HEADER]: m["id"] for m in (json.loads(m)["headers"] for m in redis_client.lrange(queue, 0, -1))
         }
-        assert 3 <= len(sent) < len(entries)
-        assert dict(DeadLetterReplay.objects.values_list("dead_letter_id", "new_task_id")) == sent
-        assert DeadLetter.objects.filter(status="pending").count() == len(entries) - len(sent)
-        assert out.splitlines()[-1] == f"Published {len(sent)} task(s); skipped 0."
+        recorded = dict(DeadLetterReplay.objects.values_list("dead_letter_id", "new_task_id"))
+        # Ctrl-C lands in the wait between publications but for about 1% of the time: during one, whose message
+        # may then have left unrecorded (the docs say so). At most that one.
+        assert recorded.items() <= sent.items() and len(sent) - len(recorded) <= 1
+        assert len(recorded) >= 2 and len(sent) < len(entries)
+        assert DeadLetter.objects.filter(status="pending").count() == len(entries) - len(recorded)
+        assert out.splitlines()[-1] == f"Published {len(recorded)} task(s); skipped 0."
         assert run.returncode == 1, err
         assert "Traceback" not in err
         (line,) = [line for line in err.splitlines() if not line.startswith("{")]  # the others are JSON logs
         assert line == (
-            f"CommandError: Interrupted: published {len(sent)} task(s) before it stopped; the other entries stay "
+            f"CommandError: Interrupted: published {len(recorded)} task(s) before it stopped; the other entries stay "
             "pending: run the replay again to go on."
         )
 
         call_command("dlq", "replay", "--all")
 
         published = Counter(json.loads(m)["headers"][REPLAY_OF_HEADER] for m in redis_client.lrange(queue, 0, -1))
-        assert published == {e.pk: 1 for e in entries}
+        assert set(published) == {e.pk for e in entries}
+        assert sum(published.values()) - len(entries) == len(sent) - len(recorded)  # the one in flight, if any
 
     def test_the_admin_replay_action_reports_an_unreachable_broker(self, admin_client, monkeypatch, redis_client):
         """The admin's "replay" action with the broker unreachable is no server error: the changelist comes back
