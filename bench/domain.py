@@ -254,7 +254,8 @@ class DeadLetterRun:
 def dead_letters(entries: int, record_samples: int, replay_count: int, rate: float, rate_count: int) -> DeadLetterRun:
     """Record cost, filtered listing over ``entries`` rows, unthrottled and paced replay (to a queue nobody
     consumes)."""
-    from observability.dead_letters import Failure, dead_letter_record
+    from observability.deadletters.services import dead_letter_record
+    from observability.failure import Failure
 
     _execute("TRUNCATE observability_deadletterreplay, observability_deadletter RESTART IDENTITY CASCADE")
     broker().flushdb()

@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     from opentelemetry.sdk.trace import SpanProcessor
 
     from observability import telemetry
-    from observability.logging import bind_task_context, clear_task_context, configure_logging
-    from observability.task_spans import TaskSpan, TaskSpanExporter, TaskSpans
+    from observability.logs import bind_task_context, clear_task_context, configure_logging
+    from observability.telemetry.task_spans import TaskSpan, TaskSpanExporter, TaskSpans
 
     settings.OTEL_EXPORTER_OTLP_ENDPOINT = sink.otlp_endpoint
     log_file = tempfile.NamedTemporaryFile("w", suffix=".jsonl")  # noqa: SIM115 - closed at the end
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         ),
         ("counter add", _per_call_us(lambda: instruments.started.add(1, attributes), n)),
         ("histogram record", _per_call_us(lambda: instruments.queue_wait.record(0.001, attributes), n)),
-        ("task span start + end (observability.task_spans)", _per_call_us(span, n)),
+        ("task span start + end (observability.telemetry.task_spans)", _per_call_us(span, n)),
         ("summary line (JSON to a file)", _per_call_us(summary_line, n)),
         ("bind + clear log context", _per_call_us(context, n)),
     ]

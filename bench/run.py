@@ -8,31 +8,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from bench.harness import RESULTS, Sink, Summary, setup_django
+from bench.report import Row, cpu_ticks, fmt, machine, render, steal_percent
 
 SECTIONS = ("child_path", "throughput", "latency", "sweep", "notifications", "lag", "dead_letters", "memory")
-
-
-@dataclass
-class Row:
-    measure: str
-    result: str
-    goal: str
-    met: bool | None
-
-    @property
-    def verdict(self) -> str:
-        return "-" if self.met is None else ("met" if self.met else "MISSED")
 
 
 def _ints(text: str) -> list[int]:
@@ -93,10 +80,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _fmt(summary: Summary, unit: str = "", digits: int = 0) -> str:
-    return f"{summary.median:,.{digits}f}{unit} ({summary.low:,.{digits}f}-{summary.high:,.{digits}f})"
-
-
 def _alternate(
     repeats: int, run: Callable[[str, str], Any], variants: tuple[str, ...] = ("bare", "observable")
 ) -> dict[str, list[Any]]:
@@ -134,17 +117,17 @@ def bench_child_path(args: argparse.Namespace, sink: Sink, rows: list[Row], out:
             "",
             None,
         ),
-        Row("1. child CPU added: ObservableTask, integrations off", _fmt(added["reliability"], " us"), "", None),
-        Row("1. child CPU added: contrib celery instrumentation", _fmt(added["contrib"], " us"), "", None),
+        Row("1. child CPU added: ObservableTask, integrations off", fmt(added["reliability"], " us"), "", None),
+        Row("1. child CPU added: contrib celery instrumentation", fmt(added["contrib"], " us"), "", None),
         Row(
             "1. child CPU added: ObservableTask, all on",
-            _fmt(added["observable"], " us"),
+            fmt(added["observable"], " us"),
             "<= ~100 us",
             added["observable"].median <= 100,
         ),
         Row(
             "1. ObservableTask's added CPU / contrib's",
-            _fmt(share, digits=2),
+            fmt(share, digits=2),
             "<= 0.25 (a quarter)",
             share.median <= 0.25,
         ),
@@ -200,35 +183,35 @@ def bench_throughput(args: argparse.Namespace, sink: Sink, rows: list[Row], out:
     names = " / ".join(variants)
     ratio = e2e_ratio["observable"]
     rows += [
-        Row("1. e2e tasks/s, bare celery.Task", _fmt(e2e["bare"]), "", None),
-        Row("1. e2e tasks/s, ObservableTask (all on)", _fmt(e2e["observable"]), "", None),
-        Row("1. e2e ratio observable/bare", _fmt(ratio, digits=2), ">= 0.90", ratio.median >= 0.9),
+        Row("1. e2e tasks/s, bare celery.Task", fmt(e2e["bare"]), "", None),
+        Row("1. e2e tasks/s, ObservableTask (all on)", fmt(e2e["observable"]), "", None),
+        Row("1. e2e ratio observable/bare", fmt(ratio, digits=2), ">= 0.90", ratio.median >= 0.9),
     ]
     if "contrib" in runs:
         rows += [
-            Row("1. e2e tasks/s, contrib reference", _fmt(e2e["contrib"]), "", None),
-            Row("1. e2e ratio contrib/bare (issue: 0.75-0.82)", _fmt(e2e_ratio["contrib"], digits=2), "", None),
+            Row("1. e2e tasks/s, contrib reference", fmt(e2e["contrib"]), "", None),
+            Row("1. e2e ratio contrib/bare (issue: 0.75-0.82)", fmt(e2e_ratio["contrib"], digits=2), "", None),
         ]
     rows += [
-        Row(f"1. worker main CPU us/task, {names}", " / ".join(_fmt(main_cpu[v]) for v in runs), "", None),
-        Row(f"1. children CPU us/task, {names}", " / ".join(_fmt(child_cpu[v]) for v in runs), "", None),
-        Row("1. children CPU added per task (e2e; the in-process rows are the goal's)", _fmt(child_added, " us"), "",
+        Row(f"1. worker main CPU us/task, {names}", " / ".join(fmt(main_cpu[v]) for v in runs), "", None),
+        Row(f"1. children CPU us/task, {names}", " / ".join(fmt(child_cpu[v]) for v in runs), "", None),
+        Row("1. children CPU added per task (e2e; the in-process rows are the goal's)", fmt(child_added, " us"), "",
             None),
         Row(
             f"1. busiest child's share of children CPU, {names}",
-            " / ".join(_fmt(Summary.of(skew[v]), digits=2) if skew[v] else "n/a (recycled)" for v in runs),
+            " / ".join(fmt(Summary.of(skew[v]), digits=2) if skew[v] else "n/a (recycled)" for v in runs),
             "",
             None,
         ),
-        Row("2. publish .delay()/s, bare", _fmt(pub["bare"]), "", None),
-        Row("2. publish .delay()/s, instrumented", _fmt(pub["observable"]), "", None),
-        Row("2. publish ratio", _fmt(pub_ratio["observable"], digits=2), ">= 0.90",
+        Row("2. publish .delay()/s, bare", fmt(pub["bare"]), "", None),
+        Row("2. publish .delay()/s, instrumented", fmt(pub["observable"]), "", None),
+        Row("2. publish ratio", fmt(pub_ratio["observable"], digits=2), ">= 0.90",
             pub_ratio["observable"].median >= 0.9),
     ]  # fmt: skip
     if "contrib" in runs:
         rows += [
-            Row("2. publish .delay()/s, contrib reference", _fmt(pub["contrib"]), "", None),
-            Row("2. publish ratio contrib/bare (issue: 0.75-0.81)", _fmt(pub_ratio["contrib"], digits=2), "", None),
+            Row("2. publish .delay()/s, contrib reference", fmt(pub["contrib"]), "", None),
+            Row("2. publish ratio contrib/bare (issue: 0.75-0.81)", fmt(pub_ratio["contrib"], digits=2), "", None),
         ]
 
 
@@ -248,12 +231,12 @@ def bench_latency(args: argparse.Namespace, sink: Sink, rows: list[Row], out: di
         for q in ("p50_ms", "p95_ms", "p99_ms"):
             summary = Summary.of([getattr(r, q) for r in results])
             rows.append(
-                Row(f"3. latency {q[:-3]} ms @{args.latency_rate:.0f}/s, {variant}", _fmt(summary, digits=2), "", None)
+                Row(f"3. latency {q[:-3]} ms @{args.latency_rate:.0f}/s, {variant}", fmt(summary, digits=2), "", None)
             )
     added = Summary.of([o.p99_ms - b.p99_ms for b, o in _pairs(runs)])
     section["p99_added_ms"] = added.to_json()
     out["latency"] = section
-    rows.append(Row("3. latency p99 added (ms)", _fmt(added, digits=2), "<= 1 ms", added.median <= 1.0))
+    rows.append(Row("3. latency p99 added (ms)", fmt(added, digits=2), "<= 1 ms", added.median <= 1.0))
 
 
 def bench_sweep(args: argparse.Namespace, sink: Sink, rows: list[Row], out: dict[str, Any]) -> None:
@@ -269,7 +252,7 @@ def bench_sweep(args: argparse.Namespace, sink: Sink, rows: list[Row], out: dict
         rows.append(
             Row(
                 f"4. sweep {total:,} promos ({run.due:,} due)",
-                f"{_fmt(timing, ' ms', 1)}, {max(run.statements)} statements",
+                f"{fmt(timing, ' ms', 1)}, {max(run.statements)} statements",
                 "statements constant; < 1 s",
                 timing.median < 1000,
             )
@@ -277,7 +260,7 @@ def bench_sweep(args: argparse.Namespace, sink: Sink, rows: list[Row], out: dict
         rows.append(
             Row(
                 f"4. then fan-out of {run.notifications_queued:,} notifications, one process",
-                _fmt(fan_out, " ms", 1),
+                fmt(fan_out, " ms", 1),
                 "",
                 None,
             )
@@ -337,8 +320,8 @@ def bench_dead_letters(args: argparse.Namespace, sink: Sink, rows: list[Row], ou
     out["dead_letters"] = {**asdict(run), "record": record.to_json(), "list": listing.to_json()}
     accuracy = run.rate_measured / run.rate_asked
     rows += [
-        Row("7. dead_letter_record per entry", _fmt(record, " ms", 2), "", None),
-        Row(f"7. dlq list --task --reason on {run.entries:,}", _fmt(listing, " ms", 1), "<= 200 ms",
+        Row("7. dead_letter_record per entry", fmt(record, " ms", 2), "", None),
+        Row(f"7. dlq list --task --reason on {run.entries:,}", fmt(listing, " ms", 1), "<= 200 ms",
             listing.median <= 200),
         Row(f"7. replay unthrottled ({run.replay_entries:,})", f"{run.replay_per_second:,.0f}/s", ">= 1,000/s",
             run.replay_per_second >= 1000),
@@ -375,47 +358,6 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace, Sink, list[Row], dict[str, A
     "dead_letters": bench_dead_letters,
     "memory": bench_memory,
 }
-
-
-def machine() -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version(), "kernel": platform.release()}
-
-
-def cpu_ticks() -> tuple[int, int]:
-    """(all, stolen) CPU ticks of the machine so far, from ``/proc/stat``; (0, 0) where it cannot be read."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
-    except (OSError, ValueError, IndexError):
-        return 0, 0
-    return sum(fields), fields[7]
-
-
-def steal_percent(before: tuple[int, int], after: tuple[int, int]) -> float:
-    """The share of the machine's CPU time a hypervisor gave to other guests in between: on a shared virtual
-    machine the figures of a run with a high share are slowed unevenly (variants and repeats alike)."""
-    total = after[0] - before[0]
-    return round(100 * (after[1] - before[1]) / total, 1) if total else 0.0
-
-
-def render(rows: list[Row]) -> str:
-    header = ("measure", "result (median, min-max)", "goal", "verdict")
-    cells = [(r.measure, r.result, r.goal, r.verdict) for r in rows]
-    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(header)]
-    lines = [
-        "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |",
-        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
-    ]
-    for row in cells:
-        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -75,7 +75,8 @@ NOTIFICATIONS_SENT = _metric("notifications_sent_total", "channel")
 NOTIFICATIONS_FAILED = _metric("notifications_failed_total", "channel")
 NOTIFICATIONS_BACKLOG = _metric("notifications_backlog", "status")
 
-#: Every metric above; ``tests/test_dashboards.py`` checks each name and label set against ``docs/metrics.md``.
+#: Every metric above; ``tests/dashboards/test_dashboards.py`` checks each name and label set against
+#: ``docs/metrics.md``.
 USED_METRICS = (
     TASKS_PUBLISHED,
     TASKS_FINISHED,

@@ -1,6 +1,6 @@
 """The ``marketplace`` Celery app, configured from Django settings (``CELERY_`` namespace).
 
-Every task of the project runs through ``observability.tasks.ObservableTask``, the app's ``task_cls``;
+Every task of the project runs through ``observability.task.ObservableTask``, the app's ``task_cls``;
 workers refuse to start when a task could outlive the broker's visibility timeout.
 """
 
@@ -10,9 +10,11 @@ from celery import Celery
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "marketplace.settings")
 
-app = Celery("marketplace", task_cls="observability.tasks:ObservableTask")
+app = Celery("marketplace", task_cls="observability.task:ObservableTask")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
-app.steps["worker"].add("observability.guards:VisibilityTimeoutGuard")
+# The dead-letter store's tasks live in its own package, not in the app's ``observability.tasks``.
+app.autodiscover_tasks(["observability.deadletters"])
+app.steps["worker"].add("observability.messaging.guards:VisibilityTimeoutGuard")
 
 import observability.wiring  # noqa: E402, F401 - connects logging, Sentry and telemetry to Celery's signals

@@ -117,8 +117,8 @@ CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_TASK_DEFAULT_QUEUE", "celery")
 CELERY_WORKER_POOL_RESTARTS = True
 # Redis transport and consumer that dead-letter what Celery would drop: undecodable bytes, envelopes
 # without a delivery tag, unregistered tasks, messages without task headers.
-CELERY_BROKER_TRANSPORT = "observability.transport:Transport"
-CELERY_WORKER_CONSUMER = "observability.consumer:DeadLetteringConsumer"
+CELERY_BROKER_TRANSPORT = "observability.messaging.redis_transport:Transport"
+CELERY_WORKER_CONSUMER = "observability.messaging.consumer:DeadLetteringConsumer"
 # A message not acknowledged within this many seconds is handed to another worker; every time limit,
 # countdown and ETA must stay below it or the task runs twice (checked at worker start).
 CELERY_BROKER_VISIBILITY_TIMEOUT_SECONDS = env_int("CELERY_BROKER_VISIBILITY_TIMEOUT_SECONDS", 3600, minimum=60)
@@ -154,7 +154,7 @@ CELERY_BEAT_SCHEDULE = dict(
         ),
         _every(
             86_400.0,
-            "observability.tasks.purge_expired_dead_letters",
+            "observability.deadletters.tasks.purge_expired_dead_letters",
             "purge-expired-dead-letters-daily",
             expires=3600.0,
         ),
@@ -220,7 +220,7 @@ if LOG_FORMAT not in {"auto", "json", "console"}:
 LOG_TASK_LIFECYCLE_LINES = env_bool("LOG_TASK_LIFECYCLE_LINES", False)
 # Keys whose values never reach a log line or a Sentry event (secrets are always redacted too).
 LOG_REDACT_KEYS = env_list("LOG_REDACT_KEYS", ["email", "recipient", "phone", "address"])
-# observability.logging configures stdlib logging and structlog together, for Django and Celery alike.
+# observability.logs configures stdlib logging and structlog together, for Django and Celery alike.
 LOGGING_CONFIG = None
 
 # --- Telemetry ----------------------------------------------------------------------------------------------
@@ -233,7 +233,12 @@ OTEL_METRIC_EXPORT_INTERVAL_MILLIS = env_int("OTEL_METRIC_EXPORT_INTERVAL", 15_0
 # held each exiting child for ~20 s (the exporters' retries), a child the pool could not replace meanwhile.
 TELEMETRY_SHUTDOWN_TIMEOUT_SECONDS = env_float("TELEMETRY_SHUTDOWN_TIMEOUT", 2.0, minimum=0.0)
 # Gauges the worker's main process measures (once per worker, not in every child).
-TELEMETRY_GAUGES = ["observability.gauges.register", "promotions.metrics.register_gauges"]
+TELEMETRY_GAUGES = [
+    "observability.messaging.gauges.register",
+    "observability.deadletters.gauges.register",
+    "observability.beat.register_gauges",
+    "promotions.metrics.register_gauges",
+]
 
 # --- Sentry -------------------------------------------------------------------------------------------------
 SENTRY_DSN = env_str("SENTRY_DSN", "")

@@ -3,7 +3,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from observability.health import healthz, readyz
+from marketplace.health import healthz, readyz
 
 urlpatterns = [
     path("admin/", admin.site.urls),

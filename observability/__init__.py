@@ -1,1 +1,22 @@
-"""Reliability and telemetry for every task: the base task, the error taxonomy, dead letters and logging."""
+"""Reliability and telemetry for every task: a Django app (label ``observability``) in rooms by responsibility.
+
+At the top - the failure policy every task runs under:
+    task.py          ``ObservableTask``, the app's ``task_cls``: retries, time limits, acks_late, singletons
+    errors.py        the error taxonomy: which failures are retried, which give up at once
+    backoff.py       exponential backoff with jitter (task retries, notification redelivery)
+    failure.py       ``Failure``: the one description of a failed message, made storable
+    beat.py          beat entries' last success and interval gauges
+    wiring.py        per-process set-up hooked to Celery's signals and the web process (imports every room)
+
+Rooms:
+    messaging/       the Celery/kombu message path that keeps messages from being dropped
+    deadletters/     the dead-letter store: models, selectors, services, ``dlq``, admin, its tasks and gauges
+    telemetry/       OpenTelemetry providers, task spans and metrics, metric names
+    logs/            structlog + stdlib logging, line formats, redaction
+    sentry/          Sentry set-up, final-failure reports, Crons check-ins, alert rules
+
+Imports run one way: ``wiring`` -> ``task`` -> ``messaging`` -> ``deadletters`` -> ``sentry`` and ``telemetry``
+-> ``logs``; ``errors``, ``backoff`` and ``failure`` import no other module of the app. Nothing here imports
+``marketplace`` or ``promotions``. ``models.py``, ``admin.py`` and ``management/commands/`` stay where Django
+looks for them and point into ``deadletters`` and ``sentry``.
+"""

@@ -8,6 +8,6 @@ class ObservabilityConfig(AppConfig):
     verbose_name = "Observability"
 
     def ready(self) -> None:
-        from observability import logging as obs_logging
+        from observability import logs as obs_logging
 
         obs_logging.configure_logging()

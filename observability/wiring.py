@@ -21,7 +21,7 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 from opentelemetry.sdk.trace import TracerProvider
 
-from observability import logging as obs_logging
+from observability import logs as obs_logging
 from observability import sentry, telemetry
 
 __all__ = ["setup_web"]

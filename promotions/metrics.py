@@ -8,7 +8,7 @@ from django.db import DatabaseError, close_old_connections
 from django.db.models import Count
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
-from observability import metric_names as m
+from observability.telemetry import metric_names as m
 from promotions.models import Notification, NotificationStatus
 
 __all__ = ["register_gauges"]

@@ -1,7 +1,7 @@
 """Celery tasks of the promotions domain: thin adapters from messages to services.
 
 Tasks publish follow-up work (countdown transitions, notification fan-outs, delivery batches) and return small
-JSON summaries; failure handling belongs to ``observability.tasks.ObservableTask``, the app's base task.
+JSON summaries; failure handling belongs to ``observability.task.ObservableTask``, the app's base task.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from observability import telemetry
-from observability.tasks import ObservableTask
+from observability.task import ObservableTask
 from promotions import notifications, selectors, services
 from promotions.services import PromoSyncResult
 

@@ -15,7 +15,7 @@ import redis
 from celery import current_app, shared_task
 
 from observability.errors import PermanentError, TransientError
-from observability.tasks import ObservableTask
+from observability.task import ObservableTask
 
 
 def _redis() -> redis.Redis:

@@ -1,0 +1,68 @@
+"""Django admin for dead letters: a filterable list, the full detail with traceback, and "replay" /
+"discard" actions limited to users holding ``observability.replay_deadletter``."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from observability.deadletters import services as dead_letters
+from observability.deadletters.models import DeadLetter, DeadLetterReplay
+
+REPLAY_PERMISSION = "observability.replay_deadletter"
+
+
+class DeadLetterReplayInline(admin.TabularInline[DeadLetterReplay, DeadLetter]):
+    model = DeadLetterReplay
+    extra = 0
+    can_delete = False
+    readonly_fields = fields = ("replayed_at", "operator", "new_task_id", "queue")
+
+    def has_add_permission(self, request: HttpRequest, obj: DeadLetter | None = None) -> bool:
+        return False
+
+
+@admin.register(DeadLetter)
+class DeadLetterAdmin(admin.ModelAdmin[DeadLetter]):
+    list_display = ["id", "last_failed_at", "status", "reason", "task_name", "exception_type", "retries"]
+    list_filter = ["status", "reason", "task_name", "exception_type"]
+    search_fields = ["task_id", "task_name", "exception_message", "trace_id", "fingerprint"]
+    date_hierarchy = "last_failed_at"
+    inlines = [DeadLetterReplayInline]
+    actions = ["replay", "discard"]
+    fieldsets = [
+        (None, {"fields": ["status", "reason", "task_name", "task_id", "args", "kwargs"]}),
+        ("Failure", {"fields": ["exception_type", "exception_message", "traceback", "raw_message"]}),
+        ("Delivery", {"fields": ["queue", "exchange", "routing_key", "headers", "retries", "delivery_count"]}),
+        ("Where and when", {"fields": ["worker_host", "trace_id", "fingerprint", "first_failed_at", "last_failed_at",
+                                        "failure_count"]}),
+    ]  # fmt: skip
+
+    def get_readonly_fields(self, request: HttpRequest, obj: DeadLetter | None = None) -> list[str]:
+        # A dead letter is evidence: nobody edits it; replay and discard are the only changes.
+        return [field.name for field in DeadLetter._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_replay_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(REPLAY_PERMISSION)
+
+    @admin.action(description="Replay the selected pending dead letters", permissions=["replay"])
+    def replay(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
+        try:
+            result = dead_letters.dead_letters_replay(queryset, operator=request.user.get_username())
+        except dead_letters.ReplayStoppedError as stopped:
+            # What was published before the broker went away is committed; the message names the count.
+            result = stopped.result
+            self.message_user(request, f"{stopped}.", messages.ERROR)
+        else:
+            self.message_user(request, f"Replayed {len(result.published)} dead letter(s).", messages.SUCCESS)
+        for entry_id, why in result.skipped.items():
+            self.message_user(request, f"Dead letter {entry_id} not replayed: {why}.", messages.WARNING)
+
+    @admin.action(description="Discard the selected pending dead letters", permissions=["replay"])
+    def discard(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
+        count = dead_letters.dead_letters_discard(queryset, operator=request.user.get_username())
+        self.message_user(request, f"Discarded {count} dead letter(s).", messages.SUCCESS)

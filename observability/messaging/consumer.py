@@ -1,0 +1,76 @@
+"""``DeadLetteringConsumer``: the worker's consumer, with a dead letter for every message Celery would
+otherwise drop with one log line - an unregistered task, a message without task headers, a body that
+cannot be decoded (celery#6918). The entry is written before the message is acknowledged; if it can be
+neither written nor deferred, the message stays unacknowledged and comes back later.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from celery.worker.consumer import Consumer
+from kombu.message import Message
+
+from observability import telemetry
+from observability.deadletters import services as dead_letters
+from observability.deadletters.models import DeadLetterReason
+from observability.failure import Failure
+
+__all__ = ["DeadLetteringConsumer", "failure_from_message"]
+
+
+def failure_from_message(message: Message, reason: DeadLetterReason, error: str, exception_type: str) -> Failure:
+    headers = message.headers if isinstance(message.headers, dict) else {}
+    delivery_info = message.delivery_info or {}
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    raw = message.body.decode("utf-8", "replace") if isinstance(message.body, bytes) else str(message.body)
+    try:
+        body = json.loads(raw)
+        if isinstance(body, list) and len(body) == 3 and isinstance(body[0], list) and isinstance(body[1], dict):
+            args, kwargs = body[0], body[1]
+    except ValueError:
+        pass
+    return Failure(
+        reason=reason.value,
+        task_name=str(headers.get("task") or ""),
+        task_id=str(headers.get("id") or ""),
+        args=args,
+        kwargs=kwargs,
+        headers=json.loads(json.dumps(headers, default=str)),
+        queue=delivery_info.get("routing_key") or "",
+        exchange=delivery_info.get("exchange") or "",
+        routing_key=delivery_info.get("routing_key") or "",
+        raw_message="" if args or kwargs else raw[:100_000],
+        exception_type=exception_type,
+        exception_message=error[:10_000],
+    )
+
+
+def _record(message: Message, reason: DeadLetterReason, error: str, exception_type: str) -> bool:
+    failure = failure_from_message(message, reason, error, exception_type)
+    if not dead_letters.record_or_report(failure):
+        return False
+    telemetry.task_outcome_in_main(failure.task_name, failure.queue, "rejected", exception_type.rsplit(".")[-1], None)
+    return True
+
+
+class DeadLetteringConsumer(Consumer):
+    def on_unknown_task(self, body: Any, message: Message, exc: Exception) -> None:
+        if _record(message, DeadLetterReason.UNREGISTERED_TASK, str(exc), "celery.exceptions.NotRegistered"):
+            super().on_unknown_task(body, message, exc)
+
+    def on_unknown_message(self, body: Any, message: Message) -> None:
+        error = "message has no task headers (not a Celery task message)"
+        if _record(message, DeadLetterReason.UNDECODABLE_MESSAGE, error, "kombu.exceptions.MessageStateError"):
+            super().on_unknown_message(body, message)
+
+    def on_invalid_task(self, body: Any, message: Message, exc: Exception) -> None:
+        if _record(message, DeadLetterReason.UNDECODABLE_MESSAGE, str(exc), "celery.exceptions.InvalidTaskError"):
+            super().on_invalid_task(body, message, exc)
+
+    def on_decode_error(self, message: Message, exc: Exception) -> None:
+        exception_type = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        if _record(message, DeadLetterReason.UNDECODABLE_MESSAGE, str(exc), exception_type):
+            super().on_decode_error(message, exc)

@@ -1,0 +1,132 @@
+"""The Redis transport with a guarded read path (``CELERY_BROKER_TRANSPORT`` points here).
+
+kombu 5.7 decodes each message it pops inside the worker's event loop and only then hands it to QoS (the
+unacknowledged index in Redis): bytes that are not JSON, a body its codecs cannot decode or a delivery tag
+Redis refuses crash the worker (the message, already popped, is gone), and a JSON envelope without a
+delivery tag breaks the connection, which makes every unacknowledged message run again. Here an envelope
+that kombu cannot turn into a message QoS holds is dead-lettered as ``undecodable_message`` (raw bytes
+kept) and the worker goes on.
+"""
+
+from __future__ import annotations
+
+import base64
+from queue import Empty
+from typing import Any
+
+import structlog
+from kombu.transport import redis as kombu_redis
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
+
+__all__ = ["Transport", "envelope_error"]
+
+log = structlog.get_logger(__name__)
+
+
+def envelope_error(payload: Any, channel: kombu_redis.Channel) -> str | None:
+    """Why ``payload`` cannot become a kombu message, or None when it can.
+
+    It checks all that kombu reads of the envelope before QoS holds the message: the delivery tag, the
+    delivery info, the headers, and the body under its ``body_encoding``. A tag Redis refuses although it
+    passes here (a string it cannot encode) is caught when the message is handed on.
+    """
+    if not isinstance(payload, dict):
+        return "the message is not a JSON object"
+    properties = payload.get("properties")
+    if not isinstance(properties, dict) or not _is_delivery_tag(properties.get("delivery_tag")):
+        return "the message has no properties.delivery_tag that is a string or an integer"
+    delivery_info = properties.get("delivery_info")
+    if not isinstance(delivery_info, dict) or not {"exchange", "routing_key"} <= delivery_info.keys():
+        return "the message has no properties.delivery_info with exchange and routing_key"
+    if not isinstance(payload.get("headers") or {}, dict):
+        return "the message headers are not an object"
+    body = payload.get("body")
+    if body:
+        try:
+            channel.decode_body(body, properties.get("body_encoding"))
+        except Exception as exc:  # noqa: BLE001 - kombu's codecs fail on bad input with any error, AttributeError too
+            return f"the message body cannot be decoded: {exc}"
+    return None
+
+
+def _is_delivery_tag(value: Any) -> bool:
+    # The tag keys QoS's unacknowledged index in Redis: redis-py stores strings and integers, and refuses
+    # bool although Python counts it an int.
+    return isinstance(value, str | int) and not isinstance(value, bool)
+
+
+class Channel(kombu_redis.Channel):
+    def _brpop_read(self, **options: Any) -> bool:
+        # kombu 5.7's _brpop_read, but for the marked lines.
+        try:
+            try:
+                dest__item = self.client.parse_response(self.client.connection, "BRPOP", **options)
+            except self.connection_errors:  # type: ignore[attr-defined]
+                self.client.connection.disconnect()
+                raise
+            if dest__item:
+                dest, item = dest__item
+                dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
+                self._queue_cycle.rotate(dest)  # type: ignore[attr-defined]
+                self._deliver_or_dead_letter(item, dest)  # marked: was _deliver(loads(item), dest)
+                return True
+            raise Empty()
+        finally:
+            self._in_poll = None
+            self._flush_brpop_reauth()  # type: ignore[attr-defined]
+
+    def _deliver_or_dead_letter(self, item: bytes, queue: str) -> None:
+        try:
+            payload = loads(bytes_to_str(item))
+            error = envelope_error(payload, self)
+        except Exception as exc:  # noqa: BLE001 - the JSON decoder and kombu's type hooks fail with any error
+            error = f"the message is not JSON: {exc}"
+        if error is None:
+            error = self._hand_on(payload, queue)
+        if error is not None:
+            self._dead_letter(item, queue, error)
+
+    def _hand_on(self, payload: dict[str, Any], queue: str) -> str | None:
+        """Deliver ``payload`` as kombu does: None once QoS holds it, or why it could not get there.
+
+        An error before QoS holds the message (Redis refusing its delivery tag as a key of the unacknowledged
+        index) is returned, to dead-letter the message. Errors once QoS holds it (the consumer's) are raised,
+        as kombu raises them: the message is restored from that index, not lost. Connection errors are raised
+        whenever they come, for kombu to reconnect.
+        """
+        tag = payload["properties"]["delivery_tag"]
+        try:
+            self.connection._deliver(payload, queue)
+        except self.connection_errors:  # type: ignore[attr-defined]
+            raise
+        except Exception as exc:  # until QoS holds the message, any error would lose it
+            if tag in self.qos._delivered:  # type: ignore[operator]
+                raise
+            return f"the message cannot be handed to its consumer: {exc}"
+        return None
+
+    def _dead_letter(self, item: bytes, queue: str, error: str) -> None:
+        # The transport loads before Django's app registry is ready.
+        from observability import telemetry
+        from observability.deadletters import services as dead_letters
+        from observability.failure import Failure
+
+        failure = Failure(
+            reason="undecodable_message",
+            queue=queue,
+            routing_key=queue,
+            raw_message=item.decode("utf-8", "replace")[:100_000],
+            exception_type="kombu.exceptions.DecodeError",
+            exception_message=error,
+        )
+        if dead_letters.record_or_report(failure):
+            telemetry.task_outcome_in_main("", queue, "rejected", "DecodeError", None)
+            return
+        # Postgres and the broker are both out of reach; the bytes were popped and cannot go back through
+        # this connection: they survive in the log alone.
+        log.critical("dead_letter.lost", queue=queue, raw_base64=base64.b64encode(item).decode())
+
+
+class Transport(kombu_redis.Transport):
+    Channel = Channel

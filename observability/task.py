@@ -1,0 +1,156 @@
+"""``ObservableTask``: the one base class every task of the project runs through (the app's ``task_cls``).
+
+The class attributes state every reliability default in one place. Tasks stay thin and never catch
+exceptions: this class owns the failure policy of ``observability.errors`` - transient errors retry with
+exponential backoff and jitter, permanent ones give up at once - and its request
+(``observability.messaging.request``) turns every terminal failure into a dead letter.
+
+This module is imported to resolve the app's ``task_cls``, possibly before Django's app registry is ready:
+the rooms it composes are imported when a task first runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from celery.contrib.django.task import DjangoTask
+from celery.exceptions import Retry
+from django.conf import settings
+from django.utils import timezone
+from redis.exceptions import RedisError
+
+from observability.backoff import backoff_seconds
+from observability.errors import ErrorKind, PermanentError, classify
+
+__all__ = ["SCHEDULE_ENTRY_HEADER", "SKIPPED", "ObservableTask"]
+
+log = structlog.get_logger(__name__)
+
+#: Header beat puts on the messages of each schedule entry (see CELERY_BEAT_SCHEDULE): the entry's key.
+SCHEDULE_ENTRY_HEADER = "x-schedule-entry"
+#: What a singleton run returns when another run holds the lock.
+SKIPPED = object()
+# Compare-and-delete: a run releases the singleton lock only if it still holds it.
+_RELEASE_LOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
+class ObservableTask(DjangoTask):  # type: ignore[type-arg]
+    #: Worker-side request: a dead letter for every terminal failure, before acknowledgement.
+    Request = "observability.messaging.request:ObservableRequest"
+    #: Worker strategy: a redelivered message that already lost its worker max_deliveries times is quarantined.
+    Strategy = "observability.messaging.strategy:quarantining"
+    #: Acknowledge after the task ran, so a worker crash hands the message to another worker.
+    acks_late = True
+    #: A child killed mid-task (SIGKILL, OOM) requeues its message; ``max_deliveries`` bounds the loop.
+    reject_on_worker_lost = True
+    #: Deliveries of one message before it is quarantined as a poison message instead of run again.
+    max_deliveries: int = settings.DEAD_LETTER_MAX_DELIVERIES
+    #: Seconds before ``SoftTimeLimitExceeded`` is raised inside the task (a transient error: retried).
+    soft_time_limit: int | None = 240
+    #: Seconds before the child running the task is killed. Must stay below the broker visibility timeout.
+    time_limit: int | None = 300
+    #: Retries of transient errors before the task is dead-lettered.
+    max_retries: int | None = 5
+    #: First retry waits about this many seconds; each later one doubles it.
+    retry_backoff_base_seconds: float = 2.0
+    #: No retry waits longer than this.
+    retry_backoff_max_seconds: float = 300.0
+    #: Periodic work: two overlapping runs never execute at once; the second records that it skipped.
+    singleton: bool = False
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        request = self.request
+        if request.called_directly:
+            return super().__call__(*args, **kwargs)
+        from observability import telemetry
+        from observability.beat import record_beat_success
+        from observability.sentry import monitor_periodic_run
+
+        run = telemetry.task_started(self.name, request)
+        schedule_entry = request.__dict__.get(SCHEDULE_ENTRY_HEADER)
+        # A failure that escapes is terminal: the request records it as a dead letter.
+        outcome = "dead_lettered"
+        error: BaseException | None = None
+        try:
+            with monitor_periodic_run(schedule_entry) if schedule_entry else nullcontext():
+                # The singleton lock's Redis call is under the retry policy too: a blip there is as transient.
+                result = self._run_with_retry_policy(self._run_alone if self.singleton else self._run, args, kwargs)
+            outcome = "skipped" if result is SKIPPED else "succeeded"
+            if schedule_entry:
+                record_beat_success(schedule_entry)  # best effort: never turns a success into a failure
+            return {"skipped": 1} if result is SKIPPED else result
+        except Retry as exc:
+            outcome, error = "retried", exc.exc
+            raise
+        except (SystemExit, KeyboardInterrupt) as exc:
+            # The child exits with it and Celery redelivers the message, as for a lost worker.
+            outcome, error = "failed", exc
+            raise
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            telemetry.task_finished(run, outcome, error)
+
+    def _run(self, *args: Any, **kwargs: Any) -> Any:
+        return super().__call__(*args, **kwargs)
+
+    def _run_with_retry_policy(self, run: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        try:
+            return run(*args, **kwargs)
+        except Exception as exc:  # the last-resort handler: every failure is classified here
+            if classify(exc) is ErrorKind.TRANSIENT and self.request.called_directly is False:
+                # Once max_retries is used up, retry() re-raises ``exc`` itself: a final failure.
+                raise self.retry(exc=exc, countdown=self.retry_delay_seconds(self.request.retries)) from exc
+            raise
+
+    def _run_alone(self, *args: Any, **kwargs: Any) -> Any:
+        from observability.redis_client import broker_redis
+
+        key = f"observability:singleton:{self.name}"
+        client = broker_redis()
+        # The lock outlives no run: it expires with the hard time limit, when the child is killed.
+        run_id = str(self.request.id)
+        if not client.set(key, run_id, nx=True, ex=int(self.time_limit or 300)):
+            log.warning("task.skipped", task_name=self.name, reason="a previous run is still in progress")
+            return SKIPPED
+        try:
+            return self._run(*args, **kwargs)
+        finally:
+            try:
+                client.eval(_RELEASE_LOCK, 1, key, run_id)
+            except RedisError as exc:
+                # The run's outcome stands; the lock expires with the time limit.
+                log.warning("task.lock_release_failed", task_name=self.name, error=str(exc))
+
+    def retry_delay_seconds(self, retries: int) -> float:
+        """Countdown before the retry that follows ``retries`` earlier ones (see ``backoff_seconds``)."""
+        return backoff_seconds(retries, base=self.retry_backoff_base_seconds, cap=self.retry_backoff_max_seconds)
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:  # type: ignore[override]
+        delay = _delay_seconds(options.get("countdown"), options.get("eta"))
+        limit = settings.CELERY_BROKER_VISIBILITY_TIMEOUT_SECONDS
+        run_limit = self.time_limit or 0
+        if delay is not None and delay + run_limit >= limit:
+            # Redis hands a message back once it has been unacknowledged for the visibility timeout, and the
+            # clock starts at delivery: the wait for the ETA plus the run must fit, or the task runs twice.
+            raise PermanentError(
+                f"{self.name}: a countdown/ETA of {delay:.0f} s plus its {run_limit} s time limit reaches the "
+                f"broker visibility timeout ({limit} s) and would run twice; schedule it from the database"
+            )
+        return super().apply_async(args, kwargs, **options)
+
+
+def _delay_seconds(countdown: float | None, eta: datetime | str | None) -> float | None:
+    if countdown is not None:
+        return float(countdown)
+    if isinstance(eta, str):
+        eta = datetime.fromisoformat(eta)
+    if isinstance(eta, datetime):
+        aware = eta if timezone.is_aware(eta) else timezone.make_aware(eta, UTC)
+        return (aware - timezone.now()).total_seconds()
+    return None

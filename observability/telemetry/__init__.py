@@ -1,0 +1,48 @@
+"""Telemetry: OpenTelemetry traces and metrics of every process, and the one list of metric names.
+
+Owns: this process's providers (``providers``: set up per process, after fork in each pool child, flushed
+within a bound at exit), the span and metrics of each publish and task run (``runs``), the counters of the
+project's events (``events``), the instruments (``instruments``), the span processor (``span_processor``)
+and the metric names the dashboards and alerts use (``metric_names``).
+
+May import: ``observability.logs`` (a run's log context). Must not import the base task, the message path,
+the dead-letter store or Sentry: they call into it. Other rooms import from this package's face below.
+"""
+
+from observability.telemetry.events import (
+    dead_letter_created,
+    dead_letters_purged,
+    dead_letters_replayed,
+    notifications_delivered,
+    promos_synced,
+)
+from observability.telemetry.providers import METER, Telemetry, current, setup, shutdown
+from observability.telemetry.runs import (
+    PUBLISHED_AT_HEADER,
+    REPLAY_TRACEPARENT_HEADER,
+    TaskRun,
+    on_publish,
+    task_finished,
+    task_outcome_in_main,
+    task_started,
+)
+
+__all__ = [
+    "METER",
+    "PUBLISHED_AT_HEADER",
+    "REPLAY_TRACEPARENT_HEADER",
+    "TaskRun",
+    "Telemetry",
+    "current",
+    "dead_letter_created",
+    "dead_letters_purged",
+    "dead_letters_replayed",
+    "notifications_delivered",
+    "on_publish",
+    "promos_synced",
+    "setup",
+    "shutdown",
+    "task_finished",
+    "task_outcome_in_main",
+    "task_started",
+]

@@ -1,0 +1,52 @@
+"""Counters and histograms of the project's own events: dead letters created, replayed and purged; promos
+activated (with their activation lag) and ended; notifications delivered and given up, by channel."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from observability.telemetry.providers import current
+
+__all__ = [
+    "dead_letter_created",
+    "dead_letters_purged",
+    "dead_letters_replayed",
+    "notifications_delivered",
+    "promos_synced",
+]
+
+
+def dead_letter_created(task_name: str, reason: str) -> None:
+    current().instruments.dead_letters_created.add(1, {"task": task_name or "(none)", "reason": reason})
+
+
+def dead_letters_replayed(task_names: Iterable[str]) -> None:
+    counter = current().instruments.dead_letters_replayed
+    for name in task_names:
+        counter.add(1, {"task": name})
+
+
+def dead_letters_purged(counts: Mapping[str, int]) -> None:
+    counter = current().instruments.dead_letters_purged
+    for status, count in counts.items():
+        counter.add(count, {"status": status})
+
+
+# --- Domain -------------------------------------------------------------------------------------------------------
+def promos_synced(activation_lags_seconds: Iterable[float], ended: int) -> None:
+    instruments = current().instruments
+    lags = list(activation_lags_seconds)
+    for lag in lags:
+        instruments.activation_lag.record(lag)
+    if lags:
+        instruments.promos_activated.add(len(lags))
+    if ended:
+        instruments.promos_ended.add(ended)
+
+
+def notifications_delivered(*, channel: str, sent: int, failed: int) -> None:
+    instruments = current().instruments
+    if sent:
+        instruments.notifications_sent.add(sent, {"channel": channel})
+    if failed:
+        instruments.notifications_failed.add(failed, {"channel": channel})

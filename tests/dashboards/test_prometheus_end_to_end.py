@@ -1,0 +1,368 @@
+"""The dashboards and alert rules against a real Prometheus fed by a real worker: a panel with no data fails.
+
+A prefork worker and a real ``celery beat`` export over OTLP to ``tests.otlp_prometheus.PrometheusBridge``
+(the Collector's part of the production path, with the Collector's name translation); Debian's Prometheus
+scrapes it with the scrape settings of ``dashboards/prometheus.yml`` and loads ``dashboards/alerts/*.yml``.
+The workload has successes, retries, dead letters (and a replay and a purge), a rejected message, a backlog,
+beat runs of every schedule entry, a promo going live and one ending, and notifications sent and refused.
+Then every target of every panel of every dashboard is evaluated over the workload's time range and must
+return at least one number, every template variable must have values, and every alert rule must evaluate.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from django.utils import timezone
+
+from marketplace.celery import app as celery_app
+from tests import tasks
+from tests.conftest import ROOT, WorkerProcess, running_beat, wait_for
+from tests.metrics_catalogue import catalogue
+from tests.net import free_port
+from tests.otlp_prometheus import PrometheusBridge, translate_name
+from tests.smtp import REFUSED_PREFIX
+
+# Transactional: the worker must see the workload's rows. The marker also makes pytest-django create the
+# test database when this module runs alone.
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+DASHBOARDS = sorted((ROOT / "dashboards" / "grafana" / "json").glob("*.json"))
+ALERT_FILES = sorted((ROOT / "dashboards" / "alerts").glob("*.yml"))
+QUEUE = "e2e"
+WAVES, WAVE_SECONDS = 5, 1.5
+#: The per-task dashboard is shown for the task whose workload has every outcome: succeeded, retried,
+#: dead_lettered - and errors by type.
+SHOWN_TASK = "tests.flaky"
+#: Grafana's built-in variables, as Grafana would fill them for a short range at a 1 s scrape interval.
+BUILTINS = {"$__rate_interval": "10s", "$__interval": "1s", "$__range": "5m", "$queue": ".*"}
+
+
+# --- Prometheus --------------------------------------------------------------------------------------------
+@dataclass
+class Prometheus:
+    url: str
+
+    def api(self, path: str, **params: str) -> Any:
+        query = urllib.parse.urlencode(params)
+        with urllib.request.urlopen(f"{self.url}/api/v1/{path}?{query}", timeout=10) as response:
+            body = json.load(response)
+        assert body["status"] == "success", body
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        return list(self.api("query", query=expr)["result"])
+
+    def numbers(self, expr: str, start: float, end: float) -> list[float]:
+        """Every non-NaN value ``expr`` takes between ``start`` and ``end`` (1 s steps)."""
+        data = self.api("query_range", query=expr, start=str(start), end=str(end), step="1")
+        values = [float(v) for series in data["result"] for _, v in series["values"]]
+        return [v for v in values if v == v]
+
+
+def _prometheus_config(bridge: PrometheusBridge, tmp_path: Path) -> Path:
+    """dashboards/prometheus.yml with its collector target replaced by the bridge, 1 s intervals, and the
+    rule files by absolute path; everything else (honor_labels, metrics path...) as shipped."""
+    config = yaml.safe_load((ROOT / "dashboards" / "prometheus.yml").read_text())
+    config["global"] = {**config.get("global", {}), "scrape_interval": "1s", "evaluation_interval": "1s"}
+    (job,) = [job for job in config["scrape_configs"] if "otel-collector" in json.dumps(job)]
+    job["static_configs"] = [{"targets": [bridge.endpoint.removeprefix("http://")]}]
+    job["scrape_interval"] = "1s"
+    config["scrape_configs"] = [job]
+    config["rule_files"] = [str(path) for path in ALERT_FILES]
+    config.pop("alerting", None)
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bridge() -> Iterator[PrometheusBridge]:
+    receiver = PrometheusBridge()
+    receiver.start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(scope="module")
+def prometheus(bridge: PrometheusBridge, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("prometheus not found: install Debian's package (apt-get install prometheus); make test does")
+    tmp_path = tmp_path_factory.mktemp("prometheus")
+    port = free_port()
+    log = (tmp_path / "prometheus.log").open("w")
+    process = subprocess.Popen(
+        [binary, f"--config.file={_prometheus_config(bridge, tmp_path)}", f"--storage.tsdb.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--enable-feature=exemplar-storage", "--log.level=warn"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    server = Prometheus(f"http://127.0.0.1:{port}")
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            pytest.fail(f"prometheus exited with {process.returncode}:\n{(tmp_path / 'prometheus.log').read_text()}")
+        try:
+            return server.query("up") != []
+        except OSError:
+            return False
+
+    wait_for(ready, timeout=30, what="prometheus to start and scrape the bridge")
+    yield server
+    process.terminate()
+    process.wait(timeout=20)
+    log.close()
+
+
+# --- the workload ------------------------------------------------------------------------------------------
+@dataclass
+class Workload:
+    start: float
+    end: float
+
+
+#: ``manage.py dlq`` in a process of its own (it exports its counters at exit), with the test tasks registered.
+_DLQ = "import sys, django; django.setup(); import tests.tasks; from django.core.management import call_command; "
+_DLQ += "call_command('dlq', *sys.argv[1:])"
+
+
+def _dlq(env: dict[str, str], *args: str) -> str:
+    command = [sys.executable, "-c", _DLQ, *args]
+    environment = {**env, "DJANGO_SETTINGS_MODULE": "marketplace.settings"}
+    result = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def _promotions(waves: int) -> None:
+    """A promo going live in each wave, each with three subscribers who get an email and one whose address the
+    SMTP server refuses; and a promo that ended. Beat's first sweep schedules each start to the second, so the
+    activations are spread over the waves and the lag histogram grows between scrapes."""
+    from promotions.models import PromoStatus
+    from tests.factories import ProductFactory, PromoFactory, SubscriptionFactory
+
+    now = timezone.now()
+    for wave in range(waves):
+        product = ProductFactory()
+        PromoFactory(product=product, starts_at=now + timedelta(seconds=5 + wave * WAVE_SECONDS))
+        SubscriptionFactory.create_batch(3, product=product)
+        SubscriptionFactory(product=product, email=f"{REFUSED_PREFIX}.{wave}@example.com")
+    PromoFactory(status=PromoStatus.ACTIVE, starts_at=now - timedelta(hours=2), ends_at=now - timedelta(seconds=1))
+
+
+def _wave(token: str) -> list[Any]:
+    """One wave of tasks: a backlog of short sleeps, successes, and retries that then succeed."""
+    for _ in range(20):
+        tasks.sleeper.apply_async((token, 0.05), queue=QUEUE)
+    results = [tasks.echo.apply_async((token,), queue=QUEUE) for _ in range(10)]
+    return results + [tasks.flaky.apply_async((uuid.uuid4().hex, 1), queue=QUEUE) for _ in range(2)]
+
+
+@pytest.fixture(scope="module")
+def workload(
+    prometheus: Prometheus,
+    bridge: PrometheusBridge,
+    worker_env: dict[str, str],
+    django_db_blocker: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Workload]:
+    from observability.deadletters.models import DeadLetter
+    from promotions.models import FlashPromo, PromoStatus
+    from promotions.tasks import queue_promo_notifications
+
+    tmp_path = tmp_path_factory.mktemp("workload")
+    env = {**worker_env, "OTEL_EXPORTER_OTLP_ENDPOINT": bridge.endpoint, "OTEL_METRIC_EXPORT_INTERVAL": "500",
+           "OTEL_BSP_SCHEDULE_DELAY": "100", "CELERY_TASK_DEFAULT_QUEUE": QUEUE}  # fmt: skip
+    start = time.time()
+    with django_db_blocker.unblock():
+        worker = WorkerProcess(env, tmp_path / "worker.log", "--concurrency=2", "--include=tests.tasks", "-Q", QUEUE)
+        try:
+            worker.wait_ready()
+            _promotions(WAVES)
+            token = uuid.uuid4().hex
+            doomed = [tasks.flaky.apply_async((uuid.uuid4().hex, 10), queue=QUEUE)]
+            doomed += [tasks.permanent.apply_async((token,), queue=QUEUE) for _ in range(2)]
+            celery_app.send_task("no.such.task", queue=QUEUE)
+            # A malformed message for a domain task (not a list of ids): a dead letter of a promotions task.
+            doomed.append(queue_promo_notifications.apply_async((["not-an-id"],), queue=QUEUE))
+            results = []
+            with running_beat(env, tmp_path) as beat_log:
+                # Paced, not synchronising: rate() only sees a counter grow between two scrapes, so the
+                # workload must span several scrapes - as real traffic does - rather than come in one burst.
+                for _ in range(WAVES):
+                    results += _wave(token)
+                    time.sleep(WAVE_SECONDS)
+                for result in results:
+                    result.get(timeout=60)
+                wait_for(
+                    lambda: (
+                        {p.attributes["entry"] for p in bridge.latest("celery.beat.last_success")}
+                        >= set(celery_app.conf.beat_schedule)
+                    ),
+                    timeout=60,
+                    what=f"a successful run of every beat entry:\n{beat_log.read_text()}",
+                )
+            wait_for(
+                lambda: DeadLetter.objects.filter(task_id__in=[r.id for r in doomed]).count() == len(doomed),
+                timeout=60,
+                what="the dead letters",
+            )
+            wait_for(
+                lambda: not FlashPromo.objects.exclude(status__in=[PromoStatus.ACTIVE, PromoStatus.ENDED]).exists(),
+                timeout=60,
+                what="every promo of the workload to go live",
+            )
+            replayed = DeadLetter.objects.filter(task_name="tests.permanent").values_list("id", flat=True)[0]
+            assert "Published 1 " in _dlq(env, "replay", str(replayed))
+            assert "Deleted 1 " in _dlq(env, "purge", "--status", "replayed", "--yes")
+            _wait_until_scraped(prometheus, list(catalogue()))
+            yield Workload(start=start, end=time.time() + 1)
+        finally:
+            worker.stop()
+
+
+def _wait_until_scraped(prometheus: Prometheus, names: list[str]) -> None:
+    missing = list(names)
+
+    def scraped() -> bool:
+        missing[:] = [n for n in missing if not prometheus.query(f"count({n}_bucket) or count({n})")]
+        return not missing
+
+    try:
+        wait_for(scraped, timeout=60, interval=0.5, what="every catalogued metric in Prometheus")
+    except pytest.fail.Exception:
+        pytest.fail(f"never reached Prometheus: {missing}")
+
+
+# --- dashboards --------------------------------------------------------------------------------------------
+def _panels(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for panel in node.get("panels", []):
+        yield panel
+        yield from _panels(panel)
+
+
+def _targets() -> list[Any]:
+    params = []
+    for path in DASHBOARDS:
+        dashboard = json.loads(path.read_text())
+        for panel in _panels(dashboard):
+            for target in panel.get("targets", []):
+                if target.get("expr"):
+                    params.append(pytest.param(path.stem, target["expr"], id=f"{path.stem}:{panel['title']}"))
+    return params
+
+
+def _substitute(expr: str) -> str:
+    # Longest names first, so $__rate_interval is not taken for $__range's prefix and $task stays distinct.
+    for name, value in sorted({**BUILTINS, "$task": SHOWN_TASK}.items(), key=lambda kv: -len(kv[0])):
+        expr = expr.replace(name, value).replace("${" + name[1:] + "}", value)
+    return expr
+
+
+@pytest.mark.parametrize(("dashboard", "expr"), _targets())
+def test_every_panel_shows_data_from_the_workload(workload: Workload, prometheus: Prometheus, dashboard, expr):
+    numbers = prometheus.numbers(_substitute(expr), workload.start, workload.end)
+    assert numbers, f"{dashboard}: no data for {_substitute(expr)}"
+
+
+def _selectors(expr: str) -> list[str]:
+    """The vector selectors of ``expr`` (a catalogued metric, with its label matchers if any)."""
+    names = "|".join(sorted({f"{n}(?:_bucket|_sum|_count)?" for n in catalogue()}, key=len, reverse=True))
+    return [m.group(0) for m in re.finditer(rf"\b(?:{names})\b(?:\{{[^}}]*\}})?", expr)]
+
+
+@pytest.mark.parametrize(("dashboard", "expr"), _targets())
+def test_every_selector_of_every_panel_matches_series(workload: Workload, prometheus: Prometheus, dashboard, expr):
+    """Fallbacks (``or vector(0)``) keep a panel from going blank when nothing happened; they would also hide a
+    misspelled metric or label. So each selector on its own must match series of the workload."""
+    selectors = _selectors(_substitute(expr))
+    assert selectors, expr
+    for selector in selectors:
+        series = prometheus.api(
+            "series", **{"match[]": selector, "start": str(workload.start), "end": str(workload.end)}
+        )
+        assert series, f"{dashboard}: {selector} matches nothing"
+
+
+def test_every_template_variable_has_values(workload: Workload, prometheus: Prometheus):
+    """``label_values(<selector>, <label>)``: what Grafana's variable query asks Prometheus for."""
+    for path in DASHBOARDS:
+        for variable in json.loads(path.read_text()).get("templating", {}).get("list", []):
+            query = variable.get("query")
+            query = query.get("query") if isinstance(query, dict) else query
+            if variable.get("type") != "query" or not query:
+                continue
+            match = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", _substitute(query))
+            assert match, f"{path.stem}: variable {variable['name']} query {query!r} is not label_values(...)"
+            selector, label = match.groups()
+            values = prometheus.api(f"label/{label}/values", **{"match[]": selector})
+            assert values, f"{path.stem}: variable {variable['name']} has no values for {selector}"
+            if label == "task":
+                assert SHOWN_TASK in values
+
+
+def test_exemplars_link_duration_samples_to_exported_traces(workload: Workload, prometheus: Prometheus, bridge):
+    """Grafana's exemplar link opens ``trace_id`` in Tempo: the ids Prometheus holds are of real spans."""
+    data = prometheus.api(
+        "query_exemplars", query="celery_task_duration_seconds_bucket", start=str(workload.start), end=str(workload.end)
+    )
+    trace_ids = {e["labels"]["trace_id"] for series in data for e in series["exemplars"]}
+    assert trace_ids
+    assert trace_ids <= {span.trace_id for span in bridge.spans}
+
+
+# --- alerts ------------------------------------------------------------------------------------------------
+def _rules() -> list[Any]:
+    return [
+        pytest.param(rule["alert"], rule["expr"], id=rule["alert"])
+        for path in ALERT_FILES
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    ]
+
+
+@pytest.mark.parametrize(("alert", "expr"), _rules())
+def test_every_alert_expression_evaluates(workload: Workload, prometheus: Prometheus, alert, expr):
+    prometheus.query(expr)  # raises unless Prometheus parsed and evaluated it
+
+
+def test_prometheus_loaded_and_evaluated_every_rule(workload: Workload, prometheus: Prometheus):
+    def evaluated() -> list[dict[str, Any]] | None:
+        rules = [r for g in prometheus.api("rules")["groups"] for r in g["rules"]]
+        return rules if all(not r["lastEvaluation"].startswith("0001-") for r in rules) else None
+
+    rules = wait_for(evaluated, timeout=30, what="an evaluation of every rule")
+    assert {r["name"] for r in rules if r["type"] == "alerting"} == {p.values[0] for p in _rules()}
+    assert [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
+
+
+# --- names -------------------------------------------------------------------------------------------------
+def test_the_bridge_names_metrics_as_the_collector_does():
+    """Upstream's own examples (otlptranslator metric_namer.go / unit_namer.go)."""
+    assert translate_name("http.server.duration", "s", "histogram") == "http_server_duration_seconds"
+    assert translate_name("requests.count", "1", "counter") == "requests_count_total"
+    assert translate_name("memory.usage", "By", "gauge") == "memory_usage_bytes"
+    assert translate_name("cpu.utilization", "1", "gauge") == "cpu_utilization_ratio"
+    assert translate_name("network.io", "By/s", "gauge") == "network_io_bytes_per_second"
+    assert translate_name("celery.tasks.finished", "{task}", "counter") == "celery_tasks_finished_total"
+
+
+def test_prometheus_holds_exactly_the_catalogued_names(workload: Workload, bridge: PrometheusBridge):
+    """What the worker, beat and the CLI exported is what docs/metrics.md promises, no more, no less."""
+    assert bridge.names == set(catalogue())
