@@ -1,4 +1,4 @@
-"""The message path: everything that hooks into Celery's and kombu's handling of a message so that none is
+"""The message path. Owns everything that hooks into Celery's and kombu's handling of a message so that none is
 dropped - the worker-side request (a dead letter for every terminal failure, before acknowledgement), the
 strategy (poison-message quarantine), the consumer (unregistered tasks, messages without task headers,
 undecodable bodies), the Redis transport's guarded read path, the lost-run counter, the start-up guard on the
