@@ -5,6 +5,7 @@ At the top - the failure policy every task runs under:
     errors.py        the error taxonomy: which failures are retried, which give up at once
     backoff.py       exponential backoff with jitter (task retries, notification redelivery)
     failure.py       ``Failure``: the one description of a failed message, made storable
+    results.py       the result backend's writes made best effort: an unstored result never fails a run
     beat.py          beat entries' last success and interval gauges
     wiring.py        per-process set-up hooked to Celery's signals and the web process (imports every room)
 

@@ -96,6 +96,22 @@ class ObservableTask(DjangoTask):  # type: ignore[type-arg]
         finally:
             telemetry.task_finished(run, outcome, error)
 
+    @property
+    def backend(self) -> Any:
+        """The result backend, its writes of this task's state made best effort (``observability.results``):
+        Celery stores them inside the run, where a backend error would turn a success into a dead letter."""
+        from observability.results import GuardedBackend
+
+        backend = super().backend
+        guarded: GuardedBackend | None = self.__dict__.get("_guarded_backend")
+        if guarded is None or guarded.wrapped is not backend:
+            guarded = self.__dict__["_guarded_backend"] = GuardedBackend(backend, self.name)
+        return guarded
+
+    @backend.setter
+    def backend(self, value: Any) -> None:
+        self._backend = value
+
     def _run(self, *args: Any, **kwargs: Any) -> Any:
         return super().__call__(*args, **kwargs)
 

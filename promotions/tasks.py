@@ -2,6 +2,11 @@
 
 Tasks publish follow-up work (countdown transitions, notification fan-outs, delivery batches) and return small
 JSON summaries; failure handling belongs to ``observability.task.ObservableTask``, the app's base task.
+
+Only the periodic tasks store their summaries (the seed's shell recipe reads ``check_active_promos.delay().get()``);
+the tasks they publish - countdowns, fan-outs, up to 1000 delivery batches a sweep - do not (``ignore_result``):
+nothing reads them, and each was a Redis key kept a day. A caller that wants one asks for it:
+``apply_async(ignore_result=False)``.
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ def check_active_promos() -> dict[str, int]:
     return {**result.summary(), "fan_outs_published": fan_outs, "countdowns_scheduled": len(transitions)}
 
 
-@shared_task
+@shared_task(ignore_result=True)
 def sync_promo(promo_id: int) -> dict[str, int]:
     """Apply the due transition of one promo at its exact time (published by ``check_active_promos``).
 
@@ -76,7 +81,7 @@ def sync_promo(promo_id: int) -> dict[str, int]:
     return {**result.summary(), "fan_outs_published": fan_outs}
 
 
-@shared_task
+@shared_task(ignore_result=True)
 def queue_promo_notifications(promo_ids: list[int]) -> dict[str, int]:
     """Queue the notifications of promos that just went live, then start their delivery at once."""
     queued = notifications.notifications_queue_for_promos(promo_ids=promo_ids, now=timezone.now())
@@ -93,7 +98,7 @@ def process_notification_queue() -> dict[str, int]:
     return {"reclaimed": reclaimed, "due": due, "batches_published": _publish_batches(due)}
 
 
-@shared_task
+@shared_task(ignore_result=True)
 def deliver_notification_batch() -> dict[str, int]:
     """Deliver one batch of due notifications (claimed with SKIP LOCKED, so batches run side by side)."""
 

@@ -21,7 +21,11 @@ __all__ = ["purge_expired_dead_letters", "record_dead_letter"]
 
 
 @shared_task(
-    base=ObservableTask, name="observability.record_dead_letter", max_retries=None, retry_backoff_max_seconds=60.0
+    base=ObservableTask,
+    name="observability.record_dead_letter",
+    max_retries=None,
+    retry_backoff_max_seconds=60.0,
+    ignore_result=True,  # nothing reads it: the dead letter itself is the record
 )
 def record_dead_letter(failure: dict[str, Any]) -> dict[str, int]:
     """Write a dead letter that could not be written when it happened (Postgres was down). Retries -

@@ -24,6 +24,7 @@ from observability.telemetry.runs import (
     on_publish,
     task_finished,
     task_outcome_in_main,
+    task_result_unstored,
     task_started,
 )
 
@@ -44,5 +45,6 @@ __all__ = [
     "shutdown",
     "task_finished",
     "task_outcome_in_main",
+    "task_result_unstored",
     "task_started",
 ]

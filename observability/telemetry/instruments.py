@@ -66,6 +66,7 @@ class Instruments:
     finished: _TaskCounter
     duration: _TaskHistogram
     queue_wait: _TaskHistogram
+    results_unstored: Any
     dead_letters_created: Any
     dead_letters_replayed: Any
     dead_letters_purged: Any
@@ -101,6 +102,9 @@ class Instruments:
             finished=finished,
             duration=duration,
             queue_wait=queue_wait,
+            results_unstored=counter(
+                m.TASK_RESULTS_UNSTORED, unit="{state}", description="Task states the result backend did not take"
+            ),
             dead_letters_created=counter(m.DEAD_LETTERS_CREATED, unit="{entry}", description="Dead letters"),
             dead_letters_replayed=counter(m.DEAD_LETTERS_REPLAYED, unit="{entry}", description="Replays"),
             dead_letters_purged=counter(m.DEAD_LETTERS_PURGED, unit="{entry}", description="Purged entries"),

@@ -28,6 +28,7 @@ __all__ = [
     "TASKS_STARTED",
     "TASK_DURATION",
     "TASK_QUEUE_WAIT",
+    "TASK_RESULTS_UNSTORED",
     "WORKER_HEARTBEAT",
 ]
 
@@ -37,6 +38,7 @@ TASKS_STARTED = "celery.tasks.started"  # counter; task, queue
 TASKS_FINISHED = "celery.tasks.finished"  # counter; task, queue, outcome, error_type
 TASK_DURATION = "celery.task.duration"  # histogram, s; task, queue, outcome
 TASK_QUEUE_WAIT = "celery.task.queue_wait"  # histogram, s; task, queue
+TASK_RESULTS_UNSTORED = "celery.task.results_unstored"  # counter; task, state
 QUEUE_BACKLOG = "celery.queue.backlog"  # gauge; queue, priority
 BEAT_LAST_SUCCESS = "celery.beat.last_success"  # gauge, unix time s; entry
 BEAT_INTERVAL = "celery.beat.interval"  # gauge, s; entry

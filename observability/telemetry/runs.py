@@ -27,6 +27,7 @@ __all__ = [
     "on_publish",
     "task_finished",
     "task_outcome_in_main",
+    "task_result_unstored",
     "task_started",
 ]
 
@@ -169,3 +170,8 @@ def task_outcome_in_main(task_name: str, queue: str, outcome: str, error_type: s
     instruments.finished.add(1, {**attributes, "outcome": outcome, "error_type": error_type})
     if duration is not None:
         instruments.duration.record(duration, {**attributes, "outcome": outcome})
+
+
+def task_result_unstored(task_name: str, state: str) -> None:
+    """Count a task state (``SUCCESS``, ``RETRY``...) the result backend did not take; the run's outcome stands."""
+    current().instruments.results_unstored.add(1, {"task": task_name or "(unknown)", "state": state})

@@ -166,7 +166,7 @@ def test_notifications_of_a_cancelled_promo_are_not_sent(smtp_sink):
     promo = PromoFactory(product=product, status="cancelled", starts_at=timezone.now() - timedelta(minutes=1))
     notification = Notification.objects.create(promo=promo, subscription=subscription, next_attempt_at=timezone.now())
 
-    assert deliver_notification_batch.delay().get(timeout=15)["claimed"] == 0
+    assert deliver_notification_batch.apply_async(ignore_result=False).get(timeout=15)["claimed"] == 0
     process_notification_queue.delay().get(timeout=15)
 
     notification.refresh_from_db()
@@ -222,7 +222,7 @@ def test_one_message_that_cannot_be_sent_fails_alone_and_its_error_names_no_addr
     unencodable = SubscriptionFactory(product=promo.product, email=f"joe@{'x' * 64}.example.com")
     _notify(promo, [refused, unencodable])
 
-    summary = deliver_notification_batch.apply_async(queue=DELIVERY_QUEUE).get(timeout=15)
+    summary = deliver_notification_batch.apply_async(queue=DELIVERY_QUEUE, ignore_result=False).get(timeout=15)
 
     assert summary == {"claimed": 5, "sent": 3, "retrying": 0, "failed": 2}
     errors = dict(Notification.objects.filter(status="failed").values_list("subscription__email", "last_error"))
