@@ -10,7 +10,8 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from promotions import tasks
-from promotions.models import FlashPromo, Notification, Product, PromoStatus, Subscription
+from promotions.models import FlashPromo, Notification, NotificationStatus, Product, PromoStatus, Subscription
+from promotions.notifications import notifications_retry
 
 
 @admin.register(Product)
@@ -79,5 +80,17 @@ class NotificationAdmin(admin.ModelAdmin[Notification]):
         "lease_expires_at",
         "idempotency_key",
         "sent_at",
+        "failed_at",
         "last_error",
     ]
+    actions = ["resend_failed"]
+
+    @admin.action(description="Resend selected failed notifications")
+    def resend_failed(self, request: HttpRequest, queryset: QuerySet[Notification]) -> None:
+        selected = list(queryset.values_list("pk", flat=True))
+        resent = notifications_retry(now=timezone.now(), notification_ids=selected)
+        failed = queryset.filter(status=NotificationStatus.FAILED).count()
+        message = f"{resent} failed notification(s) due again; the next queue sweep sends them."
+        if failed:
+            message += f" {failed} left failed: their promo is no longer live."
+        self.message_user(request, message)

@@ -68,18 +68,20 @@ def mask_email(address: str) -> str:
 _EMAIL_ADDRESS = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 
 
-def _failure(exc: Exception, *, permanent: bool | None = None) -> DeliveryFailure:
+def _failure(exc: Exception, *, permanent: bool | None = None, where: str = "") -> DeliveryFailure:
+    """``exc`` as a stored failure text, prefixed with the endpoint ``where`` it happened, addresses masked."""
     # Provider errors echo addresses (smtplib's SMTPRecipientsRefused is the refused recipients' dict).
-    text = _EMAIL_ADDRESS.sub(lambda match: mask_email(match.group()), f"{type(exc).__name__}: {exc}")
+    prefix = f"{where}: " if where else ""
+    text = _EMAIL_ADDRESS.sub(lambda match: mask_email(match.group()), f"{prefix}{type(exc).__name__}: {exc}")
     return DeliveryFailure(text[:500], classify(exc) is ErrorKind.PERMANENT if permanent is None else permanent)
 
 
-def _single_message_failure(exc: Exception) -> DeliveryFailure:
+def _single_message_failure(exc: Exception, *, where: str = "") -> DeliveryFailure:
     """The failure of one message whose send raised ``exc``; re-raises the soft time limit, which must stop the
     batch (caught here, the task would run on into its hard limit and be killed with outcomes unrecorded)."""
     if isinstance(exc, SoftTimeLimitExceeded):
         raise exc
-    return _failure(exc)
+    return _failure(exc, where=where)
 
 
 class ConsoleBackend:
@@ -87,7 +89,7 @@ class ConsoleBackend:
 
     def send(self, messages: Sequence[OutgoingMessage]) -> Generator[Outcome, None, None]:
         for message in messages:
-            log.info(
+            log.debug(  # per message: the batch's line counts them
                 "notification.delivered",
                 notification_id=message.notification_id,
                 recipient_masked=mask_email(message.recipient),
@@ -105,8 +107,10 @@ class EmailBackend:
             connection = get_connection(fail_silently=False)
             connection.open()
         except (OSError, smtplib.SMTPException) as exc:
+            # The endpoint named: "Connection refused" alone does not say which server an operator must check.
+            failure = _failure(exc, where=f"SMTP {settings.EMAIL_HOST}:{settings.EMAIL_PORT}")
             for message in messages:
-                yield message.notification_id, _failure(exc)
+                yield message.notification_id, failure
             return
         try:
             for message in messages:
@@ -125,7 +129,10 @@ class EmailBackend:
                 except smtplib.SMTPRecipientsRefused as exc:
                     yield message.notification_id, _failure(exc, permanent=True)
                 except Exception as exc:  # noqa: BLE001 - one message's error (a header Django refuses) is its failure
-                    yield message.notification_id, _single_message_failure(exc)
+                    # The server named where it is at fault (a dropped connection), not for a header Django refuses.
+                    at_server = isinstance(exc, OSError | smtplib.SMTPException)
+                    where = f"SMTP {settings.EMAIL_HOST}:{settings.EMAIL_PORT}" if at_server else ""
+                    yield message.notification_id, _single_message_failure(exc, where=where)
                 else:
                     yield message.notification_id, None
         finally:
@@ -143,6 +150,7 @@ class SnsBackend:
         self._client = boto3.client(
             "sns", region_name=settings.AWS_REGION, endpoint_url=settings.AWS_ENDPOINT_URL or None
         )
+        self._where = f"SNS {settings.AWS_REGION} {settings.AWS_ENDPOINT_URL or 'AWS'}"
 
     def send(self, messages: Sequence[OutgoingMessage]) -> Generator[Outcome, None, None]:
         for message in messages:
@@ -166,7 +174,7 @@ class SnsBackend:
                 }
                 yield message.notification_id, _failure(exc, permanent=not throttled)
             except Exception as exc:  # noqa: BLE001 - one message's error (unreachable endpoint) is its failure
-                yield message.notification_id, _single_message_failure(exc)
+                yield message.notification_id, _single_message_failure(exc, where=self._where)
             else:
                 yield message.notification_id, None
 

@@ -123,6 +123,8 @@ class Notification(models.Model):
     # Sent with every delivery attempt so the provider can drop a duplicate after a redelivery.
     idempotency_key = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     sent_at = models.DateTimeField(null=True, blank=True)
+    # When the row was given up on (``failed``): what ``notifications retry --since`` filters on.
+    failed_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -3,6 +3,9 @@ batch, send it through the channel backend, record each outcome.
 
 Queueing claims the promos first (``notifications_queued``), so two fan-outs of one promo write its rows once.
 
+Failed rows are an operator's to resend (``notifications_retry``: the admin action and ``manage.py notifications
+retry``): due again at once, with a fresh attempt budget and their idempotency keys.
+
 Claims use ``SELECT ... FOR UPDATE SKIP LOCKED`` so any number of workers drain the queue at once without
 two of them taking the same row. A claimed row is ``sending`` under a lease: if its worker dies, the next
 queue sweep puts it back to ``pending`` once the lease has expired. Outcomes are written only under the
@@ -24,7 +27,15 @@ from django.db import connection, transaction
 
 from observability.backoff import backoff_seconds
 from promotions.channels import DeliveryFailure, OutgoingMessage, get_backend
-from promotions.models import Channel, FlashPromo, Notification, Product, Subscription
+from promotions.models import (
+    Channel,
+    FlashPromo,
+    Notification,
+    NotificationStatus,
+    Product,
+    PromoStatus,
+    Subscription,
+)
 
 __all__ = [
     "DeliveryResult",
@@ -32,6 +43,7 @@ __all__ = [
     "notifications_fail_for_inactive_promos",
     "notifications_queue_for_promos",
     "notifications_reclaim_expired",
+    "notifications_retry",
 ]
 
 log = structlog.get_logger(__name__)
@@ -100,6 +112,7 @@ def notifications_reclaim_expired(*, now: datetime) -> int:
             f"""
             UPDATE {_NOTIFICATION}
                SET status = CASE WHEN attempts >= %(max_attempts)s THEN 'failed' ELSE 'pending' END,
+                   failed_at = CASE WHEN attempts >= %(max_attempts)s THEN %(now)s END,
                    claim_token = NULL, lease_expires_at = NULL, next_attempt_at = %(now)s,
                    last_error = 'delivery lease expired: the worker was lost mid-delivery'
              WHERE status = 'sending' AND lease_expires_at <= %(now)s
@@ -117,7 +130,8 @@ def notifications_fail_for_inactive_promos(*, now: datetime) -> int:
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
-            UPDATE {_NOTIFICATION} n SET status = 'failed', last_error = 'the promo is no longer active'
+            UPDATE {_NOTIFICATION} n
+               SET status = 'failed', failed_at = %(now)s, last_error = 'the promo is no longer active'
               FROM {_PROMO} p
              WHERE p.id = n.promo_id AND n.status = 'pending' AND (p.status <> 'active' OR p.ends_at <= %(now)s)
             """,  # noqa: S608
@@ -150,7 +164,12 @@ def notifications_deliver_batch(
         raise
     outcomes.record()
     result = DeliveryResult(len(messages), sent=outcomes.sent, retrying=outcomes.retrying, failed=outcomes.failed)
-    log.info("notifications.delivered", **result.summary())
+    # One line a batch, at WARNING when anything was not sent: "delivered" for a batch that sent nothing hid an
+    # SMTP outage at INFO.
+    if result.sent == result.claimed:
+        log.info("notifications.batch_sent", **result.summary())
+    else:
+        log.warning("notifications.batch_not_all_sent", **result.summary())
     return result
 
 
@@ -295,6 +314,7 @@ def _record_outcomes(
             f"""
             UPDATE {_NOTIFICATION} n
                SET status = CASE WHEN n.id = ANY(%(give_up)s) THEN 'failed' ELSE 'pending' END,
+                   failed_at = CASE WHEN n.id = ANY(%(give_up)s) THEN now() END,
                    next_attempt_at = now() + make_interval(secs => f.delay),
                    last_error = f.error, claim_token = NULL, lease_expires_at = NULL
               FROM unnest(%(ids)s::bigint[], %(delays)s::float8[], %(errors)s::text[]) AS f(id, delay, error)
@@ -309,5 +329,54 @@ def _record_outcomes(
             },
         )
     for pk in give_up:
-        log.warning("notification.failed", notification_id=pk, error=failures[pk].error, attempts=attempts[pk])
+        # Per row at DEBUG: the batch's line counts them, and an outage would write one line per subscriber.
+        log.debug("notification.failed", notification_id=pk, error=failures[pk].error, attempts=attempts[pk])
     return sent, len(attempts) - len(give_up), len(give_up)
+
+
+def notifications_retry(
+    *,
+    now: datetime,
+    status: NotificationStatus = NotificationStatus.FAILED,
+    notification_ids: list[int] | None = None,
+    promo_id: int | None = None,
+    since: datetime | None = None,
+    dry_run: bool = False,
+) -> int:
+    """Put ``failed`` notifications of live promos back as due now; returns how many (would be) put back.
+
+    Attempts start again from 0: a resend is an operator's decision once the cause is fixed (an SMTP outage used
+    up the budget), and a row left at its last attempt would fail again at the first transient error. The
+    idempotency key stays, so a provider drops a message that did go out before its outcome was lost. Rows of
+    promos no longer live are left failed: nobody is told about a dead deal (the claim would skip them and the
+    queue sweep fail them again). The next queue sweep (``NOTIFICATION_QUEUE_INTERVAL_SECONDS``) delivers them.
+    Filters: ``notification_ids``, ``promo_id``, ``since`` (failed at or after)."""
+    if status != NotificationStatus.FAILED:
+        raise ValueError(f"only failed notifications can be resent, not {status!r}")
+    rows = Notification.objects.filter(
+        status=NotificationStatus.FAILED, promo__status=PromoStatus.ACTIVE, promo__ends_at__gt=now
+    )
+    if notification_ids is not None:
+        rows = rows.filter(pk__in=notification_ids)
+    if promo_id is not None:
+        rows = rows.filter(promo_id=promo_id)
+    if since is not None:
+        rows = rows.filter(failed_at__gte=since)
+    if dry_run:
+        count = rows.count()
+    else:
+        count = rows.update(
+            status=NotificationStatus.PENDING,
+            attempts=0,
+            next_attempt_at=now,
+            failed_at=None,
+            claim_token=None,
+            lease_expires_at=None,
+        )
+    log.info(
+        "notifications.retried",
+        count=count,
+        dry_run=dry_run,
+        **{key: value for key, value in {"promo_id": promo_id, "since": since}.items() if value is not None},
+    )
+    return count
