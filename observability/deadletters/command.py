@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import logging
 import re
 import sys
 from datetime import UTC, datetime, timedelta
@@ -26,6 +27,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from tqdm import tqdm
 
+from observability import logs as obs_logging
 from observability import telemetry
 from observability.deadletters import services as dead_letters
 from observability.deadletters.models import DeadLetter, DeadLetterReason, DeadLetterStatus
@@ -106,7 +108,10 @@ class Command(BaseCommand):
         stats.add_argument("--json", action="store_true", help="Print JSON.")
 
         replay = sub.add_parser("replay", help="Publish the tasks of dead letters again, under new task ids.")
-        replay.add_argument("ids", nargs="*", type=int, metavar="ID", help="Dead letters to replay.")
+        replay.add_argument(
+            "ids", nargs="*", type=int, metavar="ID",
+            help="Dead letters to replay. One id no entry has refuses the whole command: nothing is published.",
+        )  # fmt: skip
         replay.add_argument("--all", action="store_true", help="Replay every pending dead letter.")
         self._add_filters(replay)
         replay.add_argument("--again", action="store_true", help="Also replay entries already replayed.")
@@ -117,7 +122,10 @@ class Command(BaseCommand):
         replay.add_argument("--operator", default=None, help="Name recorded as the operator (default: $USER).")
 
         purge = sub.add_parser("purge", help="Delete dead letters for good.")
-        purge.add_argument("ids", nargs="*", type=int, metavar="ID", help="Dead letters to delete.")
+        purge.add_argument(
+            "ids", nargs="*", type=int, metavar="ID",
+            help="Dead letters to delete. One id no entry has refuses the whole command: nothing is deleted.",
+        )  # fmt: skip
         purge.add_argument("--older-than", type=parse_duration, help="Entries last failed longer ago than this (7d).")
         purge.add_argument("--status", choices=DeadLetterStatus.values, help="Entries in this status.")
         purge.add_argument("--dry-run", action="store_true", help="Print what would be deleted; change nothing.")
@@ -133,12 +141,22 @@ class Command(BaseCommand):
         parser.add_argument("--until", type=parse_time, help="Last failed before T (ISO time or 2h, 7d).")
 
     def handle(self, *args: Any, subcommand: str, **options: Any) -> None:
+        if self.stdout.isatty() or self.stderr.isatty():
+            # A person is reading: log lines on stderr in the console format, even where the deployment sets
+            # LOG_FORMAT=json for its services. Off a terminal LOG_FORMAT applies (JSON for a log shipper).
+            obs_logging.configure_logging(fmt="console")
+        # The INFO events of a replay (one per entry) say what this command prints on stdout: not twice.
+        # Warnings and errors (a purge's counts, a stopped replay) are still logged.
+        services_log = logging.getLogger(dead_letters.__name__)
+        level = services_log.level
+        services_log.setLevel(logging.WARNING)
         # Replays and purges are counted (dead_letters.replayed / .purged) and flushed before exit.
         telemetry.setup("cli")
         try:
             getattr(self, f"_{subcommand}")(**options)
         finally:
             telemetry.shutdown()
+            services_log.setLevel(level)
 
     # --- list / show / stats ------------------------------------------------------------------------------
     def _list(self, *, limit: int, json: bool, **options: Any) -> None:
@@ -160,9 +178,8 @@ class Command(BaseCommand):
             )
 
     def _show(self, *, id: int, json: bool, **options: Any) -> None:
-        entry = DeadLetter.objects.filter(pk=id).first()
-        if entry is None:
-            raise CommandError(f"No dead letter with id {id}: see 'manage.py dlq list'.")
+        _require_known([id])
+        entry = DeadLetter.objects.get(pk=id)
         details = _details(entry)
         if json:
             self.stdout.write(_dumps(details))
@@ -191,6 +208,7 @@ class Command(BaseCommand):
 
     # --- replay / purge -----------------------------------------------------------------------------------
     def _replay(self, *, ids: list[int], all: bool, again: bool, dry_run: bool, **options: Any) -> None:
+        _require_known(ids)
         criteria = _criteria(options, ids=ids)
         if not all and criteria.is_empty:
             raise CommandError("Name what to replay: entry IDs, --all, or filters (--task, --reason, ...).")
@@ -227,19 +245,25 @@ class Command(BaseCommand):
     def _print_replay(self, result: dead_letters.ReplayResult, *, verb: str, named_ids: list[int]) -> None:
         """A line per published and per skipped entry, one per entry of ``named_ids`` the replay did not take
         (not pending, or taken by a replay running alongside) saying why, and a summary."""
-        for entry_id, new_id in result.published:
-            self.stdout.write(f"{verb} dead letter {entry_id} as task {new_id}")
+        for (entry_id, new_id), task_name in zip(result.published, result.task_names, strict=True):
+            # A dry run's line has no task id: ids are drawn at random when the entry is published.
+            as_task = "" if new_id is None else f" as task {new_id}"
+            self.stdout.write(
+                f"{verb} dead letter {entry_id} ({task_name}){as_task} to queue {result.queues[entry_id]}"
+            )
         for entry_id, why in result.skipped.items():
             self.stderr.write(f"Skipped dead letter {entry_id}: {why}")
         not_taken = set(named_ids) - {entry_id for entry_id, _ in result.published} - set(result.skipped)
         for entry_id, status in DeadLetter.objects.filter(pk__in=not_taken).values_list("pk", "status"):
             hint = " (add --again)" if status == DeadLetterStatus.REPLAYED else ""
             self.stderr.write(f"Skipped dead letter {entry_id}: it is {status}{hint}")
-        self.stdout.write(f"{verb} {len(result.published)} task(s); skipped {len(result.skipped)}.")
+        ids_note = " (task ids are assigned when published)" if verb == "Would publish" else ""
+        self.stdout.write(f"{verb} {len(result.published)} task(s); skipped {len(result.skipped)}.{ids_note}")
 
     def _purge(self, *, ids: list[int], older_than: timedelta | None, status: str | None, **options: Any) -> None:
         if not ids and older_than is None and status is None:
             raise CommandError("Name what to purge: entry IDs, --older-than DURATION or --status S.")
+        _require_known(ids)
         entries: QuerySet[DeadLetter] = DeadLetter.objects.all()
         if ids:
             entries = entries.filter(pk__in=ids)
@@ -258,6 +282,17 @@ class Command(BaseCommand):
                 raise CommandError("Nothing deleted.")
         counts = dead_letters.dead_letters_purge(entries, reason=f"manage.py dlq purge by {getpass.getuser()}")
         self.stdout.write(f"Deleted {sum(counts.values())} dead letter(s).")
+
+
+def _require_known(ids: list[int]) -> None:
+    """Refuse the whole command when an id names no entry: a typo among several ids would otherwise act on
+    the others and report ``0`` for it, as if it had been done."""
+    unknown = sorted(set(ids) - set(DeadLetter.objects.filter(pk__in=ids).values_list("pk", flat=True)))
+    if len(unknown) == 1:
+        raise CommandError(f"No dead letter with id {unknown[0]}: see 'manage.py dlq list'.")
+    if unknown:
+        listed = ", ".join(map(str, unknown))
+        raise CommandError(f"No dead letters with ids {listed}: see 'manage.py dlq list'. Nothing was done.")
 
 
 def _criteria(options: dict[str, Any], ids: list[int] | None = None) -> DeadLetterFilter:

@@ -149,7 +149,10 @@ def record_or_report(failure: Failure) -> bool:
 
 @dataclass
 class ReplayResult:
-    published: list[tuple[int, str]] = field(default_factory=list)
+    #: (entry id, new task id) in publication order; a dry run assigns no task id (None).
+    published: list[tuple[int, str | None]] = field(default_factory=list)
+    #: The queue each published entry went (or, in a dry run, would go) to.
+    queues: dict[int, str] = field(default_factory=dict)
     task_names: list[str] = field(default_factory=list)
     skipped: dict[int, str] = field(default_factory=dict)
 
@@ -220,17 +223,18 @@ def dead_letters_replay(
                 if entry.task_name not in registered:
                     result.skipped[entry.pk] = f"task {entry.task_name or '(none)'} is not registered"
                     continue
-                new_id = str(uuid.uuid4())
+                new_id = None if dry_run else str(uuid.uuid4())
                 try:
                     if pacer:
                         pacer.wait(len(result.published))  # where a throttled replay spends its time, Ctrl-C too
-                    if not dry_run:
+                    if new_id is not None:
                         replays.append(_publish(entry, new_id=new_id, queue=queue, operator=operator))
                 except (BrokerOperationalError, OSError, KeyboardInterrupt) as exc:
                     # kombu gave up reconnecting (every later entry would fail the same), or the operator stops.
                     stopped_by = exc
                     break
                 result.published.append((entry.pk, new_id))
+                result.queues[entry.pk] = _destination(entry, queue)
                 result.task_names.append(entry.task_name)
                 if on_progress:
                     on_progress(1)
@@ -238,12 +242,13 @@ def dead_letters_replay(
             DeadLetter.objects.filter(pk__in=[r.dead_letter_id for r in replays]).update(
                 status=DeadLetterStatus.REPLAYED
             )
-    if not dry_run:
+    if dry_run:
+        # Nothing was done, so nothing is logged as done.
+        log.info("dead_letters.replay_planned", count=len(result.published), operator=operator)
+    else:
         telemetry.dead_letters_replayed(result.task_names)
-    for entry_id, new_id in result.published:
-        log.info(
-            "dead_letter.replayed", dead_letter_id=entry_id, new_task_id=new_id, operator=operator, dry_run=dry_run
-        )
+        for entry_id, new_id in result.published:
+            log.info("dead_letter.replayed", dead_letter_id=entry_id, new_task_id=new_id, operator=operator)
     if stopped_by is not None:
         log.error("dead_letters.replay_stopped", published=len(result.published), error=repr(stopped_by))
         raise ReplayStoppedError(result, stopped_by) from stopped_by
@@ -277,6 +282,12 @@ def _registered_task_names() -> set[str]:
     for module in current_app.loader.default_modules:
         current_app.loader.import_task_module(module)
     return set(current_app.tasks)
+
+
+def _destination(entry: DeadLetter, queue: str | None) -> str:
+    """The queue ``_publish`` sends ``entry`` to: ``queue``, else the entry's own, else where Celery's router
+    sends its task (the default queue unless ``task_routes`` says otherwise)."""
+    return queue or entry.queue or current_app.amqp.router.route({}, entry.task_name)["queue"].name
 
 
 def _publish(entry: DeadLetter, *, new_id: str, queue: str | None, operator: str) -> DeadLetterReplay:

@@ -381,7 +381,11 @@ class TestReplay:
             e.pk: "replayed" if e.pk in sent else "pending" for e in entries
         }
         assert out.splitlines() == [
-            *(f"Published dead letter {pk} as task {sent[pk]}" for pk in sorted(sent)),
+            *(
+                f"Published dead letter {pk} (promotions.tasks.deliver_notification_batch) as task {sent[pk]} "
+                f"to queue {queue}"
+                for pk in sorted(sent)
+            ),
             f"Published {len(sent)} task(s); skipped 0.",
         ]
         assert run.returncode == 1, err

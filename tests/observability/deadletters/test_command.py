@@ -11,6 +11,8 @@ import base64
 import io
 import json
 import os
+import pty
+import re
 import subprocess
 import sys
 import uuid
@@ -376,8 +378,10 @@ class TestReplay:
             first.pk: "replayed", second.pk: "replayed", untouched.pk: "pending",
         }  # fmt: skip
         assert out.splitlines() == [
-            f"Published dead letter {first.pk} as task {replays[first.pk].new_task_id}",
-            f"Published dead letter {second.pk} as task {replays[second.pk].new_task_id}",
+            *(
+                f"Published dead letter {e.pk} ({REGISTERED}) as task {replays[e.pk].new_task_id} to queue {queue}"
+                for e in (first, second)
+            ),
             "Published 2 task(s); skipped 0.",
         ]
         assert err == ""
@@ -540,22 +544,61 @@ class TestReplay:
         }  # fmt: skip
 
     def test_dry_run_prints_what_would_be_published_and_changes_nothing(self, redis_client):
-        """``--dry-run`` prints the entries it would publish; nothing is published, marked or recorded."""
+        """``--dry-run`` prints the entries it would publish, with their task and queue; nothing is published,
+        marked or recorded, and nothing is logged as replayed."""
         queue = f"dlq-dry-{token()}"
         entries = _entries(2, queue=queue)
         _entries(1, queue=queue, task_name="no.such.task")
 
-        out, err = dlq("replay", "--all", "--dry-run")
+        with capture_logs() as logs:
+            out, err = dlq("replay", "--all", "--dry-run")
 
-        lines = out.splitlines()
-        assert [line.rsplit(" as task ", 1)[0] for line in lines[:2]] == [
-            f"Would publish dead letter {entry.pk}" for entry in entries
+        assert out.splitlines() == [
+            *(f"Would publish dead letter {entry.pk} ({REGISTERED}) to queue {queue}" for entry in entries),
+            "Would publish 2 task(s); skipped 1. (task ids are assigned when published)",
         ]
-        assert lines[2:] == ["Would publish 2 task(s); skipped 1."]
         assert "is not registered" in err
         assert redis_client.llen(queue) == 0
         assert DeadLetter.objects.filter(status="pending").count() == 3
         assert not DeadLetterReplay.objects.exists()
+        assert [e["event"] for e in logs if e["event"].startswith("dead_letter")] == ["dead_letters.replay_planned"]
+
+    def test_dry_run_shows_what_the_real_run_then_does(self, redis_client):
+        """A dry run names the same entries, in the same order, to the same queues as the replay that follows
+        it (``--limit`` and ``--queue`` included); it prints no task id, since the real run draws new ones."""
+        own, other = f"dlq-same-{token()}", f"dlq-other-{token()}"
+        _entries(2, queue=own)
+        _entries(1, queue=own, task_name="no.such.task")
+        _entries(2, queue=own)
+        for args in (["--limit", "3"], ["--queue", other]):
+            planned, _ = dlq("replay", "--all", "--dry-run", *args)
+            done, _ = dlq("replay", "--all", *args)
+
+            assert " as task " not in planned
+            assert [line.replace("Would publish", "Published") for line in planned.splitlines()[:-1]] == [
+                re.sub(r" as task [0-9a-f-]{36}", "", line) for line in done.splitlines()[:-1]
+            ]
+        assert (redis_client.llen(own), redis_client.llen(other)) == (3, 1)
+
+    def test_dry_run_names_the_default_queue_for_an_entry_without_one(self):
+        """An entry with no queue recorded is published where Celery routes its task: the dry run says where."""
+        (entry,) = _entries(1, queue="")
+        out, _ = dlq("replay", str(entry.pk), "--dry-run")
+        assert out.splitlines()[0] == f"Would publish dead letter {entry.pk} ({REGISTERED}) to queue celery"
+
+    def test_unknown_ids_refuse_the_whole_replay(self, redis_client):
+        """An id no entry has is a command error naming it, before anything is published or marked, even when
+        the other ids name pending entries; several unknown ids are named together."""
+        queue = f"dlq-unknown-{token()}"
+        (entry,) = _entries(1, queue=queue)
+
+        with pytest.raises(CommandError, match=rf"^No dead letter with id {entry.pk + 1000}: see 'manage.py dlq list'"):
+            dlq("replay", str(entry.pk), str(entry.pk + 1000))
+        with pytest.raises(CommandError, match=rf"^No dead letters with ids {entry.pk + 1000}, {entry.pk + 1001}: "):
+            dlq("replay", str(entry.pk + 1001), str(entry.pk + 1000))
+
+        assert redis_client.llen(queue) == 0
+        assert DeadLetter.objects.get().status == "pending"
 
 
 class TestPurge:
@@ -638,6 +681,14 @@ class TestPurge:
         assert prompts == ["Delete 1 dead letter(s) for good? [y/N] "]
         assert DeadLetter.objects.count() == remaining
 
+    def test_unknown_ids_refuse_the_whole_purge(self):
+        """An id no entry has is a command error naming it, and nothing is deleted, ``--yes`` or not: not the
+        other named entries either."""
+        (entry,) = _entries(1)
+        with pytest.raises(CommandError, match=rf"^No dead letter with id {entry.pk + 1000}: see 'manage.py dlq list'"):
+            dlq("purge", str(entry.pk), str(entry.pk + 1000), "--yes")
+        assert DeadLetter.objects.count() == 1
+
     def test_nothing_named_is_an_error(self):
         """Without IDs, ``--older-than`` or ``--status``, purge is a command error and deletes nothing, even
         with ``--yes``."""
@@ -645,6 +696,92 @@ class TestPurge:
         with pytest.raises(CommandError, match=r"Name what to purge: entry IDs, --older-than DURATION or --status"):
             dlq("purge", "--yes")
         assert DeadLetter.objects.count() == 1
+
+
+class TestOutput:
+    """What an operator sees: results on stdout, log lines on stderr, and never a JSON log line for a person."""
+
+    @staticmethod
+    def run(*args: str, stderr_on_terminal: bool = False) -> tuple[str, str, int]:
+        """``python manage.py dlq ARGS`` in a process of its own, with the deployment's ``LOG_FORMAT=json``;
+        stdout is a pipe, stderr a pipe or (``stderr_on_terminal``) a pseudo-terminal."""
+        env = {**os.environ, "DATABASE_URL": _test_database_url(), "LOG_FORMAT": "json", "LOG_LEVEL": "INFO"}
+        command = [sys.executable, "manage.py", "dlq", *args]
+        if not stderr_on_terminal:
+            result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+            return result.stdout, result.stderr, result.returncode
+        primary, secondary = pty.openpty()
+        with subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=secondary) as process:
+            os.close(secondary)
+            out = process.stdout.read().decode() if process.stdout else ""
+            err = b""
+            while True:
+                try:
+                    chunk = os.read(primary, 65536)
+                except OSError:  # EIO: the process closed its end
+                    break
+                if not chunk:
+                    break
+                err += chunk
+            returncode = process.wait(timeout=60)
+        os.close(primary)
+        return out, err.decode().replace("\r\n", "\n"), returncode
+
+    @staticmethod
+    def json_lines(text: str) -> list[str]:
+        lines = []
+        for line in text.splitlines():
+            try:
+                json.loads(line)
+            except ValueError:
+                continue
+            lines.append(line)
+        return lines
+
+    @pytest.mark.django_db(transaction=True)
+    def test_a_replay_prints_its_lines_on_stdout_and_logs_nothing_it_printed(self, redis_client):
+        """A replay's stdout holds its lines and summary only; its stderr holds no JSON log line: the per-entry
+        ``dead_letter.replayed`` event says what stdout says, so the command does not log it."""
+        queue = f"dlq-out-{token()}"
+        entries = _entries(2, queue=queue)
+
+        out, err, code = self.run("replay", *(str(e.pk) for e in entries))
+
+        assert code == 0, err
+        assert [line.split(" (")[0] for line in out.splitlines()] == [
+            *(f"Published dead letter {e.pk}" for e in entries), "Published 2 task(s); skipped 0.",
+        ]  # fmt: skip
+        assert self.json_lines(err) == []
+
+    @pytest.mark.django_db(transaction=True)
+    def test_on_a_terminal_log_lines_are_in_the_console_format_whatever_log_format_says(self):
+        """With stderr on a terminal, the purge's ``dead_letters.purged`` warning is a console line, although
+        ``LOG_FORMAT=json``; stdout holds the result line only."""
+        (entry,) = _entries(1)
+
+        out, err, code = self.run("purge", str(entry.pk), "--yes", stderr_on_terminal=True)
+
+        assert code == 0, err
+        assert out == "Deleted 1 dead letter(s).\n"
+        assert "dead_letters.purged" in err
+        assert "WARNING" in err
+        assert self.json_lines(err) == []
+
+    @pytest.mark.django_db(transaction=True)
+    def test_json_output_is_pure_json(self):
+        """``--json`` prints JSON and nothing else on stdout, one object per line."""
+        _entries(2)
+        out, err, code = self.run("list", "--json")
+        assert code == 0, err
+        assert len(out.splitlines()) == len(self.json_lines(out)) >= 2
+
+    @pytest.mark.django_db(transaction=True)
+    @pytest.mark.parametrize("subcommand", ["show", "replay", "purge"])
+    def test_an_unknown_id_exits_1_with_one_line(self, subcommand):
+        """``show``, ``replay`` and ``purge`` of an id no entry has exit 1 with one line on stderr and print
+        nothing on stdout."""
+        out, err, code = self.run(subcommand, "999999", *(["--yes"] if subcommand == "purge" else []))
+        assert (out, err, code) == ("", "CommandError: No dead letter with id 999999: see 'manage.py dlq list'.\n", 1)
 
 
 @pytest.mark.parametrize(
