@@ -6,11 +6,13 @@ from __future__ import annotations
 import shutil
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.utils import timezone
 
+from observability.deadletters.admin import MESSAGE_WIDTH
 from observability.deadletters.models import DeadLetter, DeadLetterReplay
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -104,3 +106,36 @@ def test_without_the_permission_there_is_no_replay_action(browser, live_server):
 
     options = page.locator("select[name=action] option").all_inner_texts()
     assert not any("Replay" in o or "Discard" in o for o in options)
+
+
+def test_at_1400_px_the_list_shows_what_on_call_needs_uncut(browser, live_server):
+    """At 1400 px the list shows, for each entry, the last failure to the second in UTC, the reason, the task,
+    the exception's class, its message's first line cut with an ellipsis (the full text in the cell's title)
+    and the failure count - the table no wider than the window, so no column is cut off."""
+    entry = _entry("non_retryable_error", "celery")
+    DeadLetter.objects.filter(pk=entry.pk).update(
+        exception_type="django.db.utils.DataError",
+        exception_message='invalid input syntax for type bigint: "12O" ' + "x" * 100 + "\nLINE 6: ...",
+        failure_count=3,
+        last_failed_at=datetime(2026, 12, 1, 23, 44, 35, 123456, tzinfo=UTC),
+    )
+    page = _login(browser, live_server, _operator(can_replay=False))
+    page.set_viewport_size({"width": 1400, "height": 900})
+
+    headers = page.locator("#result_list thead th .text").all_inner_texts()
+    assert [h.strip().lower() for h in headers if h.strip()] == [
+        "id", "last failed (utc)", "status", "reason", "task name", "exception", "message", "failure count",
+    ]  # fmt: skip
+    row = page.locator("#result_list tbody tr").first
+    cells = [c.strip() for c in row.locator("xpath=./*[not(contains(@class, 'action-checkbox'))]").all_inner_texts()]
+    assert cells[:6] == [
+        str(entry.pk), "2026-12-01 23:44:35 UTC", entry.get_status_display(), entry.get_reason_display(),
+        "promotions.tasks.deliver_notification_batch", "DataError",
+    ]  # fmt: skip
+    assert cells[6].startswith('invalid input syntax for type bigint: "12O" xxx')
+    assert cells[6].endswith("\u2026") and len(cells[6]) == MESSAGE_WIDTH
+    assert cells[7] == "3"
+    assert row.locator("td.field-message span").get_attribute("title").endswith("\nLINE 6: ...")
+    assert row.locator("td.field-exception span").get_attribute("title") == "django.db.utils.DataError"
+    width = page.evaluate("document.querySelector('#result_list').getBoundingClientRect().right")
+    assert width <= 1400
