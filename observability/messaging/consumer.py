@@ -7,9 +7,14 @@ neither written nor deferred, the message stays unacknowledged and comes back la
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from celery.worker.consumer import Consumer
+from celery.worker.consumer import consumer as celery_consumer
 from kombu.message import Message
 
 from observability import telemetry
@@ -56,19 +61,53 @@ def _record(message: Message, reason: DeadLetterReason, error: str, exception_ty
     return True
 
 
+# Celery's handlers below log that the message "has been ignored and discarded" (or "deleted") and then
+# reject it. Called after the message was recorded as a dead letter, that line contradicts our
+# `dead_letter.recorded` one: it is dropped while Celery's handler runs for a recorded message, and the rest
+# of the handler (reject, the failure stored for its task id, the task-failed event) runs as Celery wrote it.
+_DISCARDED_LINES = frozenset(
+    {celery_consumer.UNKNOWN_TASK_ERROR, celery_consumer.INVALID_TASK_ERROR, celery_consumer.UNKNOWN_FORMAT}
+)
+_recorded: ContextVar[bool] = ContextVar("dead_letter_recorded", default=False)
+
+
+class _RecordedMessageFilter(logging.Filter):
+    """Drops Celery's "discarded" line about a message this consumer has just recorded as a dead letter."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_recorded.get() and record.msg in _DISCARDED_LINES)
+
+
+_consumer_log = logging.getLogger(celery_consumer.__name__)
+if not any(isinstance(f, _RecordedMessageFilter) for f in _consumer_log.filters):
+    _consumer_log.addFilter(_RecordedMessageFilter())
+
+
+@contextmanager
+def _as_recorded() -> Iterator[None]:
+    token = _recorded.set(True)
+    try:
+        yield
+    finally:
+        _recorded.reset(token)
+
+
 class DeadLetteringConsumer(Consumer):
     def on_unknown_task(self, body: Any, message: Message, exc: Exception) -> None:
         if _record(message, DeadLetterReason.UNREGISTERED_TASK, str(exc), "celery.exceptions.NotRegistered"):
-            super().on_unknown_task(body, message, exc)
+            with _as_recorded():
+                super().on_unknown_task(body, message, exc)
 
     def on_unknown_message(self, body: Any, message: Message) -> None:
         error = "message has no task headers (not a Celery task message)"
         if _record(message, DeadLetterReason.UNDECODABLE_MESSAGE, error, "kombu.exceptions.MessageStateError"):
-            super().on_unknown_message(body, message)
+            with _as_recorded():
+                super().on_unknown_message(body, message)
 
     def on_invalid_task(self, body: Any, message: Message, exc: Exception) -> None:
         if _record(message, DeadLetterReason.UNDECODABLE_MESSAGE, str(exc), "celery.exceptions.InvalidTaskError"):
-            super().on_invalid_task(body, message, exc)
+            with _as_recorded():
+                super().on_invalid_task(body, message, exc)
 
     def on_decode_error(self, message: Message, exc: Exception) -> None:
         exception_type = f"{type(exc).__module__}.{type(exc).__qualname__}"

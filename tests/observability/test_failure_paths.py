@@ -133,9 +133,10 @@ class TestRetriesAndTerminalFailures:
         assert result.get(timeout=30) == 2
         assert not DeadLetter.objects.exists()
 
-    def test_unknown_task_and_garbage_become_entries_and_the_worker_survives(self, redis_client):
+    def test_unknown_task_and_garbage_become_entries_and_the_worker_survives(self, redis_client, celery_worker):
         """An unregistered task name and bytes that are not a message, pushed straight into the queue,
-        each become one entry; the next valid task runs."""
+        each become one entry; the next valid task runs. The worker's log says the unregistered task was
+        recorded as a dead letter, and no Celery line says it was "ignored and discarded"."""
         from marketplace.celery import app
 
         unknown = app.send_task("no.such.task", args=[1], kwargs={"a": 2})
@@ -159,6 +160,10 @@ class TestRetriesAndTerminalFailures:
         not_json, no_tag = sorted(garbage, key=lambda entry: entry.raw_message != "{this is not json")
         assert not_json.raw_message == "{this is not json"
         assert "delivery_tag" in no_tag.exception_message
+        recorded = [line for line in celery_worker.log().splitlines() if unknown.id in line]
+        assert any("dead_letter.recorded" in line for line in recorded), recorded
+        assert "Received unregistered task" not in celery_worker.log()
+        assert "has been ignored and discarded" not in celery_worker.log()
 
 
 @pytest.mark.parametrize(
