@@ -65,8 +65,9 @@ def _record(message: Message, reason: DeadLetterReason, error: str, exception_ty
 # reject it. Called after the message was recorded as a dead letter, that line contradicts our
 # `dead_letter.recorded` one: it is dropped while Celery's handler runs for a recorded message, and the rest
 # of the handler (reject, the failure stored for its task id, the task-failed event) runs as Celery wrote it.
-_DISCARDED_LINES = frozenset(
-    {celery_consumer.UNKNOWN_TASK_ERROR, celery_consumer.INVALID_TASK_ERROR, celery_consumer.UNKNOWN_FORMAT}
+# (getattr: celery-types does not declare these module constants; a renamed one fails at import.)
+_DISCARDED_LINES: frozenset[str] = frozenset(
+    getattr(celery_consumer, name) for name in ("UNKNOWN_TASK_ERROR", "INVALID_TASK_ERROR", "UNKNOWN_FORMAT")
 )
 _recorded: ContextVar[bool] = ContextVar("dead_letter_recorded", default=False)
 
