@@ -14,6 +14,7 @@ process's start. Imported by ``marketplace.celery`` (every role) and ``marketpla
 from __future__ import annotations
 
 import gc
+import sys
 from typing import Any
 
 from celery import signals
@@ -46,6 +47,15 @@ def setup_web() -> None:
     """Called by ``marketplace.wsgi`` before the WSGI application is built."""
     sentry.init_sentry(role="web")
     telemetry.setup("web", instrument=_instrument_web)
+
+
+# Flower parses its options with tornado.options, whose parse callback (tornado.log.enable_pretty_logging)
+# gives the root logger a handler of its own beside ours unless tornado's `logging` option is "none": each
+# Flower line was written twice, in tornado's format and in ours. The `celery` command imports tornado.options
+# with its plugins (Flower's entry point) before it loads this app, and Flower parses after: set here, in time.
+_tornado_options = sys.modules.get("tornado.options")
+if _tornado_options is not None:
+    _tornado_options.options.logging = "none"
 
 
 @signals.setup_logging.connect

@@ -15,6 +15,7 @@ from queue import Empty
 from typing import Any
 
 import structlog
+from kombu import connection as kombu_connection
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
@@ -130,3 +131,12 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+# A connection's URL (``Connection.as_uri``) begins with its transport setting, which for this transport is its
+# import path: ``observability.messaging.redis_transport:Transport://...``. Flower picks its Broker tab's
+# client by that URL's scheme (flower.utils.broker.Broker) and found none ("'redis' broker is not supported").
+# kombu's ``resolve_aliases`` names a transport in URLs (``pyamqp`` shows as ``amqp``): this one shows as
+# ``redis``, what it speaks. Connections are still built from the setting (``clone`` and pools read it
+# unresolved), so the guarded read path above stays in use.
+kombu_connection.resolve_aliases[f"{__name__}:Transport"] = "redis"  # type: ignore[attr-defined]  # not in the stubs
