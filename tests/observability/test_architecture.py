@@ -30,7 +30,7 @@ ALLOWED: dict[str, set[str]] = {
     "beat": {"redis_client", "telemetry"},
     "results": {"telemetry"},
     "task": {"backoff", "errors", "beat", "redis_client", "results", "sentry", "telemetry"},
-    "deadletters": {"errors", "failure", "task", "telemetry", "sentry"},
+    "deadletters": {"errors", "failure", "logs", "task", "telemetry", "sentry"},
     "messaging": {"errors", "failure", "deadletters", "redis_client", "telemetry"},
     "wiring": {"logs", "sentry", "telemetry"},
     "apps": {"logs"},
