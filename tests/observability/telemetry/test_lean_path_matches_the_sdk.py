@@ -171,22 +171,28 @@ def test_the_task_metrics_stream_leaves_as_the_sdks_instruments_send_it(monkeypa
     OTLP metrics - names, units, descriptions, temporality, attributes, counts, buckets, sums, min/max and the
     exemplars of the sampled span."""
     run = TracerProvider(shutdown_on_exit=False).get_tracer("tests").start_span("run")
-    names = {"name": "celery.tasks.finished", "unit": "{task}", "description": "Task runs finished, by outcome"}
-    histogram_names = {"name": "celery.task.duration", "unit": "s", "description": "Task run duration"}
+    counter, counter_unit, counter_text = "celery.tasks.finished", "{task}", "Task runs finished, by outcome"
+    histogram, histogram_unit, histogram_text = "celery.task.duration", "s", "Task run duration"
 
     sdk_reader = InMemoryMetricReader()
     views = [View(instrument_name="celery.task.duration", aggregation=ExplicitBucketHistogramAggregation(BOUNDS))]
     sdk_meter = MeterProvider(
         resource=RESOURCE, metric_readers=[sdk_reader], views=views, shutdown_on_exit=False
     ).get_meter(SCOPE)
-    _record_a_stream(sdk_meter.create_counter(**names), sdk_meter.create_histogram(**histogram_names), run)
+    _record_a_stream(
+        sdk_meter.create_counter(counter, unit=counter_unit, description=counter_text),
+        sdk_meter.create_histogram(histogram, unit=histogram_unit, description=histogram_text),
+        run,
+    )
     sdk_data = sdk_reader.get_metrics_data()
     assert sdk_data is not None
 
     lean_reader = InMemoryMetricReader()
     lean_meter = MeterProvider(resource=RESOURCE, metric_readers=[lean_reader], shutdown_on_exit=False).get_meter(SCOPE)
-    lean_histogram = InProcessHistogram(**histogram_names, bounds=BOUNDS)
-    _record_a_stream(InProcessCounter(lean_meter, **names), lean_histogram, run)
+    lean_histogram = InProcessHistogram(histogram, unit=histogram_unit, description=histogram_text, bounds=BOUNDS)
+    _record_a_stream(
+        InProcessCounter(lean_meter, counter, unit=counter_unit, description=counter_text), lean_histogram, run
+    )
     sent: list[MetricsData] = []
 
     def the_network(self: OTLPMetricExporter, metrics_data: MetricsData, *args: Any, **kwargs: Any) -> Any:
