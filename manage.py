@@ -1,13 +1,14 @@
 #!/usr/bin/env python
 """Django's command-line utility for administrative tasks."""
 
-import os
 import sys
 
 
 def main() -> None:
-    """Run a management command named on the command line."""
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "marketplace.settings")
+    """Run a management command named on the command line, after reading .env and the settings."""
+    from marketplace.startup import configure
+
+    configure()
     from django.core.management import execute_from_command_line
 
     execute_from_command_line(sys.argv)

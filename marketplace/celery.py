@@ -4,11 +4,12 @@ Every task of the project runs through ``observability.task.ObservableTask``, th
 workers refuse to start when a task could outlive the broker's visibility timeout.
 """
 
-import os
-
 from celery import Celery
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "marketplace.settings")
+from marketplace.startup import configure
+
+# The `celery` command's entry point: reads .env and loads the settings, or stops in one line.
+configure()
 
 app = Celery("marketplace", task_cls="observability.task:ObservableTask")
 app.config_from_object("django.conf:settings", namespace="CELERY")

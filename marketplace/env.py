@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from urllib.parse import urlparse
 
 from django.core.exceptions import ImproperlyConfigured
 
-__all__ = ["env_bool", "env_float", "env_int", "env_list", "env_str", "env_url"]
+__all__ = ["env_bool", "env_float", "env_int", "env_list", "env_str", "env_url", "mask_password"]
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -44,7 +45,7 @@ def env_bool(name: str, default: bool) -> bool:
         return True
     if lowered in _FALSE:
         return False
-    raise ImproperlyConfigured(f"{name}={value!r} is not a boolean: use true or false.")
+    raise ImproperlyConfigured(f"{name}={value!r} is not a boolean: use true or false (also 1/0, yes/no, on/off).")
 
 
 def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
@@ -55,7 +56,9 @@ def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
     try:
         number = int(value)
     except ValueError:
-        raise ImproperlyConfigured(f"{name}={value!r} is not an integer.") from None
+        raise ImproperlyConfigured(
+            f"{name}={value!r} is not an integer: use a whole number{_at_least(minimum)}."
+        ) from None
     if minimum is not None and number < minimum:
         raise ImproperlyConfigured(f"{name}={number} is below its minimum of {minimum}.")
     return number
@@ -69,9 +72,13 @@ def env_float(name: str, default: float, *, minimum: float | None = None) -> flo
     try:
         number = float(value)
     except ValueError:
-        raise ImproperlyConfigured(f"{name}={value!r} is not a number.") from None
+        raise ImproperlyConfigured(
+            f"{name}={value!r} is not a number: use one such as 2 or 0.5{_at_least(minimum)}."
+        ) from None
     if not math.isfinite(number):
-        raise ImproperlyConfigured(f"{name}={value!r} is not a finite number.")
+        raise ImproperlyConfigured(
+            f"{name}={value!r} is not a finite number: use one such as 2 or 0.5{_at_least(minimum)}."
+        )
     if minimum is not None and number < minimum:
         raise ImproperlyConfigured(f"{name}={number} is below its minimum of {minimum}.")
     return number
@@ -85,11 +92,51 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
-def env_url(name: str, default: str | object = _UNSET, *, schemes: tuple[str, ...]) -> str:
-    """Return ``name`` as a URL whose scheme is one of ``schemes`` and that names a host."""
+def env_url(
+    name: str,
+    default: str | object = _UNSET,
+    *,
+    schemes: tuple[str, ...],
+    kind: str,
+    form: str,
+    path_pattern: str = ".*",
+) -> str:
+    """Return ``name`` as a URL whose scheme is one of ``schemes``, that names a host, has a numeric port if
+    any and a path (without its ``/``) matching ``path_pattern``.
+
+    The error names the variable, its value with any password masked, ``kind`` ("a database URL") and the
+    accepted ``form`` ("postgres://USER[:PASSWORD]@HOST:PORT/NAME").
+    """
     value = env_str(name, default)
     parsed = urlparse(value)
-    if parsed.scheme not in schemes or not (parsed.hostname or parsed.path):
-        allowed = ", ".join(f"{scheme}://" for scheme in schemes)
-        raise ImproperlyConfigured(f"{name} must be a URL starting with {allowed} (got scheme {parsed.scheme!r}).")
+    try:
+        parsed.port  # noqa: B018 - raises ValueError on a port that is not a number in range
+        valid_port = True
+    except ValueError:
+        valid_port = False
+    if (
+        parsed.scheme not in schemes
+        or not (parsed.hostname or parsed.path)
+        or not valid_port
+        or re.fullmatch(path_pattern, parsed.path.removeprefix("/")) is None
+    ):
+        raise ImproperlyConfigured(f"{name}={mask_password(value)!r} is not {kind}: use {form}")
     return value
+
+
+def mask_password(url: str) -> str:
+    """``url`` with the password of its user information (``user:PASSWORD@``) replaced by ``***``.
+
+    Works on text that is not a valid URL too (a value being rejected): whatever sits between the first
+    ``:`` of the user information and the last ``@`` is masked.
+    """
+    if "@" not in url:
+        return url
+    credentials, host = url.rsplit("@", 1)
+    scheme, separator, userinfo = credentials.rpartition("://")
+    user, colon, _password = userinfo.partition(":")
+    return f"{scheme}{separator}{user}{colon and ':***'}@{host}"
+
+
+def _at_least(minimum: float | None) -> str:
+    return "" if minimum is None else f" of at least {minimum}"

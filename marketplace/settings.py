@@ -67,7 +67,13 @@ TEMPLATES = [
     },
 ]
 
-DATABASE_URL = env_url("DATABASE_URL", schemes=("postgres", "postgresql"))
+DATABASE_URL = env_url(
+    "DATABASE_URL",
+    schemes=("postgres", "postgresql"),
+    kind="a PostgreSQL URL",
+    form="postgres://USER[:PASSWORD]@HOST[:PORT]/NAME",
+    path_pattern=r"[^/]+",
+)
 DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
 # An unreachable database fails fast (the worker's main process writes dead letters; it must not hang).
 DATABASES["default"]["OPTIONS"] = {"connect_timeout": env_int("DATABASE_CONNECT_TIMEOUT_SECONDS", 5, minimum=1)}
@@ -93,8 +99,23 @@ REST_FRAMEWORK = {
 }
 
 # --- Celery (read by marketplace/celery.py through the CELERY_ namespace) -------------------------------
-CELERY_BROKER_URL = env_url("CELERY_BROKER_URL", "redis://localhost:6379/0", schemes=("redis", "rediss"))
-CELERY_RESULT_BACKEND = env_url("CELERY_RESULT_BACKEND", "redis://localhost:6379/0", schemes=("redis", "rediss"))
+_REDIS_FORM = "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] with DB a number (rediss:// for TLS)"
+CELERY_BROKER_URL = env_url(
+    "CELERY_BROKER_URL",
+    "redis://localhost:6379/0",
+    schemes=("redis", "rediss"),
+    kind="a Redis URL",
+    form=_REDIS_FORM,
+    path_pattern=r"\d*",
+)
+CELERY_RESULT_BACKEND = env_url(
+    "CELERY_RESULT_BACKEND",
+    "redis://localhost:6379/0",
+    schemes=("redis", "rediss"),
+    kind="a Redis URL",
+    form=_REDIS_FORM,
+    path_pattern=r"\d*",
+)
 # JSON only: pickle would let anyone who can write to the broker run code in the worker.
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"

@@ -1,11 +1,11 @@
 """WSGI entry point for the web role (gunicorn marketplace.wsgi)."""
 
-import os
-
 import django
 from django.core.wsgi import get_wsgi_application
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "marketplace.settings")
+from marketplace.startup import configure
+
+configure()  # reads .env and the settings, or stops in one line naming the variable
 django.setup(set_prefix=False)
 
 from observability.wiring import setup_web  # noqa: E402 - needs Django set up

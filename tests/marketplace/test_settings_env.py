@@ -1,17 +1,19 @@
-"""Configuration from the environment: a process with a missing or malformed variable stops at start with a
-last line naming it (and never echoing a secret), ``marketplace.env``'s readers, and the preflight check."""
+"""Configuration from the environment and ``.env``: every entry point (``manage.py``, the ``celery`` command,
+the WSGI app) reads ``.env`` under the real environment, and a process with a missing or malformed variable
+stops at start with one line naming it (and never echoing a secret); ``marketplace.env``'s readers."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from marketplace import env
-from tests.conftest import ROOT, TEST_REDIS_URL
+from tests.conftest import ROOT
 
 SETUP = "import django; django.setup()"
 #: The smallest environment the settings accept; every test starts from it and changes one thing.
@@ -20,11 +22,16 @@ VALID_ENV = {
     "DJANGO_SETTINGS_MODULE": "marketplace.settings",
     "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/marketplace",
     "DJANGO_DEBUG": "true",
+    # No .env: a developer's own must not fill in the variable a test leaves out.
+    "MARKETPLACE_ENV_FILE": "",
 }
-#: The real local services, for the preflight check that must find both.
-LOCAL_DATABASE_URL = os.environ.get("DATABASE_URL", VALID_ENV["DATABASE_URL"])
-UNREACHABLE_REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
-UNREACHABLE_DATABASE_URL = "postgres://postgres@127.0.0.1:1/x"
+#: Each entry point as an operator types it; each must load the settings before doing anything else.
+ENTRY_POINTS = {
+    "manage.py migrate": ["manage.py", "migrate", "--noinput"],
+    "celery worker": ["-m", "celery", "-A", "marketplace", "worker", "--pool=solo"],
+    "celery inspect": ["-m", "celery", "-A", "marketplace", "inspect", "active", "--timeout=1"],
+    "wsgi": ["-c", "import marketplace.wsgi"],
+}
 
 
 def _run(*args: str, **overrides: str | None) -> subprocess.CompletedProcess[str]:
@@ -113,14 +120,50 @@ def test_production_mode_starts_with_a_secret_key_and_reads_typed_values():
     ],
 )
 def test_bad_environment_stops_start_up_naming_the_variable(overrides, name):
-    """Given one missing or malformed variable, when Django starts, then it exits non-zero and the last
-    stderr line is a configuration error that names the variable."""
+    """Given one missing or malformed variable, when Django starts, then it exits 2 and its whole stderr is
+    one configuration error line that names the variable."""
     result = _run("-c", SETUP, **overrides)
 
-    assert result.returncode != 0
-    last = _last_line(result.stderr)
-    assert last.startswith("django.core.exceptions.ImproperlyConfigured: "), result.stderr
-    assert name in last
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("configuration error: "), result.stderr
+    assert name in result.stderr
+
+
+@pytest.mark.parametrize("entry_point", list(ENTRY_POINTS))
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        (
+            {"DATABASE_URL": "notaurl"},
+            "DATABASE_URL='notaurl' is not a PostgreSQL URL: use postgres://USER[:PASSWORD]@HOST[:PORT]/NAME",
+        ),
+        (
+            {"DATABASE_URL": "mysql://shop:s3cret@db.example/shop"},
+            "DATABASE_URL='mysql://shop:***@db.example/shop' is not a PostgreSQL URL: "
+            "use postgres://USER[:PASSWORD]@HOST[:PORT]/NAME",
+        ),
+        (
+            {"CELERY_BROKER_URL": "garbage"},
+            "CELERY_BROKER_URL='garbage' is not a Redis URL: "
+            "use redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] with DB a number (rediss:// for TLS)",
+        ),
+        (
+            {"DJANGO_DEBUG": "maybe"},
+            "DJANGO_DEBUG='maybe' is not a boolean: use true or false (also 1/0, yes/no, on/off).",
+        ),
+    ],
+    ids=["database-url-not-a-url", "database-url-mysql", "broker-url-garbage", "debug-maybe"],
+)
+def test_every_entry_point_reports_a_configuration_error_in_one_line(entry_point, overrides, line):
+    """Given a malformed variable, when manage.py, the celery command (worker or inspect) or the WSGI app
+    starts, then it exits 2 and its whole stderr is one line: the variable, what it got (any password
+    masked) and what it accepts - not Django's or Celery's traceback."""
+    result = _run(*ENTRY_POINTS[entry_point], **overrides)
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == f"configuration error: {line}\n"
+    assert result.stdout == ""
 
 
 def test_sns_backend_starts_with_a_topic():
@@ -242,75 +285,94 @@ def test_env_list_splits_on_commas_and_drops_blanks(monkeypatch):
 def test_env_url_checks_the_scheme_without_echoing_the_value(monkeypatch):
     """Given URLs, when read with allowed schemes, then allowed ones come back unchanged and others fail
     naming the variable but not the value's password."""
+    redis_url = {"schemes": ("redis", "rediss"), "kind": "a Redis URL", "form": "redis://HOST/DB"}
     monkeypatch.setenv("TEST_ENV_URL", "rediss://:s3cret@cache.example:6380/2")
-    assert env.env_url("TEST_ENV_URL", schemes=("redis", "rediss")) == "rediss://:s3cret@cache.example:6380/2"
+    assert env.env_url("TEST_ENV_URL", **redis_url) == "rediss://:s3cret@cache.example:6380/2"
 
     monkeypatch.setenv("TEST_ENV_URL", "http://u:s3cret@host")
     with pytest.raises(ImproperlyConfigured, match="TEST_ENV_URL") as excinfo:
-        env.env_url("TEST_ENV_URL", schemes=("redis", "rediss"))
-    assert "s3cret" not in str(excinfo.value)
+        env.env_url("TEST_ENV_URL", **redis_url)
+    assert str(excinfo.value) == "TEST_ENV_URL='http://u:***@host' is not a Redis URL: use redis://HOST/DB"
 
 
-# --- python -m marketplace.preflight -------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "value",
+    ["postgres://u@db.example:port/shop", "redis://cache.example/0", "postgres://u@db.example/", "redis:/"],
+)
+def test_env_url_rejects_a_bad_port_path_or_host(monkeypatch, value):
+    """Given a URL with a port that is not a number, a path the form does not allow or no host, when read,
+    then ImproperlyConfigured names the variable (instead of a ValueError deep in a driver)."""
+    monkeypatch.setenv("TEST_ENV_URL", value)
+
+    with pytest.raises(ImproperlyConfigured, match="TEST_ENV_URL="):
+        env.env_url("TEST_ENV_URL", schemes=("postgres", "redis"), kind="a URL", form="s://H/N", path_pattern=r"[a-z]+")
 
 
-def _preflight(**overrides: str) -> subprocess.CompletedProcess[str]:
-    return _run(
-        "-m",
-        "marketplace.preflight",
-        **{"DATABASE_URL": LOCAL_DATABASE_URL, "CELERY_BROKER_URL": TEST_REDIS_URL, **overrides},
-    )
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("redis://:s3cret@cache.example:6380/2", "redis://:***@cache.example:6380/2"),
+        ("postgres://shop:s3cret@db.example/shop", "postgres://shop:***@db.example/shop"),
+        ("postgres://shop:p@ss:w@rd@db.example/shop", "postgres://shop:***@db.example/shop"),
+        ("shop:s3cret@db.example", "shop:***@db.example"),
+        ("postgres://shop@db.example/shop", "postgres://shop@db.example/shop"),
+        ("notaurl", "notaurl"),
+    ],
+)
+def test_mask_password_hides_the_password_of_any_url_like_text(url, masked):
+    """Given a URL or URL-like text, when masked, then its password (if any) is ``***`` and the rest stays."""
+    assert env.mask_password(url) == masked
 
 
-def test_preflight_passes_when_postgres_and_redis_answer():
-    """Given the local Postgres and Redis, when preflight runs, then it exits 0 with nothing on stderr."""
-    result = _preflight()
+# --- .env -------------------------------------------------------------------------------------------------
+
+
+def _env_file(tmp_path: Path, text: str) -> str:
+    path = tmp_path / ".env"
+    path.write_text(text)
+    return str(path)
+
+
+PRINT_SETTINGS = "from django.conf import settings as s; print(s.NOTIFICATION_BATCH_SIZE, s.EMAIL_HOST)"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["manage.py", "shell", "-v", "0", "-c", PRINT_SETTINGS],
+        ["-c", f"import marketplace.wsgi; {PRINT_SETTINGS}"],
+        ["-c", f"import marketplace.celery; {PRINT_SETTINGS}"],
+    ],
+    ids=["manage.py", "wsgi", "celery-app"],
+)
+def test_entry_points_read_the_env_file_under_the_real_environment(tmp_path, command):
+    """Given a .env file that sets two variables and a real environment that sets one of them too, when an
+    entry point starts, then the settings hold the file's value for the other and the real environment's
+    for the one both set."""
+    env_file = _env_file(tmp_path, "NOTIFICATION_BATCH_SIZE=42\nEMAIL_HOST=smtp.from-dotenv.example\n")
+
+    result = _run(*command, MARKETPLACE_ENV_FILE=env_file, EMAIL_HOST="smtp.from-environment.example")
 
     assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
+    assert result.stdout.strip() == "42 smtp.from-environment.example"
 
 
-def test_preflight_reports_unreachable_redis_with_how_to_start_it():
-    """Given a broker URL nothing listens on, when preflight runs, then it exits 1 with exactly one stderr
-    line, about Redis, saying how to start it."""
-    result = _preflight(CELERY_BROKER_URL=UNREACHABLE_REDIS_URL)
+def test_env_file_supplies_required_variables(tmp_path):
+    """Given DATABASE_URL and DJANGO_DEBUG only in the .env file, when manage.py starts, then it runs."""
+    env_file = _env_file(tmp_path, "DATABASE_URL=postgres://postgres@127.0.0.1:5432/marketplace\nDJANGO_DEBUG=on\n")
 
-    assert result.returncode == 1
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("preflight: Redis")
-    assert "127.0.0.1:1" in lines[0]
-    assert "start it with" in lines[0]
-    assert "redis-server" in lines[0]
+    result = _run("manage.py", "check", MARKETPLACE_ENV_FILE=env_file, DATABASE_URL=None, DJANGO_DEBUG=None)
+
+    assert result.returncode == 0, result.stderr
 
 
-def test_preflight_does_not_print_the_redis_password():
-    """Given an unreachable broker URL with a password, when preflight reports it, then the password is not
-    printed."""
-    result = _preflight(CELERY_BROKER_URL="redis://:s3cret@127.0.0.1:1/0")
+def test_celery_command_reports_a_bad_env_file_value_in_one_line(tmp_path):
+    """Given a malformed broker URL in the .env file only, when ``celery -A marketplace inspect`` starts, then
+    it stops in one line naming the variable: the celery command reads .env too."""
+    env_file = _env_file(tmp_path, "CELERY_BROKER_URL=garbage\n")
 
-    assert result.returncode == 1
-    assert result.stderr.startswith("preflight: Redis")
-    assert "s3cret" not in result.stdout + result.stderr
+    result = _run(*ENTRY_POINTS["celery inspect"], MARKETPLACE_ENV_FILE=env_file)
 
-
-def test_preflight_reports_unreachable_postgres_with_how_to_start_it():
-    """Given a database URL nothing listens on, when preflight runs, then it exits 1 with exactly one stderr
-    line, about Postgres, saying how to start it."""
-    result = _preflight(DATABASE_URL=UNREACHABLE_DATABASE_URL)
-
-    assert result.returncode == 1
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("preflight: Postgres")
-    assert "127.0.0.1:1" in lines[0]
-    assert "start it with" in lines[0]
-
-
-def test_preflight_reports_every_unreachable_service():
-    """Given neither service reachable, when preflight runs, then it exits 1 with one line for each."""
-    result = _preflight(DATABASE_URL=UNREACHABLE_DATABASE_URL, CELERY_BROKER_URL=UNREACHABLE_REDIS_URL)
-
-    assert result.returncode == 1
-    lines = result.stderr.splitlines()
-    assert [line.split(" at ")[0] for line in lines] == ["preflight: Postgres", "preflight: Redis"]
+    assert result.returncode == 2
+    assert result.stderr.startswith("configuration error: CELERY_BROKER_URL='garbage'")
+    assert result.stderr.count("\n") == 1, result.stderr
