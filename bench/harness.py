@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -59,7 +60,7 @@ def setup_django() -> None:
     from marketplace import preflight
 
     # One command on a fresh machine: the bench database is created if missing and follows the models.
-    if preflight.main() != 0:
+    if preflight.main([], creatable_database=urlparse(env["DATABASE_URL"]).path.lstrip("/")) != 0:
         raise SystemExit(1)
     import django
     from django.core.management import call_command
