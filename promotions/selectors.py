@@ -7,9 +7,16 @@ from datetime import datetime
 from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
 
-from promotions.models import FlashPromo, Notification, NotificationStatus, PromoStatus
+from promotions.models import FlashPromo, Notification, NotificationStatus, Product, PromoStatus
 
-__all__ = ["notifications_count_due", "promo_get", "promo_pending_start", "promos_awaiting_fan_out", "promos_list"]
+__all__ = [
+    "notifications_count_due",
+    "products_count_named",
+    "promo_get",
+    "promo_pending_start",
+    "promos_awaiting_fan_out",
+    "promos_list",
+]
 
 
 def _notification_count(status: str) -> Coalesce:
@@ -56,3 +63,8 @@ def promos_awaiting_fan_out(*, activated_before: datetime, limit: int) -> list[i
         status=PromoStatus.ACTIVE, notifications_queued=False, activated_at__lt=activated_before
     )
     return list(awaiting.order_by("activated_at").values_list("id", flat=True)[:limit])
+
+
+def products_count_named(*, names: list[str]) -> int:
+    """How many products bear one of ``names`` (the demo's products, for ``seed_demo`` to run once)."""
+    return Product.objects.filter(name__in=names).count()

@@ -1,5 +1,7 @@
 """``manage.py seed_demo``: products, subscribers and promos starting over the next minutes, so a person
-running the system sees promos go live and notifications go out. Safe to run again: it adds a new wave."""
+running the system sees promos go live and notifications go out. Runs once: when the demo products exist it
+says so in one line and changes nothing (``make run`` and ``docker compose up`` call it at every start);
+``--again`` adds a new wave."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 from django.utils import timezone
 
-from promotions import services, tasks
+from promotions import selectors, services, tasks
 
 _PRODUCTS = [
     ("Espresso machine", "249.00"),
@@ -29,9 +31,27 @@ class Command(BaseCommand):
         parser.add_argument(
             "--every", type=int, default=30, help="Seconds between consecutive promo starts (default 30)."
         )
+        parser.add_argument(
+            "--again", action="store_true", help="Add a new wave even though the demo data exists already."
+        )
+        parser.add_argument("--dry-run", action="store_true", help="Say what would be created; write nothing.")
 
     @transaction.atomic
-    def handle(self, *args: Any, subscribers: int, promos: int, every: int, **options: Any) -> None:
+    def handle(
+        self, *args: Any, subscribers: int, promos: int, every: int, again: bool, dry_run: bool, **options: Any
+    ) -> None:
+        names = [name for name, _ in _PRODUCTS]
+        existing = selectors.products_count_named(names=names)
+        if existing and not again:
+            self.stdout.write(
+                f"demo data already there ({existing} demo products): nothing created; --again adds a new wave."
+            )
+            return
+        if dry_run:
+            self.stdout.write(
+                f"would create {len(_PRODUCTS)} products, {subscribers} subscribers each, {promos} promos."
+            )
+            return
         now = timezone.now()
         products = [services.product_create(name=name, price=Decimal(price)) for name, price in _PRODUCTS]
         for product in products:
