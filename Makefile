@@ -3,11 +3,10 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-# Local development defaults; the environment wins (see .env.example for every variable).
-export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/marketplace
-export CELERY_BROKER_URL ?= redis://127.0.0.1:6379/0
-export CELERY_RESULT_BACKEND ?= redis://127.0.0.1:6379/0
-export DJANGO_DEBUG ?= true
+# Every process reads .env (marketplace/startup.py), under the real environment; the first `make run` or
+# `make test` writes one with the local defaults below and a generated secret key (see .env.example).
+LOCAL_DEFAULTS := DJANGO_DEBUG=true DATABASE_URL=postgres://postgres@127.0.0.1:5432/marketplace \
+	CELERY_BROKER_URL=redis://127.0.0.1:6379/0 CELERY_RESULT_BACKEND=redis://127.0.0.1:6379/0
 
 .PHONY: run test setup system-deps lint typecheck clean
 
@@ -25,6 +24,16 @@ $(VENV)/.synced: $(BIN)/uv requirements-dev.lock Makefile
 
 setup: $(VENV)/.synced
 
+# Written once, never overwritten (a file target without prerequisites); git-ignored, readable by its owner only.
+.env:
+	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found: install Python 3.11"; exit 1; }
+	@umask 077 && { \
+		echo "# Written by the first 'make run' or 'make test'; make never overwrites it. Every variable: .env.example."; \
+		for pair in $(LOCAL_DEFAULTS); do echo "$$pair"; done; \
+		echo "DJANGO_SECRET_KEY=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(50))')"; \
+	} > $@.tmp && mv $@.tmp $@
+	@echo "make: wrote .env (local defaults and a new DJANGO_SECRET_KEY; edit it to change them)"
+
 # Debian packages the tests use: Prometheus (its server and promtool) for the alert rules and the dashboards'
 # end-to-end test - required; Chromium for the admin browser tests - optional (they skip without it).
 # Installed when missing if we can (root with apt-get); otherwise named in one line.
@@ -41,22 +50,24 @@ system-deps:
 		echo "make: chromium not installed: the admin browser tests will skip (sudo apt-get install chromium)"; \
 	fi
 
-# Sets up and runs web + worker + beat + Flower with demo data; Ctrl-C stops everything.
-run: setup
-	@$(BIN)/python -m marketplace.preflight
+# Sets up and runs web + worker + beat + Flower with demo data; Ctrl-C stops everything. Safe to run again:
+# the demo data is loaded once, and the admin's password is always the one in var/admin-password.
+run: setup .env
+	@$(BIN)/python -m marketplace.preflight --port web=8000 --port flower=5555
 	@mkdir -p var
 	$(BIN)/python manage.py migrate --noinput -v0
-	@test -s var/admin-password || $(BIN)/python -c "import secrets; print(secrets.token_urlsafe(12))" > var/admin-password
-	@DJANGO_SUPERUSER_PASSWORD=$$(cat var/admin-password) $(BIN)/python manage.py createsuperuser \
-		--noinput --username admin --email admin@example.com 2>/dev/null || true
+	@test -s var/admin-password || (umask 077 && $(BIN)/python -c "import secrets; print(secrets.token_urlsafe(12))" > var/admin-password)
+	$(BIN)/python manage.py demo_admin --password-file var/admin-password
 	$(BIN)/python manage.py seed_demo
 	@echo "Admin and Flower login: admin / $$(cat var/admin-password)  (stored in var/admin-password)"
 	@echo "API: http://127.0.0.1:8000/api/promos   Admin: http://127.0.0.1:8000/admin/   Flower: http://127.0.0.1:5555/"
-	LOG_FORMAT=console FLOWER_BASIC_AUTH=admin:$$(cat var/admin-password) PATH=$(CURDIR)/$(BIN):$$PATH \
-		$(BIN)/honcho start -f Procfile
+# exec: make's child is then the launcher itself, so a SIGTERM to make reaches honcho; devrun exits 0 when
+# a signal stopped everything, so a normal stop does not end with "make: *** Error 130/143".
+	@LOG_FORMAT=console FLOWER_BASIC_AUTH=admin:$$(cat var/admin-password) PATH=$(CURDIR)/$(BIN):$$PATH \
+		exec $(BIN)/python -m marketplace.devrun
 
 # Sets up and passes every test: lint, types, and the suite against real Postgres, Redis and workers.
-test: setup system-deps lint typecheck
+test: setup .env system-deps lint typecheck
 	$(BIN)/python -m marketplace.preflight
 	$(BIN)/pytest $(PYTEST_ARGS)
 
@@ -64,7 +75,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: setup
+typecheck: setup .env
 	$(BIN)/mypy .
 
 clean:
