@@ -24,7 +24,10 @@ def _raw(name: str, default: object) -> str | None:
     value = os.environ.get(name)
     if value is None or value == "":
         if default is _UNSET:
-            raise ImproperlyConfigured(f"Set the {name} environment variable (see .env.example).")
+            raise ImproperlyConfigured(
+                f"Set the {name} environment variable, in the environment or in .env "
+                "(see .env.example; the first 'make run' writes a .env for development)."
+            )
         return None
     return value
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 from dotenv import load_dotenv
 
-__all__ = ["ENV_FILE_VARIABLE", "configure", "load_env_file"]
+__all__ = ["CONFIGURATION_EXIT_STATUS", "ENV_FILE_VARIABLE", "configure", "load_env_file"]
 
 #: Names the file to read instead of ``<project>/.env``; set to the empty string to read none (the tests'
 #: start-up checks do, so a developer's own ``.env`` cannot fill in the variable they leave out).
