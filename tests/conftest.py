@@ -1,7 +1,11 @@
 """Shared fixtures: real Redis (a database of its own), real Postgres (pytest-django's test database) and
 real Celery worker processes started with the project's own ``celery -A marketplace worker`` command.
 
-Tests that a worker must see data from use ``django_db(transaction=True)``, so their rows are committed.
+Tests that a worker must see data from use ``django_db(transaction=True)``, so their rows are committed. Such a
+test ends with the database flushed (``TRUNCATE``): before that, every worker still running (the session's,
+a module's) is made quiet - nothing queued, reserved or running, countdowns revoked - so that no task writes
+while the flush runs (a write that interleaves deadlocks it) or after it (into the next test's data). Workers,
+beat and servers a test starts are stopped with their whole process group before its flush.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -35,6 +39,50 @@ TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 # Celery reads CELERY_BROKER_URL from the environment before its configuration: set both.
 os.environ["CELERY_BROKER_URL"] = os.environ["CELERY_RESULT_BACKEND"] = TEST_REDIS_URL
 celery_app.conf.update(broker_url=TEST_REDIS_URL, result_backend=TEST_REDIS_URL)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of group ``pgid`` still runs (zombies do not: nothing may reap an orphan here)."""
+    proc = Path("/proc")
+    if not proc.is_dir():  # not Linux: a zombie counts as alive
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses, so split after the last ")".
+            state, _ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError, ValueError):
+            continue  # exited while we looked
+        if int(pgrp) == pgid and state not in ("Z", "X"):
+            return True
+    return False
+
+
+def start_process(command: list[str], **popen_kwargs: Any) -> subprocess.Popen[Any]:
+    """``subprocess.Popen`` in a process group of its own, so that :func:`stop_process` can wait for its
+    children too (a prefork worker's pool, a launcher's exec'd command)."""
+    return subprocess.Popen(command, process_group=0, **popen_kwargs)
+
+
+def stop_process(process: subprocess.Popen[Any], *, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+    """Send ``sig`` to ``process`` (started by :func:`start_process`) and wait until it and every process of its
+    group have exited; past ``timeout`` seconds, SIGKILL the group. Returns once nothing of it runs."""
+    pgid = process.pid
+    if process.poll() is None:
+        process.send_signal(sig)
+    deadline = time.monotonic() + timeout
+    with suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=timeout)
+    while _group_alive(pgid):
+        if time.monotonic() > deadline:
+            with suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+            deadline = time.monotonic() + timeout  # SIGKILL cannot be refused: this wait ends
+        time.sleep(0.02)
+    process.wait()
 
 
 def wait_for(condition: Callable[[], Any], *, timeout: float = 20.0, interval: float = 0.05, what: str = "") -> Any:
@@ -103,11 +151,12 @@ class WorkerProcess:
         self.name = f"test-{uuid.uuid4().hex[:8]}@localhost"
         self.log_path = log_path
         self._log = log_path.open("w")
-        self.process = subprocess.Popen(
+        self.process = start_process(
             [sys.executable, "-m", "celery", "-A", "marketplace", "worker", "--loglevel=info",
              "--without-mingle", "--without-gossip", "-n", self.name, *extra_args],
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
         )  # fmt: skip
+        _live_workers.add(self)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         def answered() -> bool:
@@ -120,42 +169,133 @@ class WorkerProcess:
     def log(self) -> str:
         return self.log_path.read_text()
 
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        """Warm shutdown (SIGTERM: running tasks finish), then wait for the pool's children to exit too."""
+        _live_workers.discard(self)
+        stop_process(self.process)
         self._log.close()
 
 
-@pytest.fixture(scope="session")
-def start_worker(
-    worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[..., WorkerProcess]]:
-    """Factory: start a worker with extra CLI arguments and environment; all are stopped at the end."""
-    started: list[WorkerProcess] = []
+#: Workers running now, whoever started them: the ones :func:`quiesce_workers` makes quiet before a flush.
+_live_workers: set[WorkerProcess] = set()
 
-    def start(*extra_args: str, env: dict[str, str] | None = None) -> WorkerProcess:
-        log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+
+def quiesce_workers(*, timeout: float = 60.0) -> None:
+    """Return once no running worker has, or can get, anything to do: countdowns (ETA tasks) revoked, queues
+    purged, nothing reserved or active - twice in a row, so that a message popped from Redis but not yet
+    handled by a worker's event loop when it answered is seen the second time.
+
+    A task still running may publish more (a fan-out, a retry): each round revokes and purges what appeared."""
+    workers = [w for w in _live_workers if w.alive()]
+    if not workers:
+        return
+    inspect = celery_app.control.inspect(destination=[w.name for w in workers], timeout=5)
+    deadline = time.monotonic() + timeout
+    quiet_rounds = 0
+    busy: dict[str, Any] = {}
+    while quiet_rounds < 2:
+        if time.monotonic() > deadline:
+            pytest.fail(f"workers still busy {timeout} s after the test, before its database flush: {busy}")
+        scheduled = [r["request"]["id"] for rs in (inspect.scheduled() or {}).values() for r in rs]
+        if scheduled:
+            celery_app.control.revoke(scheduled, destination=[w.name for w in workers], reply=True, timeout=5)
+        celery_app.control.purge()
+        busy = {}
+        for replies in (inspect.active() or {}, inspect.reserved() or {}):
+            busy |= {w.name: "no answer" for w in workers if w.name not in replies and w.alive()}
+            busy |= {name: requests for name, requests in replies.items() if requests}
+        quiet_rounds = quiet_rounds + 1 if not busy else 0
+        if busy:
+            time.sleep(0.05)
+
+
+def _is_transactional(request: pytest.FixtureRequest) -> bool:
+    """pytest-django's own rule (``_django_db_helper``): the test's rows are committed, then flushed."""
+    marker = request.node.get_closest_marker("django_db")
+    if marker and (marker.kwargs.get("transaction") or marker.kwargs.get("reset_sequences")):
+        return True
+    return bool({"transactional_db", "live_server", "django_db_reset_sequences"} & set(request.fixturenames))
+
+
+@pytest.fixture
+def _django_db_helper(_django_db_helper: None, request: pytest.FixtureRequest) -> Iterator[None]:
+    """pytest-django's database fixture (private; every ``django_db`` test goes through it), overridden so that
+    workers are quiet between a transactional test and its flush: this teardown runs right before the
+    parent's, which flushes. Were the name to change in pytest-django, this override would fail loudly
+    (no parent fixture), not silently stop quiescing."""
+    yield
+    if _is_transactional(request):
+        quiesce_workers()
+
+
+class _WorkerStarter:
+    """Starts workers with extra CLI arguments and environment and stops those it started."""
+
+    def __init__(self, env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> None:
+        self._env = env
+        self._tmp_path_factory = tmp_path_factory
+        self._started: list[WorkerProcess] = []
+
+    def __call__(self, *extra_args: str, env: dict[str, str] | None = None) -> WorkerProcess:
+        log_path = self._tmp_path_factory.mktemp("worker") / "worker.log"
         worker = WorkerProcess(
-            {**worker_env, **(env or {})}, log_path, "--concurrency=2", "--include=tests.tasks", *extra_args
+            {**self._env, **(env or {})}, log_path, "--concurrency=2", "--include=tests.tasks", *extra_args
         )
-        started.append(worker)
+        self._started.append(worker)
         worker.wait_ready()
         return worker
 
-    yield start
-    for worker in started:
-        worker.stop()
+    def stop_all(self) -> None:
+        for worker in self._started:
+            worker.stop()
+
+
+@pytest.fixture
+def start_worker(
+    worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """Factory: start a worker with extra CLI arguments and environment, stopped (its children too) when the
+    test ends, before its database is flushed."""
+    starter = _WorkerStarter(worker_env, tmp_path_factory)
+    yield starter
+    starter.stop_all()
+
+
+@pytest.fixture(scope="module")
+def start_module_worker(
+    worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """:func:`start_worker` for a module's fixtures: its workers run until the module's last test has ended
+    (each transactional test makes them quiet before its flush)."""
+    starter = _WorkerStarter(worker_env, tmp_path_factory)
+    yield starter
+    starter.stop_all()
 
 
 @pytest.fixture(scope="session")
-def celery_worker(start_worker: Callable[..., WorkerProcess]) -> WorkerProcess:
+def celery_worker(worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     """The session's shared worker (prefork, concurrency 2)."""
-    return start_worker()
+    starter = _WorkerStarter(worker_env, tmp_path_factory)
+    yield starter()
+    starter.stop_all()
+
+
+@pytest.fixture
+def start_command() -> Iterator[Callable[..., subprocess.Popen[Any]]]:
+    """Factory: :func:`start_process` for a test's CLI and server processes; each is stopped with its group when
+    the test ends - failed or not, finished or not - before its database is flushed."""
+    processes: list[subprocess.Popen[Any]] = []
+
+    def start(command: list[str], **popen_kwargs: Any) -> subprocess.Popen[Any]:
+        processes.append(start_process(command, **popen_kwargs))
+        return processes[-1]
+
+    yield start
+    for process in processes:
+        stop_process(process, timeout=20)
 
 
 @contextmanager
@@ -172,7 +312,7 @@ def running_beat(env: dict[str, str], tmp_path: Path) -> Iterator[Path]:
     scheduler.close()
     log_path = tmp_path / "beat.log"
     with log_path.open("w") as log:
-        beat = subprocess.Popen(
+        beat = start_process(
             [sys.executable, "-m", "celery", "-A", "marketplace", "beat", "--loglevel=info"],
             cwd=ROOT, env={**env, "CELERY_BEAT_SCHEDULE_FILENAME": schedule_file}, stdout=log,
             stderr=subprocess.STDOUT,
@@ -180,8 +320,7 @@ def running_beat(env: dict[str, str], tmp_path: Path) -> Iterator[Path]:
         try:
             yield log_path
         finally:
-            beat.terminate()
-            beat.wait(timeout=20)
+            stop_process(beat)
 
 
 @contextmanager

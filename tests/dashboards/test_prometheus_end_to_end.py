@@ -32,7 +32,7 @@ from django.utils import timezone
 
 from marketplace.celery import app as celery_app
 from tests import tasks
-from tests.conftest import ROOT, WorkerProcess, running_beat, wait_for
+from tests.conftest import ROOT, WorkerProcess, running_beat, start_process, stop_process, wait_for
 from tests.metrics_catalogue import catalogue
 from tests.net import free_port
 from tests.otlp_prometheus import PrometheusBridge, translate_name
@@ -107,7 +107,7 @@ def prometheus(bridge: PrometheusBridge, tmp_path_factory: pytest.TempPathFactor
     tmp_path = tmp_path_factory.mktemp("prometheus")
     port = free_port()
     log = (tmp_path / "prometheus.log").open("w")
-    process = subprocess.Popen(
+    process = start_process(
         [binary, f"--config.file={_prometheus_config(bridge, tmp_path)}", f"--storage.tsdb.path={tmp_path / 'data'}",
          f"--web.listen-address=127.0.0.1:{port}", "--enable-feature=exemplar-storage", "--log.level=warn"],
         stdout=log, stderr=subprocess.STDOUT,
@@ -124,8 +124,7 @@ def prometheus(bridge: PrometheusBridge, tmp_path_factory: pytest.TempPathFactor
 
     wait_for(ready, timeout=30, what="prometheus to start and scrape the bridge")
     yield server
-    process.terminate()
-    process.wait(timeout=20)
+    stop_process(process)
     log.close()
 
 

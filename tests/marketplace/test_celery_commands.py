@@ -104,30 +104,22 @@ def test_beat_schedule_is_the_seeds_with_expiry():
         assert 0 < entry["options"]["expires"] <= entry["schedule"]
 
 
-def test_flower_runs_and_requires_authentication(worker_env, tmp_path):
+def test_flower_runs_and_requires_authentication(worker_env, tmp_path, start_command):
     """``celery -A marketplace flower`` serves its UI only to a user with the configured credentials."""
     port = free_port()
     env = {**worker_env, "FLOWER_BASIC_AUTH": "admin:flower-test-password"}
+    # Flower's SIGTERM handler calls sys.exit() inside the signal handler (mher/flower#138): when the signal
+    # lands while a weakref callback runs, Python prints "Exception ignored" and Flower keeps running (seen in CI
+    # on a slow machine); ``start_command`` then kills it after 20 s. Its UI is checked by then.
     with (tmp_path / "flower.log").open("w") as log:
-        flower = subprocess.Popen(
+        start_command(
             [sys.executable, "-m", "celery", "-A", "marketplace", "flower", "--address=127.0.0.1", f"--port={port}"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
-        try:
 
-            def status(headers: dict[str, str]) -> int | None:
-                return http_status(urllib.request.Request(f"http://127.0.0.1:{port}/", headers=headers), timeout=2)
+        def status(headers: dict[str, str]) -> int | None:
+            return http_status(urllib.request.Request(f"http://127.0.0.1:{port}/", headers=headers), timeout=2)
 
-            assert wait_for(lambda: status({}), timeout=30, what="flower to listen") == 401
-            token = b64encode(b"admin:flower-test-password").decode()
-            assert status({"Authorization": f"Basic {token}"}) == 200
-        finally:
-            flower.terminate()
-            try:
-                flower.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                # Flower's SIGTERM handler calls sys.exit() inside the signal handler (mher/flower#138): when
-                # the signal lands while a weakref callback runs, Python prints "Exception ignored" and Flower
-                # keeps running (seen in CI on a slow machine). Its UI was checked above; stop it for good.
-                flower.kill()
-                flower.wait(timeout=20)
+        assert wait_for(lambda: status({}), timeout=30, what="flower to listen") == 401
+        token = b64encode(b"admin:flower-test-password").decode()
+        assert status({"Authorization": f"Basic {token}"}) == 200

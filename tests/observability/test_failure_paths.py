@@ -289,13 +289,13 @@ class TestReplay:
         assert AsyncResult(replay.new_task_id).get(timeout=20) == 5
         assert replay.new_task_id != failed.id
 
-    def test_two_concurrent_replays_publish_each_entry_once(self, redis_client, worker_env):
+    def test_two_concurrent_replays_publish_each_entry_once(self, redis_client, worker_env, start_command):
         """Two operators run ``dlq replay --all`` at once: every entry is published exactly once."""
         queue = f"replay-{token()}"
         # A task the command's own process registers (it does not load the test tasks).
         _entries(300, queue=queue, task_name="promotions.tasks.deliver_notification_batch", args=[])
         command = [sys.executable, "manage.py", "dlq", "replay", "--all"]
-        runs = [subprocess.Popen(command, cwd=ROOT, env=worker_env, stdout=subprocess.PIPE, text=True)
+        runs = [start_command(command, cwd=ROOT, env=worker_env, stdout=subprocess.PIPE, text=True)
                 for _ in range(2)]  # fmt: skip
         outputs = [run.communicate(timeout=120)[0] for run in runs]
 
@@ -356,7 +356,9 @@ class TestReplay:
         assert redis_client.llen(queue) == 0
         assert "is not registered" in capsys.readouterr().err
 
-    def test_a_broker_lost_mid_replay_keeps_what_was_published_and_says_so(self, redis_client, worker_env):
+    def test_a_broker_lost_mid_replay_keeps_what_was_published_and_says_so(
+        self, redis_client, worker_env, start_command
+    ):
         """Redis goes away while ``dlq replay --all`` is publishing: the entries published before it did are
         marked replayed with their replay recorded, the rest stay pending, and the command prints its usual
         lines, then fails naming how many it published and the unreachable broker, without a traceback. The
@@ -369,7 +371,7 @@ class TestReplay:
         through_proxy = redis_url._replace(netloc=f"127.0.0.1:{proxy.port}").geturl()
         env = {**worker_env, "CELERY_BROKER_URL": through_proxy, "CELERY_RESULT_BACKEND": through_proxy}
         # 5 a second, in one chunk: the cut lands in a 200 ms gap between two publications, not during one.
-        run = subprocess.Popen(
+        run = start_command(
             [sys.executable, "manage.py", "dlq", "replay", "--all", "--rate", "5"],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
@@ -408,13 +410,13 @@ class TestReplay:
         assert published == {e.pk: 1 for e in entries}
         assert DeadLetterReplay.objects.count() == len(entries)
 
-    def test_a_limited_replay_locks_no_more_than_it_publishes(self, redis_client, worker_env):
+    def test_a_limited_replay_locks_no_more_than_it_publishes(self, redis_client, worker_env, start_command):
         """``replay --all --limit 2`` (throttled, so it is still running) alongside a ``replay --all``: the
         limited one holds only the two entries it publishes, so the other publishes all the rest - not none of
         the entries the first had locked and would never publish. Every entry is published once."""
         queue = f"limited-{token()}"
         entries = _entries(10, queue=queue, task_name="promotions.tasks.deliver_notification_batch", args=[])
-        limited = subprocess.Popen(
+        limited = start_command(
             [sys.executable, "manage.py", "dlq", "replay", "--all", "--limit", "2", "--rate", "1"],
             cwd=ROOT, env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
@@ -427,7 +429,7 @@ class TestReplay:
         published = Counter(json.loads(m)["headers"][REPLAY_OF_HEADER] for m in redis_client.lrange(queue, 0, -1))
         assert published == {e.pk: 1 for e in entries}
 
-    def test_an_interrupted_replay_keeps_what_was_published_and_says_so(self, redis_client, worker_env):
+    def test_an_interrupted_replay_keeps_what_was_published_and_says_so(self, redis_client, worker_env, start_command):
         """Ctrl-C (SIGINT) while a throttled ``dlq replay --all`` waits for its next publication: the entries
         published before are marked replayed with their replay recorded, the rest stay pending, and the command
         ends with one line saying so, without a traceback; the next replay publishes only the rest."""
@@ -439,7 +441,7 @@ class TestReplay:
         reset_sigint = (
             f"import os, signal; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv({command[0]!r}, {command})"
         )
-        run = subprocess.Popen(
+        run = start_command(
             [sys.executable, "-c", reset_sigint],
             cwd=ROOT, env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip

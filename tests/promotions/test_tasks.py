@@ -196,10 +196,10 @@ def _count(status: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def delivery_worker(start_worker):
+def delivery_worker(start_module_worker):
     """A worker of its own (queue ``test-deliveries``), so the tests below read the log of the one that ran
     their batches (the session's workers share the default queue)."""
-    return start_worker("-Q", DELIVERY_QUEUE)
+    return start_module_worker("-Q", DELIVERY_QUEUE)
 
 
 DELIVERY_QUEUE = "test-deliveries"

@@ -21,7 +21,7 @@ from django.utils import timezone
 from observability.deadletters.models import DeadLetter
 from promotions.models import Notification
 from tests import tasks
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, start_process, stop_process, wait_for
 from tests.net import free_port, http_status
 from tests.otlp_receiver import OtlpReceiver
 
@@ -46,9 +46,9 @@ def otlp() -> Iterator[OtlpReceiver]:
 
 
 @pytest.fixture(scope="module")
-def observed_worker(start_worker, otlp):
+def observed_worker(start_module_worker, otlp):
     """A prefork worker exporting to the receiver, with JSON logs; metrics every 300 ms."""
-    return start_worker(
+    return start_module_worker(
         "-Q", "observed",
         env={"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint, "OTEL_METRIC_EXPORT_INTERVAL": "300",
              "OTEL_BSP_SCHEDULE_DELAY": "100", "LOG_FORMAT": "json"},
@@ -240,7 +240,7 @@ def test_one_trace_joins_an_http_request_and_the_task_it_enqueues(otlp, start_wo
     port = free_port()
     env = {**worker_env, **traced}
     with (tmp_path / "web.log").open("w") as log:
-        web = subprocess.Popen(
+        web = start_process(
             [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -264,8 +264,7 @@ def test_one_trace_joins_an_http_request_and_the_task_it_enqueues(otlp, start_wo
             assert run[0].resource["service.name"] == "marketplace-worker"
             assert server[0].resource["service.name"] == "marketplace-web"
         finally:
-            web.terminate()
-            web.wait(timeout=20)
+            stop_process(web)
 
 
 def test_domain_metrics_and_rejections_are_recorded(observed_worker, otlp):
