@@ -234,7 +234,7 @@ def test_a_malformed_envelope_is_dead_lettered_and_the_worker_goes_on(
         dead = wait_for(entry, what="the undecodable entry")
         assert dead.raw_message == raw
         assert error in dead.exception_message
-        worker.wait_ready(timeout=10)
+        worker.wait_ready()
         assert tasks.echo.apply_async(("after",), queue=queue).get(timeout=20) == "after"
         assert DeadLetter.objects.count() == 1
 
@@ -269,7 +269,7 @@ def test_database_down_while_dead_lettering_loses_nothing(start_worker, worker_e
         return [line for line in worker.log().splitlines() if '"dead_letter.recorded"' in line and result.id in line]
 
     # Logged (and counted: the same call) as an entry recorded at once is, marked as deferred.
-    wait_for(recorded_lines, timeout=10, what="the deferred entry's dead_letter.recorded line")
+    wait_for(recorded_lines, what="the deferred entry's dead_letter.recorded line")
     assert [json.loads(line)["deferred"] for line in recorded_lines()] == [True]
 
 
