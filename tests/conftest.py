@@ -22,6 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import redis
 from celery.beat import PersistentScheduler
@@ -102,7 +103,40 @@ def wait_for(condition: Callable[[], Any], *, timeout: float = 60.0, interval: f
 
 
 @pytest.fixture(scope="session")
-def redis_client() -> Iterator[redis.Redis]:
+def _sole_run() -> Iterator[None]:
+    """Fail at once when another test run on this machine uses the same test database or Redis database: it
+    would destroy the database (pytest-django recreates it) and flush Redis under the other. Two checkouts run
+    side by side with their own ``DATABASE_URL`` (the test database is ``test_`` + its name) and
+    ``TEST_REDIS_URL``. Held by a connection each, for the session: a run that dies releases both."""
+    db = settings.DATABASES["default"]
+    test_db = db.get("TEST", {}).get("NAME") or f"test_{db['NAME']}"
+    pg = psycopg.connect(
+        dbname="postgres", host=db["HOST"] or "127.0.0.1", port=db["PORT"] or 5432, user=db["USER"],
+        password=db["PASSWORD"] or None, autocommit=True,
+    )  # fmt: skip
+    # Advisory locks are per database: every run takes its lock in the server's ``postgres`` database.
+    row = pg.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (f"marketplace-tests:{test_db}",)).fetchone()
+    if not (row and row[0]):
+        pg.close()
+        pytest.exit(f"another test run uses the test database {test_db}: set DATABASE_URL to another name", 3)
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    name = f"marketplace-tests-db{client.connection_pool.connection_kwargs.get('db', 0)}"
+    if any(c.get("name") == name for c in client.client_list()):  # type: ignore[union-attr]
+        pg.close()
+        pytest.exit(f"another test run uses {TEST_REDIS_URL}: set TEST_REDIS_URL to another database", 3)
+    client.client_setname(name)
+    yield
+    client.close()
+    pg.close()
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(_sole_run: None, django_db_setup: None) -> None:
+    """pytest-django's, once this run holds its test database (:func:`_sole_run`)."""
+
+
+@pytest.fixture(scope="session")
+def redis_client(_sole_run: None) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(TEST_REDIS_URL)
     client.flushdb()
     yield client
