@@ -15,7 +15,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from promotions.models import FlashPromo, PromoStatus
-from tests.conftest import ROOT, running_beat, wait_for
+from tests.conftest import ROOT, WorkerProcess, running_beat, wait_for
 from tests.factories import PromoFactory
 from tests.net import free_port, http_status
 
@@ -29,20 +29,25 @@ def celery(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-@pytest.mark.usefixtures("celery_worker")
+def _answered_by(worker: WorkerProcess) -> list[str]:
+    """Arguments of an ``inspect``/``control`` command addressed to ``worker``: it returns as soon as that worker
+    answers, so the deadline can be long (a busy machine) without each call waiting it out, as a broadcast to
+    any number of workers does."""
+    return ["-d", worker.name, "--timeout=30"]
+
+
 @pytest.mark.parametrize("what", ["active", "scheduled", "stats", "conf"])
-def test_inspect_commands_answer(worker_env, what):
+def test_inspect_commands_answer(celery_worker, worker_env, what):
     """``celery -A marketplace inspect active|scheduled|stats|conf`` reaches the running worker."""
-    result = celery("inspect", what, "--json", "--timeout=5", env=worker_env)
+    result = celery("inspect", what, "--json", *_answered_by(celery_worker), env=worker_env)
     assert result.returncode == 0, result.stderr
     replies = json.loads(result.stdout)
     assert replies, "no worker answered"
 
 
-@pytest.mark.usefixtures("celery_worker")
-def test_inspect_conf_shows_the_seed_production_settings(worker_env):
+def test_inspect_conf_shows_the_seed_production_settings(celery_worker, worker_env):
     """The worker runs with the seed's production settings, accepts JSON only and masks its secrets."""
-    result = celery("inspect", "conf", "--json", "--timeout=5", env=worker_env)
+    result = celery("inspect", "conf", "--json", *_answered_by(celery_worker), env=worker_env)
     conf = next(iter(json.loads(result.stdout).values()))
     assert conf["CELERY_WORKER_PREFETCH_MULTIPLIER"] == 1
     assert conf["CELERY_TASK_ACKS_LATE"] is True
@@ -69,7 +74,7 @@ def test_purge_empties_the_queue(worker_env, redis_client):
 def test_control_pool_restart_is_enabled(start_worker, worker_env):
     """``celery -A marketplace control pool_restart`` restarts the children (the seed's soft restart)."""
     worker = start_worker()
-    result = celery("control", "pool_restart", "-d", worker.name, "--timeout=10", env=worker_env)
+    result = celery("control", "pool_restart", *_answered_by(worker), env=worker_env)
     assert result.returncode == 0, result.stderr + result.stdout
     assert "reload started" in result.stdout
 
@@ -80,12 +85,10 @@ def test_beat_publishes_the_schedule_and_the_worker_runs_it(celery_worker, worke
     with running_beat(worker_env, tmp_path) as log_path:
         wait_for(
             lambda: FlashPromo.objects.get(pk=promo.pk).status == PromoStatus.ACTIVE,
-            timeout=30,
             what="beat -> worker to activate the promo",
         )
         wait_for(
             lambda: all(f"Sending due task {key}" in log_path.read_text() for key in settings.CELERY_BEAT_SCHEDULE),
-            timeout=30,
             what="beat to publish every due entry",
         )
 
