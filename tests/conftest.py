@@ -42,6 +42,10 @@ os.environ["CELERY_BROKER_URL"] = os.environ["CELERY_RESULT_BACKEND"] = TEST_RED
 celery_app.conf.update(broker_url=TEST_REDIS_URL, result_backend=TEST_REDIS_URL)
 
 
+#: Seconds a test waits for a task's result where it specifies no bound: generous, as :func:`wait_for`'s deadline.
+RESULT_TIMEOUT = 60.0
+
+
 def _group_alive(pgid: int) -> bool:
     """Whether any process of group ``pgid`` still runs (zombies do not: nothing may reap an orphan here)."""
     proc = Path("/proc")

@@ -94,7 +94,7 @@ class SentryReceiver(LocalServer):
             return b"\n".join(envelope.raw for envelope in self.envelopes)
 
     def wait_for(
-        self, type: str, where: Callable[[Any], bool] = lambda _: True, *, count: int = 1, timeout: float = 20.0
+        self, type: str, where: Callable[[Any], bool] = lambda _: True, *, count: int = 1, timeout: float = 60.0
     ) -> list[Any]:
         """Block until ``count`` payloads of ``type`` match ``where``; return all that match, or fail."""
 

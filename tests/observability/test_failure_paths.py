@@ -27,7 +27,7 @@ from observability.deadletters.services import REPLAY_OF_HEADER, _TokenBucket
 from observability.errors import PermanentError
 from observability.failure import Failure
 from tests import tasks
-from tests.conftest import ROOT, TEST_REDIS_URL, stopped_after, wait_for
+from tests.conftest import RESULT_TIMEOUT, ROOT, TEST_REDIS_URL, stopped_after, wait_for
 from tests.net import free_port
 from tests.tcp_proxy import TcpProxy
 
@@ -66,7 +66,7 @@ def token() -> str:
     return uuid.uuid4().hex
 
 
-def dead_letter_of(task_id: str, timeout: float = 20):
+def dead_letter_of(task_id: str, timeout: float = RESULT_TIMEOUT):
     return wait_for(
         lambda: DeadLetter.objects.filter(task_id=task_id).first(), timeout=timeout, what=f"dead letter of {task_id}"
     )
@@ -77,7 +77,7 @@ class TestRetriesAndTerminalFailures:
     def test_transient_failures_retry_then_succeed(self):
         """A task failing transiently twice (max_retries 3) succeeds on its third run; no dead letter."""
         t = token()
-        assert tasks.flaky.delay(t, 2).get(timeout=20) == 3
+        assert tasks.flaky.delay(t, 2).get(timeout=RESULT_TIMEOUT) == 3
         assert not DeadLetter.objects.exists()
 
     def test_retries_used_up_end_as_one_entry_after_growing_delays(self):
@@ -135,7 +135,7 @@ class TestRetriesAndTerminalFailures:
         assert entry.reason == "time_limit_exceeded"
         assert entry.exception_type == "billiard.exceptions.TimeLimitExceeded"
         assert entry.failure_count == 1
-        assert tasks.echo.delay("after").get(timeout=15) == "after"
+        assert tasks.echo.delay("after").get(timeout=RESULT_TIMEOUT) == "after"
         assert DeadLetter.objects.count() == 1
 
     @pytest.mark.parametrize("task", [tasks.kills_its_worker, tasks.exits_its_worker], ids=["SIGKILL", "sys.exit"])
@@ -148,7 +148,7 @@ class TestRetriesAndTerminalFailures:
         assert entry.reason == "poison_message"
         assert entry.delivery_count == settings.DEAD_LETTER_MAX_DELIVERIES + 1
         assert len(tasks.runs(t)) == settings.DEAD_LETTER_MAX_DELIVERIES
-        assert tasks.echo.delay("next").get(timeout=20) == "next"
+        assert tasks.echo.delay("next").get(timeout=RESULT_TIMEOUT) == "next"
         assert DeadLetter.objects.count() == 1
 
     def test_a_task_whose_worker_process_is_killed_runs_again_and_completes(self, redis_client):
@@ -157,7 +157,7 @@ class TestRetriesAndTerminalFailures:
         result = tasks.slow_once.delay(t)
         pid = int(wait_for(lambda: redis_client.get(f"test:pid:{t}"), what="the task to start"))
         os.kill(pid, signal.SIGKILL)
-        assert result.get(timeout=30) == 2
+        assert result.get(timeout=RESULT_TIMEOUT) == 2
         assert not DeadLetter.objects.exists()
 
     def test_unknown_task_and_garbage_become_entries_and_the_worker_survives(self, redis_client, celery_worker):
@@ -170,7 +170,7 @@ class TestRetriesAndTerminalFailures:
         redis_client.lpush("celery", b"{this is not json")
         redis_client.lpush("celery", json.dumps({"body": "bm90IGEgdGFzaw==", "headers": {}, "properties": {}}))
 
-        assert tasks.echo.delay("alive").get(timeout=20) == "alive"
+        assert tasks.echo.delay("alive").get(timeout=RESULT_TIMEOUT) == "alive"
         entry = dead_letter_of(unknown.id)
         assert (entry.reason, entry.task_name, entry.args, entry.kwargs) == (
             "unregistered_task", "no.such.task", [1], {"a": 2},
@@ -235,7 +235,7 @@ def test_a_malformed_envelope_is_dead_lettered_and_the_worker_goes_on(
         assert dead.raw_message == raw
         assert error in dead.exception_message
         worker.wait_ready()
-        assert tasks.echo.apply_async(("after",), queue=queue).get(timeout=20) == "after"
+        assert tasks.echo.apply_async(("after",), queue=queue).get(timeout=RESULT_TIMEOUT) == "after"
         assert DeadLetter.objects.count() == 1
 
 
@@ -313,7 +313,7 @@ class TestReplay:
         replay = DeadLetterReplay.objects.get(dead_letter=entry)
         assert entry.status == "replayed"
         assert (replay.operator, replay.queue) == ("alice", "celery")
-        assert AsyncResult(replay.new_task_id).get(timeout=20) == 5
+        assert AsyncResult(replay.new_task_id).get(timeout=RESULT_TIMEOUT) == 5
         assert replay.new_task_id != failed.id
 
     def test_two_concurrent_replays_publish_each_entry_once(self, redis_client, worker_env, start_command):
@@ -605,8 +605,8 @@ class TestGuardRails:
         first = tasks.overlapping.delay(t, 3)
         wait_for(lambda: tasks.runs(t), what="the first run to start")
         second = tasks.overlapping.delay(t, 3)
-        assert second.get(timeout=20) == {"skipped": 1}
-        assert first.get(timeout=20) == "ran"
+        assert second.get(timeout=RESULT_TIMEOUT) == {"skipped": 1}
+        assert first.get(timeout=RESULT_TIMEOUT) == "ran"
         assert len(tasks.runs(t)) == 1
 
 

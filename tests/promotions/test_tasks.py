@@ -18,7 +18,7 @@ from promotions.tasks import (
     deliver_notification_batch,
     process_notification_queue,
 )
-from tests.conftest import ROOT, wait_for
+from tests.conftest import RESULT_TIMEOUT, ROOT, wait_for
 from tests.factories import ProductFactory, PromoFactory, SubscriptionFactory
 from tests.smtp import REFUSED_PREFIX
 
@@ -36,7 +36,7 @@ def test_check_active_promos_returns_its_summary():
     SubscriptionFactory.create_batch(3, product=product)
     PromoFactory(product=product, starts_at=timezone.now() - timedelta(seconds=1))
 
-    summary = check_active_promos.delay().get(timeout=15)
+    summary = check_active_promos.delay().get(timeout=RESULT_TIMEOUT)
 
     assert summary == {
         "activated": 1, "ended": 0, "skipped": 0, "fan_outs_published": 1, "countdowns_scheduled": 0,
@@ -52,7 +52,7 @@ def test_the_sweep_fans_out_again_a_promo_whose_fan_out_was_lost():
     earlier = timezone.now() - timedelta(minutes=3)
     promo = PromoFactory(product=product, status="active", starts_at=earlier, activated_at=earlier)
 
-    assert check_active_promos.delay().get(timeout=15)["fan_outs_published"] == 1
+    assert check_active_promos.delay().get(timeout=RESULT_TIMEOUT)["fan_outs_published"] == 1
 
     wait_for(lambda: Notification.objects.filter(promo=promo, status="sent").count() == 2, what="the notifications")
     promo.refresh_from_db()
@@ -64,7 +64,7 @@ def test_staggered_promos_go_live_within_a_second_of_their_start():
     product = ProductFactory()
     start = timezone.now() + timedelta(seconds=3)
     promos = [PromoFactory(product=product, starts_at=start + timedelta(milliseconds=150 * n)) for n in range(50)]
-    check_active_promos.delay().get(timeout=15)
+    check_active_promos.delay().get(timeout=RESULT_TIMEOUT)
 
     wait_for(
         lambda: not FlashPromo.objects.filter(status=PromoStatus.SCHEDULED).exists(),
@@ -83,7 +83,7 @@ def test_a_thousand_subscribers_are_notified_within_ten_seconds_none_twice(smtp_
     product = ProductFactory()
     SubscriptionFactory.create_batch(1000, product=product)
     promo = PromoFactory(product=product, starts_at=timezone.now() + timedelta(seconds=2))
-    check_active_promos.delay().get(timeout=15)
+    check_active_promos.delay().get(timeout=RESULT_TIMEOUT)
 
     wait_for(lambda: FlashPromo.objects.get(pk=promo.pk).activated_at, what="activation")
     activated_at = FlashPromo.objects.get(pk=promo.pk).activated_at
@@ -104,7 +104,7 @@ def test_two_workers_draining_one_queue_send_each_notification_once(start_worker
     product = ProductFactory()
     SubscriptionFactory.create_batch(2000, product=product)
     PromoFactory(product=product, starts_at=timezone.now() - timedelta(seconds=1))
-    check_active_promos.delay().get(timeout=15)
+    check_active_promos.delay().get(timeout=RESULT_TIMEOUT)
     # Extra batches race for the same rows: SKIP LOCKED must keep them apart.
     for _ in range(10):
         deliver_notification_batch.delay()
@@ -126,7 +126,7 @@ def test_a_dead_workers_claims_are_reclaimed_after_the_lease(smtp_sink):
         next_attempt_at=timezone.now(), lease_expires_at=timezone.now() - timedelta(seconds=1),
     )  # fmt: skip
 
-    summary = process_notification_queue.delay().get(timeout=15)
+    summary = process_notification_queue.delay().get(timeout=RESULT_TIMEOUT)
 
     assert summary["reclaimed"] == 1
     wait_for(lambda: Notification.objects.get(pk=stuck.pk).status == "sent", what="redelivery")
@@ -139,7 +139,7 @@ def test_cleanup_expired_promos_runs_on_the_worker():
     old = timezone.now() - timedelta(days=400)
     PromoFactory(status="ended", starts_at=old - timedelta(hours=1), ends_at=old, ended_at=old)
 
-    summary = cleanup_expired_promos.delay().get(timeout=15)
+    summary = cleanup_expired_promos.delay().get(timeout=RESULT_TIMEOUT)
 
     assert summary["promos_deleted"] == 1
     assert not FlashPromo.objects.exists()
@@ -167,8 +167,8 @@ def test_notifications_of_a_cancelled_promo_are_not_sent(smtp_sink):
     promo = PromoFactory(product=product, status="cancelled", starts_at=timezone.now() - timedelta(minutes=1))
     notification = Notification.objects.create(promo=promo, subscription=subscription, next_attempt_at=timezone.now())
 
-    assert deliver_notification_batch.apply_async(ignore_result=False).get(timeout=15)["claimed"] == 0
-    process_notification_queue.delay().get(timeout=15)
+    assert deliver_notification_batch.apply_async(ignore_result=False).get(timeout=RESULT_TIMEOUT)["claimed"] == 0
+    process_notification_queue.delay().get(timeout=RESULT_TIMEOUT)
 
     notification.refresh_from_db()
     assert (notification.status, notification.last_error) == ("failed", "the promo is no longer active")
@@ -223,7 +223,7 @@ def test_one_message_that_cannot_be_sent_fails_alone_and_its_error_names_no_addr
     unencodable = SubscriptionFactory(product=promo.product, email=f"joe@{'x' * 64}.example.com")
     _notify(promo, [refused, unencodable])
 
-    summary = deliver_notification_batch.apply_async(queue=DELIVERY_QUEUE, ignore_result=False).get(timeout=15)
+    summary = deliver_notification_batch.apply_async(queue=DELIVERY_QUEUE, ignore_result=False).get(timeout=RESULT_TIMEOUT)
 
     assert summary == {"claimed": 5, "sent": 3, "retrying": 0, "failed": 2}
     errors = dict(Notification.objects.filter(status="failed").values_list("subscription__email", "last_error"))

@@ -26,7 +26,7 @@ from observability.sentry import crons as sentry_crons
 from observability.sentry import setup as sentry_setup
 from promotions import tasks as promo_tasks
 from tests import tasks
-from tests.conftest import WorkerProcess, stopped_after, wait_for
+from tests.conftest import RESULT_TIMEOUT, WorkerProcess, stopped_after, wait_for
 from tests.sentry_receiver import SentryReceiver, parse_envelope
 
 #: The queue of the tests' Sentry-enabled workers (the session's shared worker does not consume it).
@@ -422,7 +422,7 @@ class TestWorkers:
     def test_retries_are_not_reported(self, sentry_worker, receiver):
         """A task failing transiently twice, then succeeding: no error event, nothing even captured. (A
         permanent failure after it shows the worker does report.)"""
-        assert tasks.flaky.apply_async((token(), 2), queue=QUEUE).get(timeout=30) == 3
+        assert tasks.flaky.apply_async((token(), 2), queue=QUEUE).get(timeout=RESULT_TIMEOUT) == 3
         failed = tasks.permanent.apply_async((token(),), queue=QUEUE)
         receiver.wait_for("event", lambda e: e.get("tags", {}).get("celery_task_id") == failed.id)
         sentry_worker.stop()
@@ -434,7 +434,7 @@ class TestWorkers:
         """A run published by beat (header ``x-schedule-entry``) checks in in_progress then ok, with the
         entry's schedule, margin and max runtime."""
         promo_tasks.cleanup_expired_promos.apply_async(queue=QUEUE, headers={"x-schedule-entry": HOURLY}).get(
-            timeout=20
+            timeout=RESULT_TIMEOUT
         )
 
         receiver.wait_for("check_in", lambda c: c["status"] == "ok")

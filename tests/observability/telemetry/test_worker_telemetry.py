@@ -21,7 +21,7 @@ from django.utils import timezone
 from observability.deadletters.models import DeadLetter
 from promotions.models import Notification
 from tests import tasks
-from tests.conftest import ROOT, start_process, stop_process, wait_for
+from tests.conftest import RESULT_TIMEOUT, ROOT, start_process, stop_process, wait_for
 from tests.net import free_port, http_status
 from tests.otlp_receiver import OtlpReceiver
 
@@ -59,8 +59,8 @@ def test_a_known_workload_gives_the_expected_metrics_with_bounded_labels(observe
     """3 successes, 1 retry then success, 1 dead letter: each appears with the right labels and values."""
     token = uuid.uuid4().hex
     for _ in range(3):
-        tasks.echo.apply_async((token,), queue="observed").get(timeout=20)
-    tasks.flaky.apply_async((uuid.uuid4().hex, 1), queue="observed").get(timeout=20)
+        tasks.echo.apply_async((token,), queue="observed").get(timeout=RESULT_TIMEOUT)
+    tasks.flaky.apply_async((uuid.uuid4().hex, 1), queue="observed").get(timeout=RESULT_TIMEOUT)
     failed = tasks.permanent.apply_async((token,), queue="observed")
     wait_for(lambda: DeadLetter.objects.filter(task_id=failed.id).exists(), what="the dead letter")
 
@@ -96,7 +96,9 @@ def test_spans_follow_the_messaging_conventions_and_join_retries_and_dead_letter
     """The producer's trace continues in the task run; a retry is a child of the failed run; the dead
     letter stores the same trace id; histogram samples carry it as an exemplar."""
     trace_id, parent = traceparent()
-    tasks.flaky.apply_async((uuid.uuid4().hex, 1), queue="observed", headers={"traceparent": parent}).get(timeout=20)
+    tasks.flaky.apply_async((uuid.uuid4().hex, 1), queue="observed", headers={"traceparent": parent}).get(
+        timeout=RESULT_TIMEOUT
+    )
     failed = tasks.permanent.apply_async((uuid.uuid4().hex,), queue="observed", headers={"traceparent": parent})
 
     def flaky_runs() -> list | None:
@@ -144,7 +146,7 @@ def test_recycled_children_lose_no_spans(start_worker, otlp):
     )  # fmt: skip
     token = uuid.uuid4().hex
     for _ in range(6):
-        tasks.echo.apply_async((token,), queue="recycled").get(timeout=20)
+        tasks.echo.apply_async((token,), queue="recycled").get(timeout=RESULT_TIMEOUT)
 
     def recycled_spans() -> list | None:
         spans = [
@@ -185,7 +187,7 @@ def test_log_lines_inside_a_task_carry_its_trace(observed_worker, otlp):
     """Every JSON line of a run carries task name, id, retries and the span's ids; one summary line ends it."""
     trace_id, parent = traceparent()
     result = tasks.echo.apply_async(("log-me",), queue="observed", headers={"traceparent": parent})
-    result.get(timeout=20)
+    result.get(timeout=RESULT_TIMEOUT)
 
     def summary():
         for line in observed_worker.log().splitlines():
@@ -201,7 +203,9 @@ def test_log_lines_inside_a_task_carry_its_trace(observed_worker, otlp):
 
 def test_a_periodic_run_updates_its_beat_entrys_last_success(observed_worker, otlp):
     """A run published for a beat entry sets that entry's last-success gauge (alerts: missed 3 intervals)."""
-    tasks.echo.apply_async(("tick",), queue="observed", headers={"x-schedule-entry": "test-entry"}).get(timeout=20)
+    tasks.echo.apply_async(("tick",), queue="observed", headers={"x-schedule-entry": "test-entry"}).get(
+        timeout=RESULT_TIMEOUT
+    )
     point = wait_for(
         lambda: [p for p in otlp.latest("celery.beat.last_success") if p.attributes.get("entry") == "test-entry"],
         what="the beat gauge",
@@ -275,12 +279,12 @@ def test_domain_metrics_and_rejections_are_recorded(observed_worker, otlp):
 
     # No subscribers here: activation publishes no delivery batch another worker could take.
     PromoFactory(starts_at=timezone.now() - timedelta(seconds=2))
-    check_active_promos.apply_async(queue="observed").get(timeout=20)
+    check_active_promos.apply_async(queue="observed").get(timeout=RESULT_TIMEOUT)
     product = ProductFactory()
     live = PromoFactory(product=product, status="active", starts_at=timezone.now() - timedelta(minutes=1))
     for subscription in SubscriptionFactory.create_batch(3, product=product):
         Notification.objects.create(promo=live, subscription=subscription, next_attempt_at=timezone.now())
-    assert deliver_notification_batch.apply_async(queue="observed", ignore_result=False).get(timeout=20)["sent"] == 3
+    assert deliver_notification_batch.apply_async(queue="observed", ignore_result=False).get(timeout=RESULT_TIMEOUT)["sent"] == 3
     app.send_task("no.such.task", queue="observed")
 
     wait_for(lambda: otlp.total("promotions.activation_lag") >= 1, what="the activation lag histogram")
