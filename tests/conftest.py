@@ -226,9 +226,10 @@ _live_workers: set[WorkerProcess] = set()
 
 
 def quiesce_workers(*, timeout: float = 60.0) -> None:
-    """Return once no running worker has, or can get, anything to do: countdowns (ETA tasks) revoked, queues
-    purged, nothing reserved or active - twice in a row, so that a message popped from Redis but not yet
-    handled by a worker's event loop when it answered is seen the second time.
+    """Return once no running worker has, or can get, anything to do: countdowns (ETA tasks) revoked, the
+    default queue purged (a worker of another queue runs what is left in it, and is waited for), nothing
+    reserved or active - twice in a row, so that a message popped from Redis but not yet handled by a worker's
+    event loop when it answered is seen the second time.
 
     A task still running may publish more (a fan-out, a retry): each round revokes and purges what appeared."""
     workers = [w for w in _live_workers if w.alive()]
