@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import urllib.request
@@ -18,7 +17,7 @@ from flower.utils.broker import Broker, Redis
 
 from marketplace.celery import app as celery_app
 from observability.messaging.redis_transport import Transport
-from tests.conftest import ROOT, TEST_REDIS_URL, wait_for
+from tests.conftest import ROOT, TEST_REDIS_URL, start_process, stop_process, wait_for
 from tests.net import free_port, http_status
 
 
@@ -29,7 +28,7 @@ def flower(redis_client: object, tmp_path: Path) -> Iterator[tuple[int, Path]]:
     log_path = tmp_path / "flower.log"
     env = {**os.environ, "CELERY_BROKER_URL": TEST_REDIS_URL, "CELERY_RESULT_BACKEND": TEST_REDIS_URL}
     with log_path.open("w") as log:
-        process = subprocess.Popen(
+        process = start_process(
             [sys.executable, "-m", "celery", "-A", "marketplace", "flower", f"--port={port}", "--address=127.0.0.1"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -41,8 +40,7 @@ def flower(redis_client: object, tmp_path: Path) -> Iterator[tuple[int, Path]]:
             assert process.poll() is None, log_path.read_text()
             yield port, log_path
         finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=20)
+            stop_process(process)
 
 
 def test_every_flower_line_is_written_once_in_our_json_format(flower):

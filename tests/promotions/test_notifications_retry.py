@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from promotions.models import FlashPromo, Notification
 from promotions.tasks import deliver_notification_batch
-from tests.conftest import ROOT, wait_for
+from tests.conftest import RESULT_TIMEOUT, ROOT, wait_for
 from tests.factories import ProductFactory, PromoFactory, SubscriptionFactory
 from tests.net import free_port
 
@@ -56,11 +56,11 @@ def _fail_all(promo: FlashPromo) -> None:
 
     def all_failed() -> bool:
         if Notification.objects.filter(promo=promo).exclude(status="failed").exists():
-            deliver_notification_batch.apply_async(queue=QUEUE, ignore_result=False).get(timeout=15)
+            deliver_notification_batch.apply_async(queue=QUEUE, ignore_result=False).get(timeout=RESULT_TIMEOUT)
             return False
         return True
 
-    wait_for(all_failed, timeout=30, interval=0.3, what="every notification to fail")
+    wait_for(all_failed, timeout=RESULT_TIMEOUT, interval=0.3, what="every notification to fail")
 
 
 def test_smtp_down_fails_loudly_and_a_retry_sends_each_once(smtp_down_worker, smtp_sink):
@@ -91,7 +91,7 @@ def test_smtp_down_fails_loudly_and_a_retry_sends_each_once(smtp_down_worker, sm
     rows = Notification.objects.filter(promo=promo)
     assert {(n.status, n.attempts, n.failed_at) for n in rows} == {("pending", 0, None)}
     assert {n.idempotency_key for n in rows} == keys
-    assert deliver_notification_batch.apply_async(ignore_result=False).get(timeout=15)["sent"] == 3
+    assert deliver_notification_batch.apply_async(ignore_result=False).get(timeout=RESULT_TIMEOUT)["sent"] == 3
     assert smtp_sink.deliveries_by_key() == {str(key): 1 for key in keys}
 
 

@@ -223,7 +223,9 @@ def test_one_message_that_cannot_be_sent_fails_alone_and_its_error_names_no_addr
     unencodable = SubscriptionFactory(product=promo.product, email=f"joe@{'x' * 64}.example.com")
     _notify(promo, [refused, unencodable])
 
-    summary = deliver_notification_batch.apply_async(queue=DELIVERY_QUEUE, ignore_result=False).get(timeout=RESULT_TIMEOUT)
+    summary = deliver_notification_batch.apply_async(queue=DELIVERY_QUEUE, ignore_result=False).get(
+        timeout=RESULT_TIMEOUT
+    )
 
     assert summary == {"claimed": 5, "sent": 3, "retrying": 0, "failed": 2}
     errors = dict(Notification.objects.filter(status="failed").values_list("subscription__email", "last_error"))

@@ -284,7 +284,12 @@ def test_domain_metrics_and_rejections_are_recorded(observed_worker, otlp):
     live = PromoFactory(product=product, status="active", starts_at=timezone.now() - timedelta(minutes=1))
     for subscription in SubscriptionFactory.create_batch(3, product=product):
         Notification.objects.create(promo=live, subscription=subscription, next_attempt_at=timezone.now())
-    assert deliver_notification_batch.apply_async(queue="observed", ignore_result=False).get(timeout=RESULT_TIMEOUT)["sent"] == 3
+    assert (
+        deliver_notification_batch.apply_async(queue="observed", ignore_result=False).get(timeout=RESULT_TIMEOUT)[
+            "sent"
+        ]
+        == 3
+    )
     app.send_task("no.such.task", queue="observed")
 
     wait_for(lambda: otlp.total("promotions.activation_lag") >= 1, what="the activation lag histogram")
