@@ -96,6 +96,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "UNAUTHENTICATED_USER": None,
+    "EXCEPTION_HANDLER": "promotions.api.errors.exception_handler",
 }
 
 # --- Celery (read by marketplace/celery.py through the CELERY_ namespace) -------------------------------
@@ -202,6 +203,14 @@ if PROMO_TRANSITION_HORIZON_SECONDS <= CHECK_PROMOS_INTERVAL_SECONDS:
     raise ImproperlyConfigured(
         f"PROMO_TRANSITION_HORIZON_SECONDS must exceed the sweep ({CHECK_PROMOS_INTERVAL_SECONDS:.0f} s)."
     )
+# How far in the past a new or moved promo's start may be: a client's clock skew plus request latency. An older
+# start is refused - it would go live at once with a misleading activation lag, or end without going live.
+PROMO_START_PAST_TOLERANCE_SECONDS = env_int("PROMO_START_PAST_TOLERANCE_SECONDS", 60, minimum=0)
+# How far ahead a promo may start or end: a year typed wrong (9999, or next year for this one) is refused.
+PROMO_MAX_HORIZON_DAYS = env_int("PROMO_MAX_HORIZON_DAYS", 365, minimum=1)
+# Longest promo: a flash promo lasts hours or days; a discount live for months is a price change, most likely
+# an end typed in the wrong month or year, and its subscribers would be told of it once, at the start.
+PROMO_MAX_DURATION_DAYS = env_int("PROMO_MAX_DURATION_DAYS", 31, minimum=1)
 PROMO_RETENTION_DAYS = env_int("PROMO_RETENTION_DAYS", 30, minimum=1)
 PROMO_CLEANUP_BATCH_SIZE = env_int("PROMO_CLEANUP_BATCH_SIZE", 200, minimum=1)
 PROMO_CLEANUP_NOTIFICATION_BATCH_SIZE = env_int("PROMO_CLEANUP_NOTIFICATION_BATCH_SIZE", 5000, minimum=1)

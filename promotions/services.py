@@ -1,4 +1,4 @@
-"""Writes and rules of the promotions domain: promo state transitions and cleanup.
+"""Writes and rules of the promotions domain: creating, moving and cancelling promos, state transitions, cleanup.
 
 Every sweep is set-based: a constant number of SQL statements however many promos are due, and each
 statement is conditional on the current state, so running a sweep twice - or two at once - changes nothing
@@ -14,15 +14,20 @@ from decimal import Decimal
 
 import structlog
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 
 from promotions.models import FlashPromo, Notification, Product, PromoStatus, Subscription
 
 __all__ = [
+    "PromoConflictError",
     "PromoSyncResult",
     "Transition",
     "product_create",
+    "promo_cancel",
     "promo_create",
+    "promo_update",
+    "promo_validate_schedule",
     "promos_claim_upcoming_transitions",
     "promos_cleanup_finished",
     "promos_sync_state",
@@ -55,6 +60,15 @@ class PromoSyncResult:
         return {"activated": len(self.activated), "ended": len(self.ended), "skipped": len(self.skipped)}
 
 
+class PromoConflictError(Exception):
+    """The promo's status does not allow the change asked for: it went live, ended or was cancelled first."""
+
+    def __init__(self, *, promo_id: int, status: str, action: str, allowed: tuple[str, ...]) -> None:
+        self.promo_id = promo_id
+        self.status = status
+        super().__init__(f"Promo {promo_id} is {status}: only a {' or '.join(allowed)} promo can be {action}.")
+
+
 def product_create(*, name: str, price: Decimal) -> Product:
     return Product.objects.create(name=name, price=price)
 
@@ -64,12 +78,115 @@ def subscription_create(*, product: Product, email: str) -> tuple[Subscription, 
     return Subscription.objects.get_or_create(product=product, email=email.strip().lower())
 
 
+def promo_validate_schedule(*, starts_at: datetime, ends_at: datetime, now: datetime, start_moved: bool = True) -> None:
+    """Refuse a promo window that makes no sense, raising ``ValidationError`` with messages by field:
+
+    - ``starts_at`` more than ``PROMO_START_PAST_TOLERANCE_SECONDS`` in the past (checked only when the start
+      is new or moved, ``start_moved``): it would go live at once with a misleading activation lag, or end
+      without going live;
+    - ``starts_at`` or ``ends_at`` more than ``PROMO_MAX_HORIZON_DAYS`` ahead (a mistyped year);
+    - ``ends_at`` not later than ``starts_at``, or more than ``PROMO_MAX_DURATION_DAYS`` after it.
+    """
+    horizon = now + timedelta(days=settings.PROMO_MAX_HORIZON_DAYS)
+    beyond = f"Must be at most {settings.PROMO_MAX_HORIZON_DAYS} days ahead."
+    errors: dict[str, list[str]] = {"starts_at": [], "ends_at": []}
+    if start_moved and starts_at < now - timedelta(seconds=settings.PROMO_START_PAST_TOLERANCE_SECONDS):
+        errors["starts_at"].append(
+            f"Must not be in the past (at most {settings.PROMO_START_PAST_TOLERANCE_SECONDS} s before now)."
+        )
+    if starts_at > horizon:
+        errors["starts_at"].append(beyond)
+    if ends_at <= starts_at:
+        errors["ends_at"].append("Must be later than starts_at.")
+    elif not errors["starts_at"] and ends_at - starts_at > timedelta(days=settings.PROMO_MAX_DURATION_DAYS):
+        # Only from a valid start: a start typed years ago makes any end "too long", which is not the mistake.
+        errors["ends_at"].append(f"Must be at most {settings.PROMO_MAX_DURATION_DAYS} days after starts_at.")
+    if ends_at > horizon:
+        errors["ends_at"].append(beyond)
+    if errors["starts_at"] or errors["ends_at"]:
+        raise ValidationError({field: messages for field, messages in errors.items() if messages})
+
+
 def promo_create(
-    *, product: Product, title: str, discount_percent: int, starts_at: datetime, ends_at: datetime
+    *, product: Product, title: str, discount_percent: int, starts_at: datetime, ends_at: datetime, now: datetime
 ) -> FlashPromo:
+    """Create a scheduled promo; its window must pass ``promo_validate_schedule`` (else ``ValidationError``)."""
+    promo_validate_schedule(starts_at=starts_at, ends_at=ends_at, now=now)
     return FlashPromo.objects.create(
         product=product, title=title, discount_percent=discount_percent, starts_at=starts_at, ends_at=ends_at
     )
+
+
+@transaction.atomic
+def promo_update(
+    *,
+    promo_id: int,
+    now: datetime,
+    title: str | None = None,
+    starts_at: datetime | None = None,
+    ends_at: datetime | None = None,
+) -> FlashPromo:
+    """Change the title or times of a scheduled promo; the new window must pass ``promo_validate_schedule``.
+
+    Raises ``FlashPromo.DoesNotExist``, ``PromoConflictError`` once the promo is no longer scheduled, or
+    ``ValidationError``. The row lock orders this against the sweep and the countdowns: their activation is an
+    ``UPDATE ... WHERE status = 'scheduled' AND starts_at <= now`` that, waiting on the lock, re-reads the
+    committed row - so whichever commits first wins, and a promo never goes live on a start just moved away.
+    New times clear the countdown marks, so the next sweep (``tasks.schedule_promptly``) publishes countdowns
+    for them.
+    """
+    promo = FlashPromo.objects.select_for_update().get(pk=promo_id)
+    if promo.status != PromoStatus.SCHEDULED:
+        raise PromoConflictError(promo_id=promo_id, status=promo.status, action="changed", allowed=("scheduled",))
+    new_start = promo.starts_at if starts_at is None else starts_at
+    new_end = promo.ends_at if ends_at is None else ends_at
+    promo_validate_schedule(starts_at=new_start, ends_at=new_end, now=now, start_moved=new_start != promo.starts_at)
+    changed = [
+        name
+        for name, value in (("title", title), ("starts_at", new_start), ("ends_at", new_end))
+        if value is not None and value != getattr(promo, name)
+    ]
+    if not changed:
+        return promo
+    promo.title = promo.title if title is None else title
+    promo.starts_at, promo.ends_at = new_start, new_end
+    if {"starts_at", "ends_at"} & set(changed):
+        promo.activation_enqueued = promo.end_enqueued = False
+        changed += ["activation_enqueued", "end_enqueued"]
+    promo.save(update_fields=changed)
+    log.info("promo.updated", promo_id=promo_id, fields=sorted(set(changed) & {"title", "starts_at", "ends_at"}))
+    return promo
+
+
+def promo_cancel(*, promo_id: int, now: datetime) -> bool:
+    """Cancel a scheduled or active promo: one conditional ``UPDATE``, so a sweep ending or activating it at
+    the same moment either comes first (then this sees its status) or finds it cancelled and leaves it.
+
+    Returns True if this call cancelled it, False if it was already cancelled (a retried request). Raises
+    ``FlashPromo.DoesNotExist``, or ``PromoConflictError`` for an ended promo. Its countdowns, its fan-out and the
+    claims of its pending notifications all act on active or scheduled promos only, so nothing more is sent;
+    the next queue sweep marks the pending notifications failed. A batch already handed to the channel
+    (``sending``) can still go out.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            WITH target AS (
+                SELECT id, status FROM {_PROMO} WHERE id = %(id)s AND status IN ('scheduled', 'active') FOR UPDATE
+            )
+            UPDATE {_PROMO} p SET status = 'cancelled', ended_at = %(now)s FROM target WHERE p.id = target.id
+            RETURNING target.status
+            """,  # noqa: S608 - table names come from model metadata, values are parameters
+            {"id": promo_id, "now": now},
+        )
+        row = cursor.fetchone()
+    if row is not None:
+        log.info("promo.cancelled", promo_id=promo_id, previous_status=row[0])
+        return True
+    status = FlashPromo.objects.values_list("status", flat=True).get(pk=promo_id)
+    if status == PromoStatus.CANCELLED:
+        return False
+    raise PromoConflictError(promo_id=promo_id, status=status, action="cancelled", allowed=("scheduled", "active"))
 
 
 @transaction.atomic

@@ -1,6 +1,7 @@
-"""Routes of the JSON API, mounted under ``/api/``."""
+"""Routes of the JSON API, mounted under ``/api/``. Ids are digits only (``int``); any other path - a
+non-numeric id, a trailing slash, an unknown name - falls to the catch-all, a JSON 404."""
 
-from django.urls import path
+from django.urls import path, re_path
 
 from promotions.api import views
 
@@ -9,4 +10,6 @@ urlpatterns = [
     path("products/<int:product_id>/subscriptions", views.SubscriptionCreateView.as_view()),
     path("promos", views.PromoCollectionView.as_view()),
     path("promos/<int:promo_id>", views.PromoDetailView.as_view()),
+    path("promos/<int:promo_id>/cancel", views.PromoCancelView.as_view()),
+    re_path(r"", views.UnknownEndpointView.as_view()),
 ]

@@ -1,7 +1,8 @@
 """API views: validate input, call one service or selector, shape the output.
 
 Writes to products and promos need a staff user's bearer token (401 without a valid token, 403 for a
-non-staff user); subscribing is public. Invalid input gets 400 with errors by field.
+non-staff user); subscribing is public. Invalid input gets 400 with errors by field, a change the promo's
+status does not allow 409, and every error a JSON body (``promotions.api.errors``).
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import transaction
-from django.shortcuts import get_object_or_404
+from django.utils import timezone
 from rest_framework import status
+from rest_framework.exceptions import NotFound
 from rest_framework.permissions import AllowAny, BasePermission, IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -35,7 +37,9 @@ class SubscriptionCreateView(APIView):
     permission_classes = [AllowAny]
 
     def post(self, request: Request, product_id: int) -> Response:
-        product = get_object_or_404(Product, pk=product_id)
+        product = Product.objects.filter(pk=product_id).first()
+        if product is None:
+            raise NotFound("No product with this id.")
         data = _validated(serializers.SubscriptionInput, request)
         subscription, created = services.subscription_create(product=product, email=data["email"])
         return Response(
@@ -61,20 +65,65 @@ class PromoCollectionView(APIView):
         if product is None:
             return Response({"product_id": ["No product with this id."]}, status=status.HTTP_400_BAD_REQUEST)
         with transaction.atomic():
-            promo = services.promo_create(product=product, **data)
+            promo = services.promo_create(product=product, now=timezone.now(), **data)
             tasks.schedule_promptly()
-        return Response(serializers.PromoOutput(selectors.promo_get(promo_id=promo.pk)).data, status=201)
+        return Response(_promo(promo.pk), status=201)
 
 
 class PromoDetailView(APIView):
-    permission_classes = [AllowAny]
+    def get_permissions(self) -> list[BasePermission]:
+        return [AllowAny()] if self.request.method == "GET" else [IsAdminUser()]
 
     def get(self, request: Request, promo_id: int) -> Response:
+        return Response(_promo(promo_id))
+
+    def patch(self, request: Request, promo_id: int) -> Response:
+        data = _validated(serializers.PromoUpdate, request)
+        with transaction.atomic():
+            try:
+                services.promo_update(promo_id=promo_id, now=timezone.now(), **data)
+            except FlashPromo.DoesNotExist:
+                raise _no_such_promo() from None
+            if "starts_at" in data or "ends_at" in data:
+                tasks.schedule_promptly()  # countdowns for the new times
+        return Response(_promo(promo_id))
+
+
+class PromoCancelView(APIView):
+    """``POST /api/promos/{id}/cancel``: an action, not a ``DELETE`` - the promo stays, readable as
+    ``cancelled``, until the retention cleanup; repeating it answers 200 again (a retry after a lost answer)."""
+
+    permission_classes = [IsAdminUser]
+
+    def post(self, request: Request, promo_id: int) -> Response:
+        _validated(serializers.StrictInput, request)  # no body, or an empty object
         try:
-            promo = selectors.promo_get(promo_id=promo_id)
+            services.promo_cancel(promo_id=promo_id, now=timezone.now())
         except FlashPromo.DoesNotExist:
-            return Response({"detail": "No promo with this id."}, status=status.HTTP_404_NOT_FOUND)
-        return Response(serializers.PromoOutput(promo).data)
+            raise _no_such_promo() from None
+        return Response(_promo(promo_id))
+
+
+class UnknownEndpointView(APIView):
+    """Any other path under ``/api/``: a JSON 404 whatever the method, instead of Django's HTML page."""
+
+    authentication_classes: list[type] = []  # a wrong token on a wrong path: the path is the error to report
+    permission_classes = [AllowAny]
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        # Runs before any method's handler (OPTIONS and unknown methods too), inside DRF's error handling.
+        raise NotFound(f"No API endpoint at {request.path}.")
+
+
+def _promo(promo_id: int) -> dict[str, Any]:
+    try:
+        return dict(serializers.PromoOutput(selectors.promo_get(promo_id=promo_id)).data)
+    except FlashPromo.DoesNotExist:
+        raise _no_such_promo() from None
+
+
+def _no_such_promo() -> NotFound:
+    return NotFound("No promo with this id.")
 
 
 def _validated(serializer_class: type[Serializer[Any]], request: Request) -> dict[str, Any]:

@@ -65,6 +65,7 @@ class Command(BaseCommand):
                 discount_percent=10 + 5 * (n % 8),
                 starts_at=starts_at,
                 ends_at=starts_at + timedelta(minutes=3),
+                now=now,
             )
             self.stdout.write(f"promo {promo.pk} '{promo.title}' starts at {starts_at:%H:%M:%S} UTC")
         tasks.schedule_promptly()
