@@ -133,7 +133,7 @@ def promo_update(
     ``UPDATE ... WHERE status = 'scheduled' AND starts_at <= now`` that, waiting on the lock, re-reads the
     committed row - so whichever commits first wins, and a promo never goes live on a start just moved away.
     New times clear the countdown marks, so the next sweep (``tasks.schedule_promptly``) publishes countdowns
-    for them.
+    for them; the old countdowns find their time gone and do nothing (``promos_sync_state(due_at=...)``).
     """
     promo = FlashPromo.objects.select_for_update().get(pk=promo_id)
     if promo.status != PromoStatus.SCHEDULED:
@@ -190,12 +190,17 @@ def promo_cancel(*, promo_id: int, now: datetime) -> bool:
 
 
 @transaction.atomic
-def promos_sync_state(*, now: datetime, promo_id: int | None = None) -> PromoSyncResult:
+def promos_sync_state(*, now: datetime, promo_id: int | None = None, due_at: datetime | None = None) -> PromoSyncResult:
     """Activate due promos and end finished ones - all promos, or only ``promo_id``. Two statements whatever
     the number of promos. The activated promos' notifications are queued afterwards, in transactions of their
-    own (``notifications.notifications_queue_for_promos``), so activation never waits on the fan-out."""
+    own (``notifications.notifications_queue_for_promos``), so activation never waits on the fan-out.
+
+    ``due_at`` (with ``promo_id``: a countdown's time) acts only while that is still the promo's start or end:
+    a countdown left over from times since moved (``promo_update``) changes nothing, in the same statement."""
     only_one = "AND id = %(promo_id)s" if promo_id is not None else ""
-    params = {"now": now, "promo_id": promo_id}
+    if due_at is not None:
+        only_one += " AND %(due_at)s IN (starts_at, ends_at)"
+    params = {"now": now, "promo_id": promo_id, "due_at": due_at}
     result = PromoSyncResult()
     with connection.cursor() as cursor:
         # A promo whose window already closed never goes live: customers must not be told of a dead deal.

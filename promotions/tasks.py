@@ -12,7 +12,7 @@ nothing reads them, and each was a Redis key kept a day. A caller that wants one
 from __future__ import annotations
 
 import math
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from celery import shared_task
 from django.conf import settings
@@ -61,24 +61,31 @@ def check_active_promos() -> dict[str, int]:
     fan_outs += _publish_fan_outs(stalled)
     transitions = services.promos_claim_upcoming_transitions(now=now)
     for transition in transitions:
-        sync_promo.apply_async((transition.promo_id,), eta=transition.due_at)
+        sync_promo.apply_async((transition.promo_id, transition.due_at.isoformat()), eta=transition.due_at)
     return {**result.summary(), "fan_outs_published": fan_outs, "countdowns_scheduled": len(transitions)}
 
 
 @shared_task(ignore_result=True)
-def sync_promo(promo_id: int) -> dict[str, int]:
+def sync_promo(promo_id: int, due_at: str | None = None) -> dict[str, int]:
     """Apply the due transition of one promo at its exact time (published by ``check_active_promos``).
 
-    A run that comes early (clock skew between hosts) publishes itself again for the promo's start time.
+    ``due_at`` is the ISO 8601 time the countdown was published for: once the promo's times have moved
+    (``services.promo_update``), it matches neither and the run does nothing - the sweep publishes countdowns
+    for the new times. A run without it (published before it existed) syncs whatever is due. A run that comes
+    early (clock skew between hosts) publishes itself again for the promo's start time.
     """
     now = timezone.now()
-    result = services.promos_sync_state(now=now, promo_id=promo_id)
+    due = datetime.fromisoformat(due_at) if due_at is not None else None
+    result = services.promos_sync_state(now=now, promo_id=promo_id, due_at=due)
     fan_outs = _after_sync(result)
     starts_at = selectors.promo_pending_start(promo_id=promo_id)
     horizon = timedelta(seconds=settings.PROMO_TRANSITION_HORIZON_SECONDS)
-    if starts_at is not None and now < starts_at <= now + horizon:
-        sync_promo.apply_async((promo_id,), eta=starts_at)  # further off (start moved later): the sweep has it
-    return {**result.summary(), "fan_outs_published": fan_outs}
+    republished = 0
+    if starts_at is not None and due in (None, starts_at) and now < starts_at <= now + horizon:
+        # Further off (start moved later): the sweep has it.
+        sync_promo.apply_async((promo_id, starts_at.isoformat()), eta=starts_at)
+        republished = 1
+    return {**result.summary(), "fan_outs_published": fan_outs, "countdowns_scheduled": republished}
 
 
 @shared_task(ignore_result=True)

@@ -21,6 +21,7 @@ from contextlib import contextmanager, suppress
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import psycopg
 import pytest
@@ -34,8 +35,37 @@ from tests.otlp_receiver import OtlpReceiver
 from tests.smtp import SmtpSink
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Redis databases a run may take for itself, one per run at a time (0 is ``make run``'s, 10 the benchmark's).
+TEST_SLOTS = (15, 14, 13, 12, 11)
+
+
+def _claim_slot() -> tuple[int, psycopg.Connection[Any] | None]:
+    """The slot (Redis database, test-database suffix) of this run: the first of ``TEST_SLOTS`` no other run on
+    this machine holds, claimed by a Postgres advisory lock held for the session by the returned connection - so
+    two checkouts' suites run side by side, each on a test database and a Redis database of its own. With
+    ``TEST_REDIS_URL`` set, its database is the slot (:func:`_sole_run` still refuses one in use)."""
+    if os.environ.get("TEST_REDIS_URL"):
+        return int(urlparse(os.environ["TEST_REDIS_URL"]).path.lstrip("/") or 0), None
+    db = settings.DATABASES["default"]
+    connection = psycopg.connect(
+        dbname="postgres", host=db["HOST"] or "127.0.0.1", port=db["PORT"] or 5432, user=db["USER"],
+        password=db["PASSWORD"] or None, autocommit=True,
+    )  # fmt: skip
+    for slot in TEST_SLOTS:
+        row = connection.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (f"marketplace-tests-slot:{slot}",))
+        if (taken := row.fetchone()) and taken[0]:
+            return slot, connection
+    connection.close()
+    pytest.exit(f"every test slot ({TEST_SLOTS}) is held by another run: set TEST_REDIS_URL to a free database", 3)
+
+
+TEST_SLOT, _slot_lock = _claim_slot()
 #: Tests own this Redis database: it is flushed at the start of the session.
-TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", f"redis://127.0.0.1:6379/{TEST_SLOT}")
+# pytest-django creates (and at the end drops) this database: ``test_<name>_<slot>``, the run's own.
+settings.DATABASES["default"].setdefault("TEST", {})["NAME"] = (
+    f"test_{settings.DATABASES['default']['NAME']}_{TEST_SLOT}"
+)
 
 # Celery reads CELERY_BROKER_URL from the environment before its configuration: set both.
 os.environ["CELERY_BROKER_URL"] = os.environ["CELERY_RESULT_BACKEND"] = TEST_REDIS_URL

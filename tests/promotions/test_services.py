@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from promotions import notifications, selectors, services
 from promotions.models import FlashPromo, Notification, PromoStatus
+from tests.conftest import wait_for
 from tests.factories import ProductFactory, PromoFactory, SubscriptionFactory
 
 pytestmark = pytest.mark.django_db
@@ -222,3 +223,67 @@ def test_a_cleanup_run_stops_at_its_time_budget_and_the_next_goes_on(settings):
     assert (first["batches"], first["notifications_deleted"], first["promos_deleted"]) == (1, 3, 0)
     assert (second["batches"], second["notifications_deleted"], second["promos_deleted"]) == (1, 0, 1)
     assert not FlashPromo.objects.exists()
+
+
+def _wait_for_a_lock_wait() -> None:
+    """Until another session of the test database waits on a lock (here: the promo's row)."""
+    with connection.cursor() as cursor:
+
+        def waiting() -> bool:
+            cursor.execute("SELECT pg_stat_clear_snapshot()")  # else one snapshot for the whole transaction
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            return bool(cursor.fetchone()[0])
+
+        wait_for(waiting, timeout=10, what="a session waiting on the promo's row lock")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_sweep_racing_a_move_never_activates_the_promo_on_its_old_start():
+    """While ``promo_update`` holds a promo moved an hour later (uncommitted), a sweep for a time past its old
+    start waits on the row, then reads the committed new start and leaves the promo scheduled."""
+    now = timezone.now()
+    promo = PromoFactory(starts_at=now + timedelta(seconds=10), ends_at=now + timedelta(minutes=10))
+    sweeps: list[services.PromoSyncResult] = []
+
+    def sweep() -> None:
+        sweeps.append(services.promos_sync_state(now=now + timedelta(seconds=20)))
+        connection.close()
+
+    sweeper = threading.Thread(target=sweep)
+    with transaction.atomic():
+        services.promo_update(
+            promo_id=promo.pk, now=now, starts_at=now + timedelta(hours=1), ends_at=now + timedelta(hours=2)
+        )
+        sweeper.start()
+        _wait_for_a_lock_wait()
+    sweeper.join(10)
+
+    assert sweeps[0].activated == []
+    promo.refresh_from_db()
+    assert (promo.status, promo.starts_at) == (PromoStatus.SCHEDULED, now + timedelta(hours=1))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cancel_racing_the_sweep_cancels_what_the_sweep_committed():
+    """While a sweep activates a promo (uncommitted), ``promo_cancel`` waits on the row, then cancels the
+    now-active promo: neither write is lost."""
+    now = timezone.now()
+    promo = PromoFactory(starts_at=now - timedelta(seconds=1), ends_at=now + timedelta(minutes=10))
+    cancelled: list[bool] = []
+
+    def cancel() -> None:
+        cancelled.append(services.promo_cancel(promo_id=promo.pk, now=now))
+        connection.close()
+
+    canceller = threading.Thread(target=cancel)
+    with transaction.atomic():
+        assert services.promos_sync_state(now=now).activated == [promo.pk]
+        canceller.start()
+        _wait_for_a_lock_wait()
+    canceller.join(10)
+
+    assert cancelled == [True]
+    promo.refresh_from_db()
+    assert (promo.status, promo.activated_at) == (PromoStatus.CANCELLED, now)

@@ -6,17 +6,21 @@ import json
 import statistics
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from django.utils import timezone
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
 
+from marketplace.celery import app as celery_app
 from promotions.models import FlashPromo, Notification, PromoStatus, Subscription
 from promotions.tasks import (
     check_active_promos,
     cleanup_expired_promos,
     deliver_notification_batch,
     process_notification_queue,
+    sync_promo,
 )
 from tests.conftest import RESULT_TIMEOUT, ROOT, wait_for
 from tests.factories import ProductFactory, PromoFactory, SubscriptionFactory
@@ -173,6 +177,127 @@ def test_notifications_of_a_cancelled_promo_are_not_sent(smtp_sink):
     notification.refresh_from_db()
     assert (notification.status, notification.last_error) == ("failed", "the promo is no longer active")
     assert str(notification.idempotency_key) not in smtp_sink.deliveries_by_key()
+
+
+# --- Moved and cancelled promos: their old countdowns do nothing ---------------------------------------------
+
+
+@pytest.fixture
+def staff_api(django_user_model) -> APIClient:
+    """An API client with a staff user's bearer token: the promos below are created and changed over HTTP."""
+    user = django_user_model.objects.create_user(username="ops", password="x", is_staff=True)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {Token.objects.create(user=user).key}")
+    return client
+
+
+def _countdowns_held(promo_id: int) -> list[str]:
+    """The ``due_at`` of each ``sync_promo`` countdown for ``promo_id`` that a worker holds (``inspect
+    scheduled``, asked of every worker: tests before these may have started more than the shared one)."""
+    replies = celery_app.control.inspect(timeout=1).scheduled() or {}
+    return sorted(
+        entry["request"]["args"][1]
+        for entries in replies.values()
+        for entry in entries
+        if entry["request"]["name"] == sync_promo.name and entry["request"]["args"][0] == promo_id
+    )
+
+
+def _create_promo(staff_api: APIClient, starts_at: datetime) -> int:
+    product = ProductFactory.create()
+    SubscriptionFactory.create_batch(2, product=product)
+    body = {
+        "product_id": product.pk, "title": "Kettles", "discount_percent": 30,
+        "starts_at": starts_at.isoformat(), "ends_at": (starts_at + timedelta(minutes=5)).isoformat(),
+    }  # fmt: skip
+    response = staff_api.post("/api/promos", body, format="json")
+    assert response.status_code == 201, response.content
+    return int(response.json()["id"])
+
+
+def _move(staff_api: APIClient, promo_id: int, starts_at: datetime) -> None:
+    body = {"starts_at": starts_at.isoformat(), "ends_at": (starts_at + timedelta(minutes=5)).isoformat()}
+    response = staff_api.patch(f"/api/promos/{promo_id}", body, format="json")
+    assert response.status_code == 200, response.content
+
+
+def test_a_promo_moved_later_goes_live_at_its_new_start_not_the_old_one(staff_api):
+    """Given a promo whose countdown for its start 5 s ahead is held by a worker, when its start is moved
+    3 s later, then the old countdown fires and changes nothing, and the promo goes live within a second of
+    the new start."""
+    old_start = timezone.now() + timedelta(seconds=5)  # each inspect of the workers takes its 1 s timeout
+    promo_id = _create_promo(staff_api, old_start)
+    wait_for(
+        lambda: _countdowns_held(promo_id) == [old_start.isoformat()],
+        what=f"the countdown {old_start.isoformat()}",
+    )
+
+    new_start = old_start + timedelta(seconds=3)
+    _move(staff_api, promo_id, new_start)
+    wait_for(
+        lambda: _countdowns_held(promo_id) == [new_start.isoformat()],
+        timeout=10,
+        what="the old countdown to fire, the new one held",
+    )
+
+    assert FlashPromo.objects.get(pk=promo_id).status == PromoStatus.SCHEDULED
+    promo = wait_for(lambda: FlashPromo.objects.filter(pk=promo_id, status="active").first(), what="activation")
+    lag = (promo.activated_at - new_start).total_seconds()
+    assert 0 <= lag < 1.0, lag
+
+
+def test_a_promo_moved_earlier_goes_live_at_its_new_start_not_at_the_old_one(staff_api):
+    """Given a promo whose countdown for its start 10 s ahead is held, when its start is moved to 2 s ahead,
+    then a countdown for the new start is published at once and it goes live within a second of it (not at
+    the old start, nor at the next beat tick); the old countdown fires later and changes nothing."""
+    promo_id = _create_promo(staff_api, timezone.now() + timedelta(seconds=10))
+    wait_for(lambda: _countdowns_held(promo_id), what="the countdown for the old start")
+
+    new_start = timezone.now() + timedelta(seconds=2)
+    _move(staff_api, promo_id, new_start)
+
+    promo = wait_for(lambda: FlashPromo.objects.filter(pk=promo_id, status="active").first(), what="activation")
+    lag = (promo.activated_at - new_start).total_seconds()
+    assert 0 <= lag < 1.0, lag
+    wait_for(lambda: not _countdowns_held(promo_id), timeout=15, what="the old countdown to fire")
+    assert FlashPromo.objects.filter(pk=promo_id, status="active", activated_at=promo.activated_at).exists()
+
+
+def test_a_cancelled_promos_countdown_fires_and_changes_nothing_sends_nothing(staff_api, smtp_sink):
+    """Given a promo with subscribers whose countdown for its start 5 s ahead is held, when it is cancelled,
+    then the countdown fires and leaves it cancelled: never activated, no notification written or sent."""
+    start = timezone.now() + timedelta(seconds=5)
+    promo_id = _create_promo(staff_api, start)
+    wait_for(lambda: _countdowns_held(promo_id), what="the countdown")
+
+    assert staff_api.post(f"/api/promos/{promo_id}/cancel").status_code == 200
+    wait_for(lambda: not _countdowns_held(promo_id), timeout=10, what="the countdown to fire")
+    check_active_promos.delay().get(timeout=15)
+    process_notification_queue.delay().get(timeout=15)
+
+    promo = FlashPromo.objects.get(pk=promo_id)
+    assert (promo.status, promo.activated_at, promo.notifications_queued) == ("cancelled", None, False)
+    assert not Notification.objects.filter(promo_id=promo_id).exists()
+    assert smtp_sink.deliveries_by_key() == {}
+
+
+def test_a_countdown_for_a_time_the_promo_no_longer_has_does_nothing():
+    """``sync_promo(promo_id, due_at)`` acts only while ``due_at`` is still the promo's start or end: a stale
+    one neither activates a due promo nor publishes itself again; the current one does both jobs."""
+    now = timezone.now()
+    due = PromoFactory(starts_at=now - timedelta(seconds=1))
+    upcoming = PromoFactory(starts_at=now + timedelta(seconds=3))
+    nothing = {"activated": 0, "ended": 0, "skipped": 0, "fan_outs_published": 0, "countdowns_scheduled": 0}
+    stale = (now - timedelta(minutes=5)).isoformat()
+
+    assert sync_promo.delay(due.pk, stale).get(timeout=15) == nothing
+    assert sync_promo.delay(upcoming.pk, stale).get(timeout=15) == nothing
+    assert FlashPromo.objects.get(pk=due.pk).status == PromoStatus.SCHEDULED
+
+    assert sync_promo.delay(due.pk, due.starts_at.isoformat()).get(timeout=15)["activated"] == 1
+    early = sync_promo.delay(upcoming.pk, upcoming.starts_at.isoformat()).get(timeout=15)
+    assert early["countdowns_scheduled"] == 1  # it came early: published again for the start, which activates it
+    wait_for(lambda: FlashPromo.objects.filter(pk=upcoming.pk, status="active").exists(), what="activation")
 
 
 def _notify(promo: FlashPromo, subscriptions: list[Subscription]) -> None:
