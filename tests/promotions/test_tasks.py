@@ -272,8 +272,8 @@ def test_a_cancelled_promos_countdown_fires_and_changes_nothing_sends_nothing(st
 
     assert staff_api.post(f"/api/promos/{promo_id}/cancel").status_code == 200
     wait_for(lambda: not _countdowns_held(promo_id), timeout=10, what="the countdown to fire")
-    check_active_promos.delay().get(timeout=15)
-    process_notification_queue.delay().get(timeout=15)
+    check_active_promos.delay().get(timeout=RESULT_TIMEOUT)
+    process_notification_queue.delay().get(timeout=RESULT_TIMEOUT)
 
     promo = FlashPromo.objects.get(pk=promo_id)
     assert (promo.status, promo.activated_at, promo.notifications_queued) == ("cancelled", None, False)
@@ -290,12 +290,14 @@ def test_a_countdown_for_a_time_the_promo_no_longer_has_does_nothing():
     nothing = {"activated": 0, "ended": 0, "skipped": 0, "fan_outs_published": 0, "countdowns_scheduled": 0}
     stale = (now - timedelta(minutes=5)).isoformat()
 
-    assert sync_promo.delay(due.pk, stale).get(timeout=15) == nothing
-    assert sync_promo.delay(upcoming.pk, stale).get(timeout=15) == nothing
+    assert sync_promo.apply_async((due.pk, stale), ignore_result=False).get(timeout=RESULT_TIMEOUT) == nothing
+    assert sync_promo.apply_async((upcoming.pk, stale), ignore_result=False).get(timeout=RESULT_TIMEOUT) == nothing
     assert FlashPromo.objects.get(pk=due.pk).status == PromoStatus.SCHEDULED
 
-    assert sync_promo.delay(due.pk, due.starts_at.isoformat()).get(timeout=15)["activated"] == 1
-    early = sync_promo.delay(upcoming.pk, upcoming.starts_at.isoformat()).get(timeout=15)
+    current = (due.pk, due.starts_at.isoformat())
+    assert sync_promo.apply_async(current, ignore_result=False).get(timeout=RESULT_TIMEOUT)["activated"] == 1
+    early_args = (upcoming.pk, upcoming.starts_at.isoformat())
+    early = sync_promo.apply_async(early_args, ignore_result=False).get(timeout=RESULT_TIMEOUT)
     assert early["countdowns_scheduled"] == 1  # it came early: published again for the start, which activates it
     wait_for(lambda: FlashPromo.objects.filter(pk=upcoming.pk, status="active").exists(), what="activation")
 
