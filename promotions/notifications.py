@@ -363,20 +363,18 @@ def notifications_retry(
     if since is not None:
         rows = rows.filter(failed_at__gte=since)
     if dry_run:
-        count = rows.count()
-    else:
-        count = rows.update(
-            status=NotificationStatus.PENDING,
-            attempts=0,
-            next_attempt_at=now,
-            failed_at=None,
-            claim_token=None,
-            lease_expires_at=None,
-        )
+        return rows.count()  # nothing done, nothing logged as done: the caller prints what would be
+    count = rows.update(
+        status=NotificationStatus.PENDING,
+        attempts=0,
+        next_attempt_at=now,
+        failed_at=None,
+        claim_token=None,
+        lease_expires_at=None,
+    )
     log.info(
         "notifications.retried",
         count=count,
-        dry_run=dry_run,
         **{key: value for key, value in {"promo_id": promo_id, "since": since}.items() if value is not None},
     )
     return count
