@@ -60,6 +60,14 @@ def _claim_slot() -> tuple[int, psycopg.Connection[Any] | None]:
 
 
 TEST_SLOT, _slot_lock = _claim_slot()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The slot is this run's until it ends: its lock goes with the connection."""
+    if _slot_lock is not None:
+        _slot_lock.close()
+
+
 #: Tests own this Redis database: it is flushed at the start of the session.
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", f"redis://127.0.0.1:6379/{TEST_SLOT}")
 # pytest-django creates (and at the end drops) this database: ``test_<name>_<slot>``, the run's own.
