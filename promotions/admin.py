@@ -9,7 +9,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
-from promotions import tasks
+from promotions import services, tasks
 from promotions.models import FlashPromo, Notification, NotificationStatus, Product, PromoStatus, Subscription
 from promotions.notifications import notifications_retry
 
@@ -55,9 +55,15 @@ class FlashPromoAdmin(admin.ModelAdmin[FlashPromo]):
 
     @admin.action(description="Cancel the selected scheduled or active promos")
     def cancel(self, request: HttpRequest, queryset: QuerySet[FlashPromo]) -> None:
-        cancelled = queryset.filter(status__in=[PromoStatus.SCHEDULED, PromoStatus.ACTIVE]).update(
-            status=PromoStatus.CANCELLED, ended_at=timezone.now()
-        )
+        # Through the service, as the API's cancel: the same conditional update, the same ``promo.cancelled`` line.
+        now, cancelled = timezone.now(), 0
+        for promo_id in queryset.filter(status__in=[PromoStatus.SCHEDULED, PromoStatus.ACTIVE]).values_list(
+            "pk", flat=True
+        ):
+            try:
+                cancelled += services.promo_cancel(promo_id=promo_id, now=now)
+            except services.PromoConflictError:
+                continue  # it ended meanwhile: nothing left to cancel
         self.message_user(request, f"{cancelled} promo(s) cancelled.")
 
 
