@@ -248,9 +248,10 @@ def test_one_trace_joins_an_http_request_and_the_task_it_enqueues(otlp, start_wo
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:
+            starts_at = timezone.now() + timedelta(days=1)  # within the API's horizon
             body = json.dumps({
                 "product_id": product.pk, "title": "Traced", "discount_percent": 10,
-                "starts_at": "2030-01-01T10:00:00+00:00", "ends_at": "2030-01-01T11:00:00+00:00",
+                "starts_at": starts_at.isoformat(), "ends_at": (starts_at + timedelta(hours=1)).isoformat(),
             }).encode()  # fmt: skip
             request = urllib.request.Request(
                 f"http://127.0.0.1:{port}/api/promos", data=body, method="POST",
