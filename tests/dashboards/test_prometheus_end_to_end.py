@@ -45,6 +45,8 @@ pytestmark = [pytest.mark.django_db(transaction=True)]
 DASHBOARDS = sorted((ROOT / "dashboards" / "grafana" / "json").glob("*.json"))
 ALERT_FILES = sorted((ROOT / "dashboards" / "alerts").glob("*.yml"))
 QUEUE = "e2e"
+#: The queue of the workload's worker without a result backend.
+BACKENDLESS_QUEUE = "e2e-backendless"
 WAVES, WAVE_SECONDS = 5, 1.5
 #: The per-task dashboard is shown for the task whose workload has every outcome: succeeded, retried,
 #: dead_lettered - and errors by type.
@@ -190,8 +192,15 @@ def workload(
     start = time.time()
     with django_db_blocker.unblock():
         worker = WorkerProcess(env, tmp_path / "worker.log", "--concurrency=2", "--include=tests.tasks", "-Q", QUEUE)
+        # A worker whose result backend is unreachable: its successes are counted as results not stored.
+        backendless = WorkerProcess(
+            {**env, "CELERY_RESULT_BACKEND": f"redis://127.0.0.1:{free_port()}/0"},
+            tmp_path / "backendless.log", "--concurrency=1", "--include=tests.tasks", "-Q", BACKENDLESS_QUEUE,
+        )  # fmt: skip
         try:
             worker.wait_ready()
+            backendless.wait_ready()
+            tasks.echo.apply_async(("unstored",), queue=BACKENDLESS_QUEUE)
             _promotions(WAVES)
             token = uuid.uuid4().hex
             doomed = [tasks.flaky.apply_async((uuid.uuid4().hex, 10), queue=QUEUE)]
@@ -232,6 +241,7 @@ def workload(
             _wait_until_scraped(prometheus, list(catalogue()))
             yield Workload(start=start, end=time.time() + 1)
         finally:
+            backendless.stop()
             worker.stop()
 
 

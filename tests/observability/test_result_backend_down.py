@@ -35,10 +35,10 @@ def otlp() -> Iterator[OtlpReceiver]:
 
 
 @pytest.fixture(scope="module")
-def backendless_worker(start_worker, otlp):
+def backendless_worker(start_module_worker, otlp):
     """A worker whose result backend refuses every connection; JSON logs, metrics every 300 ms."""
     closed = f"redis://127.0.0.1:{free_port()}/0"
-    return start_worker(
+    return start_module_worker(
         "-Q", QUEUE,
         env={"CELERY_RESULT_BACKEND": closed, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint,
              "OTEL_METRIC_EXPORT_INTERVAL": "300", "LOG_FORMAT": "json"},

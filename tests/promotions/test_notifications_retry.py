@@ -34,9 +34,9 @@ def _empty_sink(smtp_sink):
 
 
 @pytest.fixture(scope="module")
-def smtp_down_worker(start_worker):
+def smtp_down_worker(start_module_worker):
     """A worker whose SMTP server refuses connections (a closed port); two attempts a notification."""
-    return start_worker(
+    return start_module_worker(
         "-Q", QUEUE, env={"EMAIL_PORT": str(DOWN_PORT), "NOTIFICATION_MAX_ATTEMPTS": "2", "LOG_FORMAT": "json"}
     )
 
