@@ -185,6 +185,15 @@ def redis_client(_sole_run: None) -> Iterator[redis.Redis]:
     client.close()
 
 
+@pytest.fixture(scope="module")
+def otlp() -> Iterator[OtlpReceiver]:
+    """A local OTLP/HTTP receiver shared by a module's tests and its module-scoped workers."""
+    receiver = OtlpReceiver()
+    receiver.start()
+    yield receiver
+    receiver.stop()
+
+
 @pytest.fixture
 def otlp_receiver() -> Iterator[OtlpReceiver]:
     """A local OTLP/HTTP receiver, for one test: the network boundary of a telemetry exporter."""

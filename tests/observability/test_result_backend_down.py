@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,19 +18,10 @@ from observability.deadletters.models import DeadLetter
 from tests import tasks
 from tests.conftest import WorkerProcess, wait_for
 from tests.net import free_port
-from tests.otlp_receiver import OtlpReceiver
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 QUEUE = "results-down"
-
-
-@pytest.fixture(scope="module")
-def otlp() -> Iterator[OtlpReceiver]:
-    receiver = OtlpReceiver()
-    receiver.start()
-    yield receiver
-    receiver.stop()
 
 
 @pytest.fixture(scope="module")

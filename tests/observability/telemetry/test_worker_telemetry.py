@@ -10,7 +10,6 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -23,7 +22,6 @@ from promotions.models import Notification
 from tests import tasks
 from tests.conftest import RESULT_TIMEOUT, ROOT, start_process, stop_process, wait_for
 from tests.net import free_port, http_status
-from tests.otlp_receiver import OtlpReceiver
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -35,14 +33,6 @@ SERVER, CONSUMER = 2, 5  # opentelemetry.proto.trace.v1.Span.SpanKind values
 def traceparent() -> tuple[str, str]:
     trace_id, span_id = uuid.uuid4().hex, uuid.uuid4().hex[:16]
     return trace_id, f"00-{trace_id}-{span_id}-01"
-
-
-@pytest.fixture(scope="module")
-def otlp() -> Iterator[OtlpReceiver]:
-    receiver = OtlpReceiver()
-    receiver.start()
-    yield receiver
-    receiver.stop()
 
 
 @pytest.fixture(scope="module")
