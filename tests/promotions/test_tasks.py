@@ -236,7 +236,6 @@ def test_a_promo_moved_later_goes_live_at_its_new_start_not_the_old_one(staff_ap
     _move(staff_api, promo_id, new_start)
     wait_for(
         lambda: _countdowns_held(promo_id) == [new_start.isoformat()],
-        timeout=10,
         what="the old countdown to fire, the new one held",
     )
 
@@ -259,7 +258,7 @@ def test_a_promo_moved_earlier_goes_live_at_its_new_start_not_at_the_old_one(sta
     promo = wait_for(lambda: FlashPromo.objects.filter(pk=promo_id, status="active").first(), what="activation")
     lag = (promo.activated_at - new_start).total_seconds()
     assert 0 <= lag < 1.0, lag
-    wait_for(lambda: not _countdowns_held(promo_id), timeout=15, what="the old countdown to fire")
+    wait_for(lambda: not _countdowns_held(promo_id), what="the old countdown to fire")
     assert FlashPromo.objects.filter(pk=promo_id, status="active", activated_at=promo.activated_at).exists()
 
 
@@ -271,7 +270,7 @@ def test_a_cancelled_promos_countdown_fires_and_changes_nothing_sends_nothing(st
     wait_for(lambda: _countdowns_held(promo_id), what="the countdown")
 
     assert staff_api.post(f"/api/promos/{promo_id}/cancel").status_code == 200
-    wait_for(lambda: not _countdowns_held(promo_id), timeout=10, what="the countdown to fire")
+    wait_for(lambda: not _countdowns_held(promo_id), what="the countdown to fire")
     check_active_promos.delay().get(timeout=RESULT_TIMEOUT)
     process_notification_queue.delay().get(timeout=RESULT_TIMEOUT)
 
@@ -372,7 +371,7 @@ def test_a_slow_batch_records_its_outcomes_as_it_goes(slow_smtp):
     deliver_notification_batch.delay()
 
     wait_for(lambda: _count("sent") and _count("sending"), timeout=15, what="sent rows recorded mid-batch")
-    wait_for(lambda: _count("sent") == 30, timeout=15, what="30 sent")
+    wait_for(lambda: _count("sent") == 30, what="30 sent")
     assert max(slow_smtp.deliveries_by_key().values()) == 1
 
 
@@ -385,7 +384,9 @@ def test_a_batch_stopped_by_its_soft_time_limit_hands_back_what_it_did_not_send(
 
     deliver_notification_batch.apply_async(soft_time_limit=1, queue=DELIVERY_QUEUE)  # its retries go there too
 
-    wait_for(lambda: _count("sent") == 30, timeout=30, what="30 sent by the interrupted run and its retries")
+    # Each 1 s run sends about 9 of the 30 (0.1 s a message); the retries wait 2, 4, 8, 16 s (half to all of it):
+    # 30 s or more on a busy machine. Still far below the 6-minute lease the hand-back must not wait for.
+    wait_for(lambda: _count("sent") == 30, timeout=120, what="30 sent by the interrupted run and its retries")
     lines = [json.loads(line) for line in delivery_worker.log()[log_start:].splitlines() if '"task.finished"' in line]
     interrupted = sum(
         line["task_name"] == "promotions.tasks.deliver_notification_batch" and line["outcome"] == "retried"
