@@ -1,4 +1,4 @@
-"""The API refuses promos that make no sense, answers JSON for every error under ``/api/``, and lets staff
+"""The API refuses promos that make no sense, answers JSON for every error under ``/api/``, and lets staff_api
 move or cancel a promo: each finding of issue 17 as the probe's request and what it gets now.
 
 The real-worker side (a cancelled promo's countdown, a moved promo going live at its new start) is in
@@ -25,17 +25,8 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def staff(django_user_model) -> APIClient:
-    """A client authenticated with a staff user's bearer token."""
-    user = django_user_model.objects.create_user(username="ops", password="x", is_staff=True)
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {Token.objects.create(user=user).key}")
-    return client
-
-
-@pytest.fixture
 def shopper(django_user_model) -> APIClient:
-    """A client authenticated with a non-staff user's bearer token."""
+    """A client authenticated with a non-staff_api user's bearer token."""
     user = django_user_model.objects.create_user(username="shopper", password="x")
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {Token.objects.create(user=user).key}")
@@ -66,12 +57,12 @@ def _errors(response: Any) -> dict[str, list[str]]:
 # --- Creating: windows that make no sense are refused -------------------------------------------------------
 
 
-def test_a_promo_entirely_in_the_past_is_400_on_starts_at(staff):
+def test_a_promo_entirely_in_the_past_is_400_on_starts_at(staff_api):
     """Finding: a promo whose whole window had passed got 201 ``scheduled``, then was silently ended. Now
     400 on ``starts_at``, and nothing is stored."""
     now = timezone.now()
 
-    response = staff.post(
+    response = staff_api.post(
         "/api/promos", _payload(ProductFactory(), now - timedelta(hours=3), now - timedelta(hours=1)), format="json"
     )
 
@@ -80,10 +71,10 @@ def test_a_promo_entirely_in_the_past_is_400_on_starts_at(staff):
     assert not FlashPromo.objects.exists()
 
 
-def test_a_promo_started_years_ago_is_400_on_starts_at(staff):
+def test_a_promo_started_years_ago_is_400_on_starts_at(staff_api):
     """Finding: a start in 2020 with a future end went live at once, reporting an activation lag of
     218,324,784 s (enough to fire the activation-lag alert). Now 400 on ``starts_at``."""
-    response = staff.post(
+    response = staff_api.post(
         "/api/promos",
         _payload(ProductFactory(), "2020-01-01T00:00:00Z", timezone.now() + timedelta(hours=1)),
         format="json",
@@ -102,21 +93,21 @@ def test_a_promo_started_years_ago_is_400_on_starts_at(staff):
     ],
     ids=["year-9999", "year-1", "year-9999-past-the-last-instant-in-utc"],
 )
-def test_a_promo_in_year_9999_or_year_1_is_400(staff, starts_at, ends_at, fields):
+def test_a_promo_in_year_9999_or_year_1_is_400(staff_api, starts_at, ends_at, fields):
     """Findings: years 9999 and 1 were accepted. Now 400: beyond the horizon, in the past, or past the last
     representable instant once converted to UTC."""
-    response = staff.post("/api/promos", _payload(ProductFactory(), starts_at, ends_at), format="json")
+    response = staff_api.post("/api/promos", _payload(ProductFactory(), starts_at, ends_at), format="json")
 
     assert set(_errors(response)) == fields
     assert not FlashPromo.objects.exists()
 
 
-def test_a_start_within_the_tolerance_in_the_past_is_accepted(staff):
+def test_a_start_within_the_tolerance_in_the_past_is_accepted(staff_api):
     """A start a few seconds ago (a client's clock skew, the request's latency) is accepted and goes live at
     the next sweep; the tolerance is ``PROMO_START_PAST_TOLERANCE_SECONDS`` (60 s)."""
     now = timezone.now()
 
-    response = staff.post(
+    response = staff_api.post(
         "/api/promos", _payload(ProductFactory(), now - timedelta(seconds=30), now + timedelta(hours=1)), format="json"
     )
 
@@ -124,12 +115,12 @@ def test_a_start_within_the_tolerance_in_the_past_is_accepted(staff):
     assert response.json()["status"] == "scheduled"
 
 
-def test_the_past_tolerance_is_read_from_settings(staff, settings):
+def test_the_past_tolerance_is_read_from_settings(staff_api, settings):
     """With ``PROMO_START_PAST_TOLERANCE_SECONDS = 0``, a start five seconds ago is refused."""
     settings.PROMO_START_PAST_TOLERANCE_SECONDS = 0
     now = timezone.now()
 
-    response = staff.post(
+    response = staff_api.post(
         "/api/promos", _payload(ProductFactory(), now - timedelta(seconds=5), now + timedelta(hours=1)), format="json"
     )
 
@@ -147,12 +138,12 @@ def test_the_past_tolerance_is_read_from_settings(staff, settings):
     ],
     ids=["ends-inside-the-horizon", "starts-past-the-horizon", "ends-past-the-horizon", "31-days", "over-31-days"],
 )
-def test_the_horizon_and_the_longest_duration(staff, start_in, duration, fields):
+def test_the_horizon_and_the_longest_duration(staff_api, start_in, duration, fields):
     """Both times at most ``PROMO_MAX_HORIZON_DAYS`` (365) ahead; a promo lasts at most
     ``PROMO_MAX_DURATION_DAYS`` (31): longer is a price change, or an end typed in the wrong month or year."""
     starts_at = timezone.now() + start_in
 
-    response = staff.post("/api/promos", _payload(ProductFactory(), starts_at, starts_at + duration), format="json")
+    response = staff_api.post("/api/promos", _payload(ProductFactory(), starts_at, starts_at + duration), format="json")
 
     if fields:
         assert set(_errors(response)) == fields
@@ -163,30 +154,30 @@ def test_the_horizon_and_the_longest_duration(staff, start_in, duration, fields)
 # --- Unknown fields are refused on every write ---------------------------------------------------------------
 
 
-def test_a_promo_with_an_unknown_field_is_400_naming_it(staff):
+def test_a_promo_with_an_unknown_field_is_400_naming_it(staff_api):
     """Finding: ``"status": "active"`` was silently ignored (201, scheduled). Now 400 keyed by the field, its
     message listing the accepted ones; nothing is stored."""
     starts_at = timezone.now() + timedelta(hours=1)
     payload = _payload(ProductFactory(), starts_at, starts_at + timedelta(hours=1), status="active")
 
-    response = staff.post("/api/promos", payload, format="json")
+    response = staff_api.post("/api/promos", payload, format="json")
 
     assert list(_errors(response)) == ["status"]
     assert "product_id, title, discount_percent, starts_at, ends_at" in response.json()["status"][0]
     assert not FlashPromo.objects.exists()
 
 
-def test_unknown_fields_are_reported_with_the_other_errors(staff):
+def test_unknown_fields_are_reported_with_the_other_errors(staff_api):
     """An unknown field and an invalid one: both in one 400."""
     starts_at = timezone.now() + timedelta(hours=1)
     payload = _payload(ProductFactory(), starts_at, starts_at + timedelta(hours=1), discount_percent=0, ends="x")
 
-    assert set(_errors(staff.post("/api/promos", payload, format="json"))) == {"discount_percent", "ends"}
+    assert set(_errors(staff_api.post("/api/promos", payload, format="json"))) == {"discount_percent", "ends"}
 
 
-def test_a_product_with_an_unknown_field_is_400_naming_it(staff):
+def test_a_product_with_an_unknown_field_is_400_naming_it(staff_api):
     """Products too: ``stock`` is not a product field."""
-    response = staff.post("/api/products", {"name": "Kettle", "price": "1.00", "stock": 3}, format="json")
+    response = staff_api.post("/api/products", {"name": "Kettle", "price": "1.00", "stock": 3}, format="json")
 
     assert list(_errors(response)) == ["stock"]
     assert not Product.objects.exists()
@@ -254,8 +245,8 @@ def test_an_unknown_api_path_is_404_even_with_a_wrong_token():
     ("client", "method", "path", "status"),
     [
         ("anonymous", "put", "/api/promos", 405),
-        ("staff", "delete", "/api/promos/{id}", 405),
-        ("staff", "get", "/api/promos/{id}/cancel", 405),
+        ("staff_api", "delete", "/api/promos/{id}", 405),
+        ("staff_api", "get", "/api/promos/{id}/cancel", 405),
         ("anonymous", "patch", "/api/promos/{id}", 401),
         ("anonymous", "post", "/api/promos/{id}/cancel", 401),
         ("shopper", "post", "/api/promos/{id}/cancel", 403),
@@ -318,7 +309,7 @@ def test_an_unhandled_error_is_a_json_500_under_api_without_its_details(rf):
 
 
 def test_staff_moves_a_scheduled_promo_and_its_countdowns_are_published_again(
-    staff, django_capture_on_commit_callbacks
+    staff_api, django_capture_on_commit_callbacks
 ):
     """New times are stored, the countdown marks cleared (the old countdowns are for times that are gone),
     and one sweep is published after the commit to publish countdowns for the new ones."""
@@ -326,7 +317,7 @@ def test_staff_moves_a_scheduled_promo_and_its_countdowns_are_published_again(
     starts_at = (timezone.now() + timedelta(minutes=30)).replace(microsecond=0)
 
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        response = staff.patch(
+        response = staff_api.patch(
             f"/api/promos/{promo.pk}",
             {
                 "title": "Moved",
@@ -346,12 +337,12 @@ def test_staff_moves_a_scheduled_promo_and_its_countdowns_are_published_again(
     assert callbacks == [tasks.check_active_promos.delay]
 
 
-def test_changing_only_the_title_keeps_the_countdowns(staff, django_capture_on_commit_callbacks):
+def test_changing_only_the_title_keeps_the_countdowns(staff_api, django_capture_on_commit_callbacks):
     """A new title alone leaves the times and their countdowns as they are: no sweep is published."""
     promo = PromoFactory(activation_enqueued=True)
 
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        response = staff.patch(f"/api/promos/{promo.pk}", {"title": "Renamed"}, format="json")
+        response = staff_api.patch(f"/api/promos/{promo.pk}", {"title": "Renamed"}, format="json")
 
     assert response.status_code == 200
     promo.refresh_from_db()
@@ -359,11 +350,11 @@ def test_changing_only_the_title_keeps_the_countdowns(staff, django_capture_on_c
     assert callbacks == []
 
 
-def test_moving_only_the_end_is_checked_against_the_current_start(staff):
+def test_moving_only_the_end_is_checked_against_the_current_start(staff_api):
     """An end alone is checked with the start the promo has: before it is 400 on ``ends_at``."""
     promo = PromoFactory()
 
-    response = staff.patch(
+    response = staff_api.patch(
         f"/api/promos/{promo.pk}", {"ends_at": (promo.starts_at - timedelta(minutes=1)).isoformat()}, format="json"
     )
 
@@ -384,25 +375,25 @@ def test_moving_only_the_end_is_checked_against_the_current_start(staff):
     ],
     ids=["start-in-the-past", "end-in-year-9999", "start-without-an-offset", "discount", "status", "blank-title"],
 )
-def test_an_invalid_change_is_400_and_changes_nothing(staff, changes, fields):
+def test_an_invalid_change_is_400_and_changes_nothing(staff_api, changes, fields):
     """The same rules as creating; fields that cannot be changed (the discount, the status) are refused by
     name."""
     promo = PromoFactory()
     before = FlashPromo.objects.values().get(pk=promo.pk)
 
-    response = staff.patch(f"/api/promos/{promo.pk}", changes, format="json")
+    response = staff_api.patch(f"/api/promos/{promo.pk}", changes, format="json")
 
     assert set(_errors(response)) == fields
     assert FlashPromo.objects.values().get(pk=promo.pk) == before
 
 
 @pytest.mark.parametrize("status", ["active", "ended", "cancelled"])
-def test_a_promo_no_longer_scheduled_cannot_be_changed_409(staff, status):
+def test_a_promo_no_longer_scheduled_cannot_be_changed_409(staff_api, status):
     """Once live, ended or cancelled a promo's times are history: 409 says which status it is in."""
     promo = PromoFactory(status=status, starts_at=timezone.now() - timedelta(minutes=5))
     before = FlashPromo.objects.values().get(pk=promo.pk)
 
-    response = staff.patch(f"/api/promos/{promo.pk}", {"title": "Too late"}, format="json")
+    response = staff_api.patch(f"/api/promos/{promo.pk}", {"title": "Too late"}, format="json")
 
     assert response.status_code == 409
     assert response.json() == {
@@ -412,14 +403,14 @@ def test_a_promo_no_longer_scheduled_cannot_be_changed_409(staff, status):
     assert FlashPromo.objects.values().get(pk=promo.pk) == before
 
 
-def test_changing_an_unknown_promo_is_404(staff):
-    response = staff.patch(f"/api/promos/{PromoFactory().pk + 1}", {"title": "x"}, format="json")
+def test_changing_an_unknown_promo_is_404(staff_api):
+    response = staff_api.patch(f"/api/promos/{PromoFactory().pk + 1}", {"title": "x"}, format="json")
 
     assert (response.status_code, response.json()) == (404, {"detail": "No promo with this id."})
 
 
 def test_only_staff_may_change_a_promo(shopper):
-    """Writes keep their permission: a non-staff token gets 403 and nothing changes."""
+    """Writes keep their permission: a non-staff_api token gets 403 and nothing changes."""
     promo = PromoFactory()
 
     response = shopper.patch(f"/api/promos/{promo.pk}", {"title": "Mine"}, format="json")
@@ -432,13 +423,13 @@ def test_only_staff_may_change_a_promo(shopper):
 
 
 @pytest.mark.parametrize("status", ["scheduled", "active"])
-def test_staff_cancels_a_scheduled_or_active_promo(staff, status):
+def test_staff_cancels_a_scheduled_or_active_promo(staff_api, status):
     """The promo is ``cancelled`` with ``ended_at`` set (the retention cleanup counts from it), answered with
     the promo; ``promo.cancelled`` is logged with the status it had."""
     promo = PromoFactory(status=status)
 
     with capture_logs() as logs:
-        response = staff.post(f"/api/promos/{promo.pk}/cancel", format="json")
+        response = staff_api.post(f"/api/promos/{promo.pk}/cancel", format="json")
 
     assert response.status_code == 200, response.content
     assert response.json()["status"] == "cancelled"
@@ -449,48 +440,48 @@ def test_staff_cancels_a_scheduled_or_active_promo(staff, status):
     ]
 
 
-def test_cancelling_again_answers_200_and_changes_nothing(staff):
+def test_cancelling_again_answers_200_and_changes_nothing(staff_api):
     """A retried cancel (the first answer lost) succeeds again; the first cancellation's time stays."""
     promo = PromoFactory()
-    staff.post(f"/api/promos/{promo.pk}/cancel")
+    staff_api.post(f"/api/promos/{promo.pk}/cancel")
     first_ended_at = FlashPromo.objects.get(pk=promo.pk).ended_at
 
     with capture_logs() as logs:
-        response = staff.post(f"/api/promos/{promo.pk}/cancel")
+        response = staff_api.post(f"/api/promos/{promo.pk}/cancel")
 
     assert (response.status_code, response.json()["status"]) == (200, "cancelled")
     assert FlashPromo.objects.get(pk=promo.pk).ended_at == first_ended_at
     assert not [entry for entry in logs if entry["event"] == "promo.cancelled"]
 
 
-def test_an_ended_promo_cannot_be_cancelled_409(staff):
+def test_an_ended_promo_cannot_be_cancelled_409(staff_api):
     earlier = timezone.now() - timedelta(hours=2)
     promo = PromoFactory(status="ended", starts_at=earlier, ends_at=earlier + timedelta(hours=1))
 
-    response = staff.post(f"/api/promos/{promo.pk}/cancel")
+    response = staff_api.post(f"/api/promos/{promo.pk}/cancel")
 
     assert response.status_code == 409
     assert response.json()["status"] == "ended"
     assert FlashPromo.objects.get(pk=promo.pk).status == PromoStatus.ENDED
 
 
-def test_cancelling_refuses_a_body_404s_an_unknown_promo_and_needs_staff(staff, shopper):
+def test_cancelling_refuses_a_body_404s_an_unknown_promo_and_needs_staff(staff_api, shopper):
     promo = PromoFactory()
 
-    assert list(_errors(staff.post(f"/api/promos/{promo.pk}/cancel", {"reason": "x"}, format="json"))) == ["reason"]
-    assert staff.post(f"/api/promos/{promo.pk + 1}/cancel").status_code == 404
+    assert list(_errors(staff_api.post(f"/api/promos/{promo.pk}/cancel", {"reason": "x"}, format="json"))) == ["reason"]
+    assert staff_api.post(f"/api/promos/{promo.pk + 1}/cancel").status_code == 404
     assert shopper.post(f"/api/promos/{promo.pk}/cancel").status_code == 403
     assert FlashPromo.objects.get(pk=promo.pk).status == PromoStatus.SCHEDULED
 
 
-def test_a_cancelled_active_promo_gets_no_fan_out_and_its_pending_notifications_are_not_claimed(staff):
+def test_a_cancelled_active_promo_gets_no_fan_out_and_its_pending_notifications_are_not_claimed(staff_api):
     """Cancelled after going live: a fan-out that runs late queues nothing, and pending rows are not claimed."""
     product = ProductFactory()
     promo = PromoFactory(product=product, status="active", starts_at=timezone.now() - timedelta(minutes=1))
     subscriptions = SubscriptionFactory.create_batch(2, product=product)
     Notification.objects.create(promo=promo, subscription=subscriptions[0], next_attempt_at=timezone.now())
 
-    assert staff.post(f"/api/promos/{promo.pk}/cancel").status_code == 200
+    assert staff_api.post(f"/api/promos/{promo.pk}/cancel").status_code == 200
 
     assert notifications.notifications_queue_for_promos(promo_ids=[promo.pk], now=timezone.now()) == 0
     assert notifications.notifications_deliver_batch(now=timezone.now()).claimed == 0

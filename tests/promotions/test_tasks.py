@@ -10,7 +10,6 @@ from datetime import datetime, timedelta
 
 import pytest
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from marketplace.celery import app as celery_app
@@ -180,15 +179,6 @@ def test_notifications_of_a_cancelled_promo_are_not_sent(smtp_sink):
 
 
 # --- Moved and cancelled promos: their old countdowns do nothing ---------------------------------------------
-
-
-@pytest.fixture
-def staff_api(django_user_model) -> APIClient:
-    """An API client with a staff user's bearer token: the promos below are created and changed over HTTP."""
-    user = django_user_model.objects.create_user(username="ops", password="x", is_staff=True)
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {Token.objects.create(user=user).key}")
-    return client
 
 
 def _countdowns_held(promo_id: int) -> list[str]:
