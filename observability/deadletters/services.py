@@ -103,6 +103,8 @@ def dead_letter_record_safely(failure: Failure) -> DeadLetter | None:
                 countdown=DEFERRED_RECORD_COUNTDOWN_SECONDS,
                 queue=failure.queue or None,
                 retry=False,
+                # Nothing reads its result: no subscription to the result backend, which may be down too.
+                ignore_result=True,
             )
         except (BrokerOperationalError, OSError) as broker_exc:
             log.critical("dead_letter.unrecorded", task_id=failure.task_id, error=str(broker_exc))
@@ -201,6 +203,9 @@ def dead_letters_replay(
     pending and the next replay would publish them again.
     """
     registered = _registered_task_names()
+    # Publishing also subscribes to the task's result on the result backend (Redis: the same server as the
+    # broker, most often), whose connection may be the first to notice the server has gone.
+    backend_errors = tuple(getattr(current_app.backend, "connection_errors", ()))
     statuses = [DeadLetterStatus.PENDING, DeadLetterStatus.REPLAYED] if again else [DeadLetterStatus.PENDING]
     candidates = entries.filter(status__in=statuses).order_by("id")
     result = ReplayResult()
@@ -229,7 +234,7 @@ def dead_letters_replay(
                         pacer.wait()  # where a throttled replay spends its time, Ctrl-C too
                     if new_id is not None:
                         replays.append(_publish(entry, new_id=new_id, queue=queue, operator=operator))
-                except (BrokerOperationalError, OSError, KeyboardInterrupt) as exc:
+                except (BrokerOperationalError, OSError, *backend_errors, KeyboardInterrupt) as exc:
                     # kombu gave up reconnecting (every later entry would fail the same), or the operator stops.
                     stopped_by = exc
                     break
