@@ -11,6 +11,7 @@ from pathlib import Path
 import dj_database_url
 import django_stubs_ext
 from django.core.exceptions import ImproperlyConfigured
+from kombu import Exchange, Queue
 
 from marketplace.env import env_bool, env_float, env_int, env_list, env_str, env_url
 
@@ -133,8 +134,6 @@ CELERY_WORKER_MAX_TASKS_PER_CHILD = env_int("CELERY_WORKER_MAX_TASKS_PER_CHILD",
 CELERY_WORKER_LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
 CELERY_WORKER_TASK_LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s][%(task_name)s(%(task_id)s)] %(message)s"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# Queue of tasks published without a route (every task of the project); one name per environment is common.
-CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_TASK_DEFAULT_QUEUE", "celery")
 # Lets `celery -A marketplace control pool_restart` reload the children (the seed's soft restart).
 CELERY_WORKER_POOL_RESTARTS = True
 # Redis transport and consumer that dead-letter what Celery would drop: undecodable bytes, envelopes
@@ -153,6 +152,46 @@ CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {
     "retry_policy": {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = env_str("CELERY_BEAT_SCHEDULE_FILENAME", str(BASE_DIR / "var" / "celerybeat-schedule"))
+
+# --- Queues: each task goes to the queue of what it needs; each queue group has a worker of its own, with
+# its own concurrency (Procfile, docker-compose.yml, README "Workers"). A worker started without -Q consumes
+# every queue below (a one-worker dev setup). Each name can be changed from the environment - to share one
+# Redis between environments, or to give a test its own queues; the workers' -Q must then name the new names,
+# and setting them all to one name runs everything through one queue again.
+#: Tasks published without a route: none of the project's; kept, declared and consumed for anything else.
+CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_TASK_DEFAULT_QUEUE", "celery")
+#: Promo transitions - the sweep and the countdowns at a promo's exact start or end: time-critical (live
+#: within a second of starts_at), each a few milliseconds. Its small worker is never busy with bulk work.
+PROMOS_QUEUE = env_str("CELERY_PROMOS_QUEUE", "promos")
+#: Fan-out (one notification row per subscriber) and the delivery safety net that publishes batches: bounded
+#: but long for a big promo; apart from promos so it never delays a countdown, apart from deliveries so a
+#: flood of batches never delays the next promo's fan-out (its delivery starts at once).
+FANOUT_QUEUE = env_str("CELERY_FANOUT_QUEUE", "fanout")
+#: Bulk delivery: batches of 500 provider calls, minutes of them in a flood; scaled out on its own.
+DELIVERIES_QUEUE = env_str("CELERY_DELIVERIES_QUEUE", "deliveries")
+#: Maintenance: the hourly cleanup and the daily dead-letter retention, each up to minutes, never urgent.
+MAINTENANCE_QUEUE = env_str("CELERY_MAINTENANCE_QUEUE", "maintenance")
+#: Dead-letter recording deferred while Postgres was down: rare, but must always have a free consumer, whatever
+#: floods the other queues - never behind the backlog of the queue whose task failed.
+DEADLETTERS_QUEUE = env_str("CELERY_DEADLETTERS_QUEUE", "deadletters")
+_QUEUE_NAMES = (
+    PROMOS_QUEUE, FANOUT_QUEUE, DELIVERIES_QUEUE, MAINTENANCE_QUEUE, DEADLETTERS_QUEUE, CELERY_TASK_DEFAULT_QUEUE
+)  # fmt: skip
+# Celery's own shape for a queue (a direct exchange and routing key of its name); a name given twice is one queue.
+CELERY_TASK_QUEUES = tuple(
+    Queue(name, Exchange(name, type="direct"), routing_key=name) for name in dict.fromkeys(_QUEUE_NAMES)
+)
+# Applies to every publish - .delay(), countdowns, beat's ticks, dlq replay of an entry without a queue.
+CELERY_TASK_ROUTES = {
+    "promotions.tasks.check_active_promos": {"queue": PROMOS_QUEUE},
+    "promotions.tasks.sync_promo": {"queue": PROMOS_QUEUE},
+    "promotions.tasks.queue_promo_notifications": {"queue": FANOUT_QUEUE},
+    "promotions.tasks.process_notification_queue": {"queue": FANOUT_QUEUE},
+    "promotions.tasks.deliver_notification_batch": {"queue": DELIVERIES_QUEUE},
+    "promotions.tasks.cleanup_expired_promos": {"queue": MAINTENANCE_QUEUE},
+    "observability.deadletters.tasks.purge_expired_dead_letters": {"queue": MAINTENANCE_QUEUE},
+    "observability.record_dead_letter": {"queue": DEADLETTERS_QUEUE},
+}
 
 CHECK_PROMOS_INTERVAL_SECONDS = 60.0
 CLEANUP_INTERVAL_SECONDS = 3600.0

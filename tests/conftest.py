@@ -128,6 +128,34 @@ def stop_process(process: subprocess.Popen[Any], *, sig: int = signal.SIGTERM, t
     process.wait()
 
 
+#: Queue role -> the variable naming its queue (marketplace/settings.py, "Queues").
+QUEUE_VARIABLES = {
+    "promos": "CELERY_PROMOS_QUEUE",
+    "fanout": "CELERY_FANOUT_QUEUE",
+    "deliveries": "CELERY_DELIVERIES_QUEUE",
+    "maintenance": "CELERY_MAINTENANCE_QUEUE",
+    "deadletters": "CELERY_DEADLETTERS_QUEUE",
+    "default": "CELERY_TASK_DEFAULT_QUEUE",
+}
+
+
+def one_queue(name: str) -> dict[str, str]:
+    """Environment under which a process publishes every task to queue ``name``: a test's own worker, web or
+    beat, out of reach of the session's other workers (which consume the queues of the default names)."""
+    return dict.fromkeys(QUEUE_VARIABLES.values(), name)
+
+
+def renamed_queues() -> dict[str, str]:
+    """Queue role -> a name of a test's own (give them to its processes with :func:`queue_env`)."""
+    token = uuid.uuid4().hex[:8]
+    return {role: f"{role}-{token}" for role in QUEUE_VARIABLES}
+
+
+def queue_env(queues: dict[str, str]) -> dict[str, str]:
+    """Environment under which a process publishes to (and declares) the queues ``queues`` names by role."""
+    return {QUEUE_VARIABLES[role]: name for role, name in queues.items()}
+
+
 def wait_for(condition: Callable[[], Any], *, timeout: float = 60.0, interval: float = 0.05, what: str = "") -> Any:
     """Poll ``condition`` until it returns a truthy value or ``timeout`` seconds pass (then fail).
 

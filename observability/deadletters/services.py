@@ -96,12 +96,12 @@ def dead_letter_record_safely(failure: Failure) -> DeadLetter | None:
     except django_db.Error as exc:
         log.error("dead_letter.deferred", task_id=failure.task_id, reason=failure.reason, error=str(exc))
         try:
-            # To the failed message's own queue: a worker that consumes it is known to exist.
+            # Routed (settings: the dead-letter queue), not to the failed message's own queue: that one may be a
+            # bulk queue with minutes of backlog; the dead-letter queue's worker always has a process free.
             current_app.send_task(
                 "observability.record_dead_letter",
                 args=[failure.to_json()],
                 countdown=DEFERRED_RECORD_COUNTDOWN_SECONDS,
-                queue=failure.queue or None,
                 retry=False,
                 # Nothing reads its result: no subscription to the result backend, which may be down too.
                 ignore_result=True,

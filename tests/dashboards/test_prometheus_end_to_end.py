@@ -33,7 +33,7 @@ from django.utils import timezone
 
 from marketplace.celery import app as celery_app
 from tests import tasks
-from tests.conftest import ROOT, WorkerProcess, running_beat, start_process, stop_process, wait_for
+from tests.conftest import ROOT, WorkerProcess, one_queue, running_beat, start_process, stop_process, wait_for
 from tests.metrics_catalogue import catalogue
 from tests.net import free_port
 from tests.otlp_prometheus import PrometheusBridge, translate_name
@@ -189,7 +189,7 @@ def workload(
 
     tmp_path = tmp_path_factory.mktemp("workload")
     env = {**worker_env, "OTEL_EXPORTER_OTLP_ENDPOINT": bridge.endpoint, "OTEL_METRIC_EXPORT_INTERVAL": "500",
-           "OTEL_BSP_SCHEDULE_DELAY": "100", "CELERY_TASK_DEFAULT_QUEUE": QUEUE}  # fmt: skip
+           "OTEL_BSP_SCHEDULE_DELAY": "100", **one_queue(QUEUE)}  # fmt: skip
     start = time.time()
     with django_db_blocker.unblock():
         worker = WorkerProcess(env, tmp_path / "worker.log", "--concurrency=2", "--include=tests.tasks", "-Q", QUEUE)

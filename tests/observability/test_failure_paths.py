@@ -27,7 +27,7 @@ from observability.deadletters.services import REPLAY_OF_HEADER, _TokenBucket
 from observability.errors import PermanentError
 from observability.failure import Failure
 from tests import tasks
-from tests.conftest import RESULT_TIMEOUT, ROOT, TEST_REDIS_URL, stopped_after, wait_for
+from tests.conftest import RESULT_TIMEOUT, ROOT, TEST_REDIS_URL, one_queue, stopped_after, wait_for
 from tests.net import free_port
 from tests.tcp_proxy import TcpProxy
 
@@ -246,7 +246,8 @@ def test_database_down_while_dead_lettering_loses_nothing(start_worker, worker_e
     proxy = TcpProxy(target_port=int(db["PORT"] or 5432))
     proxy.start()
     url = f"postgres://{db['USER']}@127.0.0.1:{proxy.port}/{db['NAME']}"
-    worker = start_worker("-Q", "db-outage", env={"DATABASE_URL": url})
+    # Every queue renamed to one: the deferred record task (the dead-letter queue's) is this worker's too.
+    worker = start_worker("-Q", "db-outage", env={"DATABASE_URL": url, **one_queue("db-outage")})
     proxy.cut()
     t = token()
     result = tasks.permanent.apply_async((t,), queue="db-outage")

@@ -20,7 +20,7 @@ from django.utils import timezone
 from observability.deadletters.models import DeadLetter
 from promotions.models import Notification
 from tests import tasks
-from tests.conftest import RESULT_TIMEOUT, ROOT, start_process, stop_process, wait_for
+from tests.conftest import RESULT_TIMEOUT, ROOT, one_queue, start_process, stop_process, wait_for
 from tests.net import free_port, http_status
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -225,8 +225,7 @@ def test_one_trace_joins_an_http_request_and_the_task_it_enqueues(otlp, start_wo
     from tests.factories import ProductFactory
 
     # Web and worker on a queue of their own: the session's other (untraced) workers must not take the task.
-    traced = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100",
-              "CELERY_TASK_DEFAULT_QUEUE": "traced"}  # fmt: skip
+    traced = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100", **one_queue("traced")}
     start_worker("-Q", "traced", env=traced)
     token = Token.objects.create(user=User.objects.create_user("ops", is_staff=True)).key
     product = ProductFactory()
