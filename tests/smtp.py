@@ -32,6 +32,12 @@ class _Handler:
             self._sink.messages.append(message)
         # A slow provider: the message is taken, its "250 OK" comes later.
         await asyncio.sleep(self._sink.reply_delay_seconds)
+        if not self._sink.gate.is_set():  # held: no answer until the test releases it
+            with self._sink.lock:
+                self._sink.held += 1
+            await asyncio.to_thread(self._sink.gate.wait)
+            with self._sink.lock:
+                self._sink.held -= 1
         return "250 OK"
 
 
@@ -43,6 +49,11 @@ class SmtpSink:
         self.messages: list[Any] = []
         #: Seconds before each accepted message's reply (0: at once).
         self.reply_delay_seconds = 0.0
+        #: Open: replies go out; closed (``hold()``): each message is taken and its reply waits for ``release()``.
+        self.gate = threading.Event()
+        self.gate.set()
+        #: Messages whose reply waits at the closed gate now.
+        self.held = 0
         self.port = free_port()
         self._controller = Controller(_Handler(self), hostname="127.0.0.1", port=self.port)
 
@@ -50,9 +61,23 @@ class SmtpSink:
         self._controller.start()
 
     def stop(self) -> None:
+        self.release()
         self._controller.stop()
 
+    def hold(self) -> None:
+        """From now on, take each message and hold its reply - a provider that stopped answering."""
+        self.gate.clear()
+
+    def release(self) -> None:
+        """Answer the held messages and every later one at once."""
+        self.gate.set()
+
+    def held_count(self) -> int:
+        with self.lock:
+            return self.held
+
     def clear(self) -> None:
+        self.release()
         with self.lock:
             self.messages.clear()
         self.reply_delay_seconds = 0.0

@@ -32,6 +32,8 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 SETTINGS_FILE = ROOT / "marketplace" / "settings.py"
 DOCKERFILE = ROOT / "Dockerfile"
+PROCFILE = ROOT / "Procfile"
+README = ROOT / "README.md"
 #: Verbatim copy of schema/compose-spec.json from github.com/compose-spec/compose-spec
 #: (commit 00655e2222608fa6eaecdf12ac5195889ca2244a).
 COMPOSE_SCHEMA = Path(__file__).parent / "data" / "compose-spec.json"
@@ -44,7 +46,9 @@ GRAFANA_DASHBOARD_PROVIDERS = DASHBOARDS / "grafana" / "provisioning" / "dashboa
 
 APP_IMAGE = "flash-promos-marketplace:local"
 #: The services that run the project's image; all but migrate wait for migrate.
-APP_SERVICES = ("migrate", "web", "celery", "celery-beat", "flower")
+#: The worker services, one per queue group (README "Workers"); the seed's one `celery` worker was split by queue.
+WORKER_SERVICES = ("celery-promos", "celery-fanout", "celery-deliveries", "celery-ops")
+APP_SERVICES = ("migrate", "web", *WORKER_SERVICES, "celery-beat", "flower")
 LONG_RUNNING_APP_SERVICES = tuple(name for name in APP_SERVICES if name != "migrate")
 #: What each long-running app service waits for, and how.
 APP_DEPENDENCIES = {
@@ -53,7 +57,7 @@ APP_DEPENDENCIES = {
     "migrate": "service_completed_successfully",
 }
 #: The roles that export traces and metrics (settings read OTEL_EXPORTER_OTLP_ENDPOINT).
-TELEMETRY_SERVICES = ("web", "celery", "celery-beat")
+TELEMETRY_SERVICES = ("web", *WORKER_SERVICES, "celery-beat")
 #: Services without a healthcheck, each for a reason written in a comment of its block: one-shots exit, and
 #: the Collector and Tempo images have no shell or HTTP client to probe with.
 WITHOUT_HEALTHCHECK = {"migrate", "tempo-init", "celery-beat", "otel-collector", "tempo"}
@@ -66,11 +70,9 @@ OBSERVABILITY_IMAGES = {
     "tempo": "grafana/tempo",
     "grafana": "grafana/grafana",
 }
-#: From the seed document (celery-config.es.md, "Configuración de Docker"): names and commands are kept.
-SEED_COMMANDS = {
-    "celery": "celery -A marketplace worker --loglevel=info",
-    "celery-beat": "celery -A marketplace beat --loglevel=info",
-}
+#: From the seed document (celery-config.es.md, "Configuración de Docker"): names and commands are kept - but the
+#: seed's single `celery` worker, now a worker per queue group (WORKER_SERVICES).
+SEED_COMMANDS = {"celery-beat": "celery -A marketplace beat --loglevel=info"}
 SEED_REDIS_URL = "redis://redis:6379/0"
 SNS_TOPIC_ARN = "arn:aws:sns:us-east-1:000000000000:flash-promos"
 
@@ -501,9 +503,10 @@ def test_app_services_start_after_postgres_redis_and_migrations(services: Servic
     assert APP_DEPENDENCIES.items() <= _depends_on(services[name]).items()
 
 
-def test_worker_starts_after_localstack_is_healthy(services: Services) -> None:
-    """The worker publishes to SNS, so it waits for LocalStack (and its topic) to be ready."""
-    assert _depends_on(services["celery"])["localstack"] == "service_healthy"
+@pytest.mark.parametrize("name", WORKER_SERVICES)
+def test_workers_start_after_localstack_is_healthy(services: Services, name: str) -> None:
+    """A worker publishes to SNS, so it waits for LocalStack (and its topic) to be ready."""
+    assert _depends_on(services[name])["localstack"] == "service_healthy"
 
 
 def test_migrate_applies_migrations_then_seeds_demo_data(services: Services) -> None:
@@ -516,12 +519,15 @@ def test_migrate_applies_migrations_then_seeds_demo_data(services: Services) -> 
 # --- Healthchecks -------------------------------------------------------------------------------------------
 
 
-def test_worker_healthcheck_pings_its_own_node(services: Services) -> None:
-    """The worker's healthcheck pings its own node; `$$` stops compose from interpolating HOSTNAME, and a
-    shell (CMD-SHELL) expands it in the container."""
-    test = services["celery"]["healthcheck"]["test"]
+@pytest.mark.parametrize("name", WORKER_SERVICES)
+def test_worker_healthcheck_pings_its_own_node(services: Services, name: str) -> None:
+    """Each worker's healthcheck pings its own node, named by its `-n role@%h`; `$$` stops compose from
+    interpolating HOSTNAME, and a shell (CMD-SHELL) expands it in the container."""
+    argv = shlex.split(services[name]["command"])
+    role = argv[argv.index("-n") + 1].removesuffix("@%h")
+    test = services[name]["healthcheck"]["test"]
     assert test[0] == "CMD-SHELL"
-    assert "celery -A marketplace inspect ping -d celery@$$HOSTNAME" in test[1]
+    assert f"celery -A marketplace inspect ping -d {role}@$$HOSTNAME" in test[1]
 
 
 def test_web_healthcheck_requests_healthz_on_an_allowed_host(
@@ -536,8 +542,64 @@ def test_web_healthcheck_requests_healthz_on_an_allowed_host(
 def test_app_healthchecks_need_no_curl(services: Services) -> None:
     """python:3.11-slim ships neither curl nor wget, so app healthchecks use Python or the celery CLI."""
     checked = {name: _healthcheck_command(services[name]) for name in APP_SERVICES if "healthcheck" in services[name]}
-    assert checked.keys() >= {"web", "celery"}
+    assert checked.keys() >= {"web", *WORKER_SERVICES}
     assert [name for name, command in checked.items() if re.search(r"\b(curl|wget)\b", command)] == []
+
+
+# --- Worker roles: the Procfile, this file and the README runbook deploy the same workers -------------------
+
+
+class WorkerRole(NamedTuple):
+    """What a `celery -A marketplace worker` command deploys: its queues, node name and processes."""
+
+    queues: tuple[str, ...]
+    node: str
+    concurrency: int
+
+
+def _worker_role(command: str) -> WorkerRole:
+    argv = shlex.split(command)
+    assert argv[:4] == ["celery", "-A", "marketplace", "worker"], command
+    options = dict(arg.split("=", 1) for arg in argv if arg.startswith("--") and "=" in arg)
+    return WorkerRole(
+        tuple(argv[argv.index("-Q") + 1].split(",")), argv[argv.index("-n") + 1], int(options["--concurrency"])
+    )
+
+
+def _procfile_workers() -> dict[str, WorkerRole]:
+    lines = [line.split(":", 1) for line in PROCFILE.read_text().splitlines() if line.startswith("worker-")]
+    return {name.removeprefix("worker-"): _worker_role(command) for name, command in lines}
+
+
+def _readme_workers() -> dict[str, WorkerRole]:
+    lines = README.read_text().splitlines()
+    commands = [line.split("#", 1)[0] for line in lines if line.startswith("celery -A marketplace worker -Q")]
+    roles = [_worker_role(command) for command in commands]
+    return {role.node.removesuffix("@%h"): role for role in roles}
+
+
+def test_each_worker_role_is_deployed_alike_by_the_procfile_compose_and_the_readme(services: Services) -> None:
+    """`make run` (the Procfile), `docker compose up` and the README runbook start the same worker roles, each
+    with the same queues, node name (`role@%h`, so workers on one host never clash) and concurrency."""
+    compose_workers = {
+        name.removeprefix("celery-"): _worker_role(services[name]["command"]) for name in WORKER_SERVICES
+    }
+
+    assert _procfile_workers() == compose_workers
+    assert _readme_workers() == compose_workers
+    assert all(role.node == f"{name}@%h" for name, role in compose_workers.items())
+
+
+def test_every_declared_queue_has_exactly_one_worker_role_and_promos_shares_none() -> None:
+    """Every queue of the settings (the default one too) is consumed by one role, and the time-critical
+    queue's worker consumes nothing else: it is never busy with bulk work."""
+    from django.conf import settings
+
+    roles = _procfile_workers()
+    consumed = [queue for role in roles.values() for queue in role.queues]
+
+    assert sorted(consumed) == sorted(queue.name for queue in settings.CELERY_TASK_QUEUES)
+    assert roles["promos"].queues == (settings.PROMOS_QUEUE,)
 
 
 # --- Broker, LocalStack and Flower --------------------------------------------------------------------------
