@@ -19,7 +19,9 @@ from typing import Any
 from bench.harness import RESULTS, Sink, Summary, setup_django
 from bench.report import Row, cpu_ticks, fmt, machine, render, steal_percent
 
-SECTIONS = ("child_path", "throughput", "latency", "sweep", "notifications", "lag", "dead_letters", "memory")
+SECTIONS = (
+    "child_path", "throughput", "latency", "sweep", "notifications", "lag", "dead_letters", "memory", "flood",
+)  # fmt: skip
 
 
 def _ints(text: str) -> list[int]:
@@ -55,6 +57,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--contrib-e2e", action="store_true",
         help="Also run the contrib instrumentation (bench.contrib) end to end and publishing: 3 more worker runs.",
     )  # fmt: skip
+    parser.add_argument("--flood", type=int, help="Notifications of the flood promo (default 4000; quick 1000).")
+    parser.add_argument("--flood-promos", type=int, help="Other promos starting during it (default 100; quick 30).")
+    parser.add_argument("--flood-spread", type=float, default=15.0, help="Seconds their starts spread over (15).")
+    parser.add_argument("--smtp-delay-ms", type=float, default=20.0, help="The provider's time per message (20).")
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json", help="Where the JSON goes.")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -70,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "replay": 1000 if quick else 5000,
         "rate_count": 500 if quick else 2000,
         "memory": "1000,4000" if quick else "10000,40000",
+        "flood": 1000 if quick else 4000,
+        "flood_promos": 30 if quick else 100,
     }
     for key, value in defaults.items():
         if getattr(args, key) is None:
@@ -348,6 +356,12 @@ def bench_memory(args: argparse.Namespace, sink: Sink, rows: list[Row], out: dic
     )
 
 
+def bench_flood(args: argparse.Namespace, sink: Sink, rows: list[Row], out: dict[str, Any]) -> None:
+    from bench.flood import bench
+
+    bench(args, sink, rows, out)
+
+
 BENCHMARKS: dict[str, Callable[[argparse.Namespace, Sink, list[Row], dict[str, Any]], None]] = {
     "child_path": bench_child_path,
     "throughput": bench_throughput,
@@ -357,6 +371,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace, Sink, list[Row], dict[str, A
     "lag": bench_lag,
     "dead_letters": bench_dead_letters,
     "memory": bench_memory,
+    "flood": bench_flood,
 }
 
 
