@@ -580,11 +580,12 @@ class TestReplay:
             ]
         assert (redis_client.llen(own), redis_client.llen(other)) == (3, 1)
 
-    def test_dry_run_names_the_default_queue_for_an_entry_without_one(self):
-        """An entry with no queue recorded is published where Celery routes its task: the dry run says where."""
+    def test_dry_run_names_the_routed_queue_for_an_entry_without_one(self):
+        """An entry with no queue recorded is published where Celery routes its task (``CELERY_TASK_ROUTES``: a
+        delivery batch to the deliveries queue): the dry run says where."""
         (entry,) = _entries(1, queue="")
         out, _ = dlq("replay", str(entry.pk), "--dry-run")
-        assert out.splitlines()[0] == f"Would publish dead letter {entry.pk} ({REGISTERED}) to queue celery"
+        assert out.splitlines()[0] == f"Would publish dead letter {entry.pk} ({REGISTERED}) to queue deliveries"
 
     def test_unknown_ids_refuse_the_whole_replay(self, redis_client):
         """An id no entry has is a command error naming it, before anything is published or marked, even when
