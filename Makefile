@@ -50,7 +50,8 @@ system-deps:
 		echo "make: chromium not installed: the admin browser tests will skip (sudo apt-get install chromium)"; \
 	fi
 
-# Sets up and runs web + worker + beat + Flower with demo data; Ctrl-C stops everything. Safe to run again:
+# Sets up and runs web + the four workers (one per queue group: Procfile) + beat + Flower with demo data;
+# Ctrl-C stops everything. Safe to run again:
 # the demo data is loaded once, and the admin's password is always the one in var/admin-password.
 run: setup .env
 	@$(BIN)/python -m marketplace.preflight --port web=8000 --port flower=5555

@@ -1,4 +1,4 @@
-"""``python -m marketplace.devrun``: the last step of ``make run`` - web, worker, beat and Flower from the
+"""``python -m marketplace.devrun``: the last step of ``make run`` - web, workers, beat and Flower from the
 ``Procfile`` under honcho, where a stop by Ctrl-C or SIGTERM is a clean exit (status 0), so ``make`` does not
 end a normal stop with ``Error 130``/``Error 143``; a process that dies on its own still fails the run.
 """
