@@ -154,7 +154,7 @@ CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {
 CELERY_BEAT_SCHEDULE_FILENAME = env_str("CELERY_BEAT_SCHEDULE_FILENAME", str(BASE_DIR / "var" / "celerybeat-schedule"))
 
 # --- Queues: each task goes to the queue of what it needs; each queue group has a worker of its own, with
-# its own concurrency (Procfile, docker-compose.yml, README "Workers"). A worker started without -Q consumes
+# its own concurrency (Procfile, docker-compose.yml, README "Queues and workers"). A worker without -Q consumes
 # every queue below (a one-worker dev setup). Each name can be changed from the environment - to share one
 # Redis between environments, or to give a test its own queues; the workers' -Q must then name the new names,
 # and setting them all to one name runs everything through one queue again.
