@@ -14,12 +14,25 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
+#: Unicode categories a name or title may not hold: control characters (Cc: line breaks, tabs, escapes), line
+#: and paragraph separators, and format characters (Cf) - bidi overrides and isolates (U+202A-202E,
+#: U+2066-2069) that make a subject read backwards, zero-width characters (U+200B-200D) that make two titles
+#: look alike, the BOM (U+FEFF). Cf holds the zero-width joiner of emoji sequences too: a title shows the
+#: emoji apart rather than let an invisible character through.
+_REFUSED_CATEGORIES = {"Cc", "Cf", "Zl", "Zp"}
+
 
 def validate_single_line(value: str) -> None:
-    """Refuse control characters and line breaks: names and titles go into notification subjects, and email
-    headers and SNS subjects refuse them (the whole promo's notifications would fail)."""
-    if any(unicodedata.category(char) in {"Cc", "Zl", "Zp"} for char in value):
-        raise ValidationError("Must be one line of text: no line breaks, tabs or other control characters.")
+    """Refuse control, format and line-break characters: names and titles go into notification subjects, where
+    email headers and SNS subjects refuse control characters (the whole promo's notifications would fail) and
+    invisible ones disguise what the reader sees. The message names the first one and its position."""
+    for position, char in enumerate(value, start=1):
+        if unicodedata.category(char) in _REFUSED_CATEGORIES:
+            raise ValidationError(
+                f"Must be one line of visible text: no line breaks, control characters or invisible format "
+                f"characters (bidi controls, zero-width, BOM); found U+{ord(char):04X} at character {position}.",
+                code="invisible_or_control_character",
+            )
 
 
 class Product(models.Model):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 import factory.django
 from django.utils import timezone
@@ -37,3 +38,26 @@ class SubscriptionFactory(factory.django.DjangoModelFactory[Subscription]):
 
     product = SubFactory(ProductFactory)
     email = Sequence(lambda n: f"shopper{n}@example.com")
+
+
+#: What the API's writes and full reads ask of a staff user (``promotions.api.permissions``).
+API_PERMISSIONS = ("add_product", "add_flashpromo", "change_flashpromo", "view_flashpromo")
+
+
+def grant(user: Any, *codenames: str) -> None:
+    """Give ``user`` the promotions permissions ``codenames``."""
+    from django.contrib.auth.models import Permission
+
+    user.user_permissions.add(*Permission.objects.filter(content_type__app_label="promotions", codename__in=codenames))
+
+
+def promo_api_body(product: Product) -> dict[str, Any]:
+    """A valid ``POST /api/promos`` body for ``product``: two hours, starting in an hour."""
+    starts_at = timezone.now() + timedelta(hours=1)
+    return {
+        "product_id": product.pk,
+        "title": "Half price",
+        "discount_percent": 50,
+        "starts_at": starts_at.isoformat(),
+        "ends_at": (starts_at + timedelta(hours=2)).isoformat(),
+    }
