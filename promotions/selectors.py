@@ -13,9 +13,11 @@ __all__ = [
     "notifications_count_due",
     "products_count_named",
     "promo_get",
+    "promo_get_public",
     "promo_pending_start",
     "promos_awaiting_fan_out",
     "promos_list",
+    "promos_list_public",
 ]
 
 
@@ -41,6 +43,21 @@ def promos_list(*, status: str | None = None, limit: int | None = None, offset: 
 def promo_get(*, promo_id: int) -> FlashPromo:
     """One promo with notification counts; raises ``FlashPromo.DoesNotExist``."""
     return promos_list().get(pk=promo_id)
+
+
+def promos_list_public(*, status: str | None = None, limit: int | None = None, offset: int = 0) -> QuerySet[FlashPromo]:
+    """What anyone may see: active promos only (a scheduled one is not announced yet, an ended or cancelled one
+    is over), soonest start first, without counts (they would tell each product's subscriber count). Filtering
+    on another status gives nothing."""
+    promos = FlashPromo.objects.filter(status=PromoStatus.ACTIVE).order_by("starts_at", "id")
+    if status:
+        promos = promos.filter(status=status)
+    return promos[offset : None if limit is None else offset + limit]
+
+
+def promo_get_public(*, promo_id: int) -> FlashPromo:
+    """One promo anyone may see (active); raises ``FlashPromo.DoesNotExist`` for any other, as for none."""
+    return promos_list_public().get(pk=promo_id)
 
 
 def promo_pending_start(*, promo_id: int) -> datetime | None:

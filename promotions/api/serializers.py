@@ -93,7 +93,17 @@ class PromoListQuery(serializers.Serializer[Any]):
     offset = serializers.IntegerField(min_value=0, max_value=2**62, default=0)  # Postgres' OFFSET is a bigint
 
 
+class PublicPromoOutput(serializers.ModelSerializer[FlashPromo]):
+    """A promo as anyone sees it: what it offers and when, nothing of its delivery."""
+
+    class Meta:
+        model = FlashPromo
+        fields = ["id", "product_id", "title", "discount_percent", "status", "starts_at", "ends_at"]
+
+
 class PromoOutput(serializers.ModelSerializer[FlashPromo]):
+    """A promo as staff with the view permission see it: its state changes, lag and notification counts."""
+
     activation_lag_seconds = serializers.SerializerMethodField()
     notifications = serializers.SerializerMethodField()
 

@@ -1,8 +1,12 @@
 """API views: validate input, call one service or selector, shape the output.
 
-Writes to products and promos need a staff user's bearer token (401 without a valid token, 403 for a
-non-staff user); subscribing is public. Invalid input gets 400 with errors by field, a change the promo's
-status does not allow 409, and every error a JSON body (``promotions.api.errors``).
+Writes to products and promos need a staff user's bearer token and the model permission the admin would
+ask for (401 without a valid token, 403 for a non-staff user or a missing permission:
+``promotions.api.permissions``); subscribing is public. Reads of promos are public too, but only staff with the
+view permission see scheduled, ended and cancelled promos and notification counts; anyone else sees active
+promos. Invalid input gets
+400 with errors by field, a change the promo's status does not allow 409, and every error a JSON body
+(``promotions.api.errors``).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from django.db import transaction
 from django.utils import timezone
 from rest_framework import status
 from rest_framework.exceptions import NotFound
-from rest_framework.permissions import AllowAny, BasePermission, IsAdminUser
+from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.serializers import Serializer
@@ -21,11 +25,13 @@ from rest_framework.views import APIView
 
 from promotions import selectors, services, tasks
 from promotions.api import serializers
+from promotions.api.permissions import StaffWithModelPermission, sees_everything
 from promotions.models import FlashPromo, Product
 
 
 class ProductCreateView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [StaffWithModelPermission]
+    required_permissions = {"POST": ("promotions.add_product",)}
 
     def post(self, request: Request) -> Response:
         data = _validated(serializers.ProductInput, request)
@@ -49,15 +55,17 @@ class SubscriptionCreateView(APIView):
 
 
 class PromoCollectionView(APIView):
-    def get_permissions(self) -> list[BasePermission]:
-        return [IsAdminUser()] if self.request.method == "POST" else [AllowAny()]
+    permission_classes = [StaffWithModelPermission]
+    required_permissions = {"POST": ("promotions.add_flashpromo",)}
 
     def get(self, request: Request) -> Response:
         query = serializers.PromoListQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
         page = query.validated_data
-        promos = selectors.promos_list(status=page.get("status"), limit=page["limit"], offset=page["offset"])
-        return Response(serializers.PromoOutput(promos, many=True).data)
+        window = {"status": page.get("status"), "limit": page["limit"], "offset": page["offset"]}
+        if sees_everything(request):
+            return Response(serializers.PromoOutput(selectors.promos_list(**window), many=True).data)
+        return Response(serializers.PublicPromoOutput(selectors.promos_list_public(**window), many=True).data)
 
     def post(self, request: Request) -> Response:
         data = _validated(serializers.PromoInput, request)
@@ -71,11 +79,11 @@ class PromoCollectionView(APIView):
 
 
 class PromoDetailView(APIView):
-    def get_permissions(self) -> list[BasePermission]:
-        return [AllowAny()] if self.request.method == "GET" else [IsAdminUser()]
+    permission_classes = [StaffWithModelPermission]
+    required_permissions = {"PATCH": ("promotions.change_flashpromo",)}
 
     def get(self, request: Request, promo_id: int) -> Response:
-        return Response(_promo(promo_id))
+        return Response(_promo(promo_id, full=sees_everything(request)))
 
     def patch(self, request: Request, promo_id: int) -> Response:
         data = _validated(serializers.PromoUpdate, request)
@@ -93,7 +101,8 @@ class PromoCancelView(APIView):
     """``POST /api/promos/{id}/cancel``: an action, not a ``DELETE`` - the promo stays, readable as
     ``cancelled``, until the retention cleanup; repeating it answers 200 again (a retry after a lost answer)."""
 
-    permission_classes = [IsAdminUser]
+    permission_classes = [StaffWithModelPermission]
+    required_permissions = {"POST": ("promotions.change_flashpromo",)}
 
     def post(self, request: Request, promo_id: int) -> Response:
         _validated(serializers.StrictInput, request)  # no body, or an empty object
@@ -115,9 +124,13 @@ class UnknownEndpointView(APIView):
         raise NotFound(f"No API endpoint at {request.path}.")
 
 
-def _promo(promo_id: int) -> dict[str, Any]:
+def _promo(promo_id: int, *, full: bool = True) -> dict[str, Any]:
+    """The promo with everything (the answer to a write: its writer holds a promo permission), or as the public
+    sees it (``full=False``), where a promo hidden from them is 404, as one that does not exist."""
     try:
-        return dict(serializers.PromoOutput(selectors.promo_get(promo_id=promo_id)).data)
+        if full:
+            return dict(serializers.PromoOutput(selectors.promo_get(promo_id=promo_id)).data)
+        return dict(serializers.PublicPromoOutput(selectors.promo_get_public(promo_id=promo_id)).data)
     except FlashPromo.DoesNotExist:
         raise _no_such_promo() from None
 

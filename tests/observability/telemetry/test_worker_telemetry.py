@@ -227,7 +227,7 @@ def test_one_trace_joins_an_http_request_and_the_task_it_enqueues(otlp, start_wo
     # Web and worker on a queue of their own: the session's other (untraced) workers must not take the task.
     traced = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100", **one_queue("traced")}
     start_worker("-Q", "traced", env=traced)
-    token = Token.objects.create(user=User.objects.create_user("ops", is_staff=True)).key
+    token = Token.objects.create(user=User.objects.create_superuser("ops")).key  # every API permission
     product = ProductFactory()
     port = free_port()
     env = {**worker_env, **traced}
