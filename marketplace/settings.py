@@ -6,6 +6,7 @@ with one line naming it (see ``marketplace.env``). Production secrets have no de
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import dj_database_url
@@ -91,7 +92,7 @@ STATIC_ROOT = BASE_DIR / "var" / "static"
 SESSION_COOKIE_SECURE = not DEBUG
 CSRF_COOKIE_SECURE = not DEBUG
 
-REST_FRAMEWORK = {
+REST_FRAMEWORK: dict[str, object] = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["promotions.api.auth.BearerTokenAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
@@ -233,6 +234,48 @@ CELERY_BEAT_SCHEDULE = dict(
 DEAD_LETTER_MAX_DELIVERIES = env_int("DEAD_LETTER_MAX_DELIVERIES", 3, minimum=1)
 DEAD_LETTER_DELIVERY_COUNTER_TTL_SECONDS = env_int("DEAD_LETTER_DELIVERY_COUNTER_TTL_SECONDS", 7 * 86_400, minimum=60)
 DEAD_LETTER_RETENTION_DAYS = env_int("DEAD_LETTER_RETENTION_DAYS", 30, minimum=1)
+
+# --- API: shared cache, throttling, client addresses (issue 21) --------------------------------------------
+# The cache every web process shares: the throttles count in it. Default: the broker's Redis.
+CACHE_URL = env_url(
+    "CACHE_URL", CELERY_BROKER_URL, schemes=("redis", "rediss"), kind="a Redis URL", form=_REDIS_FORM,
+    path_pattern=r"\d*",
+)  # fmt: skip
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": CACHE_URL,
+        "KEY_PREFIX": "marketplace",
+        # A throttle check must not hold a request: an unreachable Redis answers within a second (and the
+        # throttles then let the request through, with a warning line).
+        "OPTIONS": {"socket_connect_timeout": 1.0, "socket_timeout": 1.0},
+    }
+}
+
+
+def _throttle_rate(name: str, raw: str) -> str | None:
+    """The rate ``raw`` of variable ``name`` as DRF reads it, ``N/second|minute|hour|day``; ``off``: none."""
+    value = raw.strip().lower()
+    if value == "off":
+        return None
+    if not re.fullmatch(r"[1-9]\d*/(s|sec|second|m|min|minute|h|hour|d|day)", value):
+        raise ImproperlyConfigured(f"{name}={value!r} must be N/second, N/minute, N/hour or N/day (N > 0), or off.")
+    return value
+
+
+REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {
+    # Reads of GET /api/promos and /api/promos/{id} without a token, per client address.
+    "anon_read": _throttle_rate("API_THROTTLE_ANON_READ", env_str("API_THROTTLE_ANON_READ", "120/minute")),
+    # Subscriptions per client address (the probe subscribed 300 addresses from one client in 2.5 s).
+    "subscribe": _throttle_rate("API_THROTTLE_SUBSCRIBE", env_str("API_THROTTLE_SUBSCRIBE", "20/hour")),
+    # Subscriptions per e-mail address, from any client: bounds the confirmations one address can be sent.
+    "subscribe_email": _throttle_rate(
+        "API_THROTTLE_SUBSCRIBE_EMAIL", env_str("API_THROTTLE_SUBSCRIBE_EMAIL", "10/day")
+    ),
+}
+# Proxies in front of the web app that append to X-Forwarded-For: the client address is the one the proxy
+# clients connect to recorded. 0 (default): REMOTE_ADDR; X-Forwarded-For - anyone's to write - is ignored.
+REST_FRAMEWORK["NUM_PROXIES"] = env_int("API_NUM_PROXIES", 0, minimum=0)
 
 # --- Promotions domain ------------------------------------------------------------------------------------
 # Promos starting (or ending) within this many seconds get a countdown task at their exact time, so they

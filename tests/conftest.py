@@ -78,6 +78,9 @@ settings.DATABASES["default"].setdefault("TEST", {})["NAME"] = (
 # Celery reads CELERY_BROKER_URL from the environment before its configuration: set both.
 os.environ["CELERY_BROKER_URL"] = os.environ["CELERY_RESULT_BACKEND"] = TEST_REDIS_URL
 celery_app.conf.update(broker_url=TEST_REDIS_URL, result_backend=TEST_REDIS_URL)
+# The API's throttles count in the cache: the run's Redis database too (read lazily, at first use).
+os.environ["CACHE_URL"] = TEST_REDIS_URL
+settings.CACHES["default"]["LOCATION"] = TEST_REDIS_URL
 
 
 #: Seconds a test waits for a task's result where it specifies no bound: generous, as :func:`wait_for`'s deadline.
@@ -253,6 +256,7 @@ def worker_env(django_db_setup: None, redis_client: redis.Redis, smtp_sink: Smtp
         "DATABASE_URL": _test_database_url(),
         "CELERY_BROKER_URL": TEST_REDIS_URL,
         "CELERY_RESULT_BACKEND": TEST_REDIS_URL,
+        "CACHE_URL": TEST_REDIS_URL,
         "NOTIFICATION_BACKEND": "email",
         "EMAIL_HOST": "127.0.0.1",
         "EMAIL_PORT": str(smtp_sink.port),

@@ -4,8 +4,8 @@ Writes to products and promos need a staff user's bearer token and the model per
 ask for (401 without a valid token, 403 for a non-staff user or a missing permission:
 ``promotions.api.permissions``); subscribing is public. Reads of promos are public too, but only staff with the
 view permission see scheduled, ended and cancelled promos and notification counts; anyone else sees active
-promos. Invalid input gets
-400 with errors by field, a change the promo's status does not allow 409, and every error a JSON body
+promos. Public endpoints are throttled (``promotions.api.throttles``: 429 with ``Retry-After``). Invalid input
+gets 400 with errors by field, a change the promo's status does not allow 409, and every error a JSON body
 (``promotions.api.errors``).
 """
 
@@ -26,6 +26,7 @@ from rest_framework.views import APIView
 from promotions import selectors, services, tasks
 from promotions.api import serializers
 from promotions.api.permissions import StaffWithModelPermission, sees_everything
+from promotions.api.throttles import AnonymousReadThrottle, SubscribeClientThrottle, SubscribeEmailThrottle
 from promotions.models import FlashPromo, Product
 
 
@@ -41,6 +42,7 @@ class ProductCreateView(APIView):
 
 class SubscriptionCreateView(APIView):
     permission_classes = [AllowAny]
+    throttle_classes = [SubscribeClientThrottle, SubscribeEmailThrottle]
 
     def post(self, request: Request, product_id: int) -> Response:
         product = Product.objects.filter(pk=product_id).first()
@@ -57,6 +59,7 @@ class SubscriptionCreateView(APIView):
 class PromoCollectionView(APIView):
     permission_classes = [StaffWithModelPermission]
     required_permissions = {"POST": ("promotions.add_flashpromo",)}
+    throttle_classes = [AnonymousReadThrottle]
 
     def get(self, request: Request) -> Response:
         query = serializers.PromoListQuery(data=request.query_params)
@@ -81,6 +84,7 @@ class PromoCollectionView(APIView):
 class PromoDetailView(APIView):
     permission_classes = [StaffWithModelPermission]
     required_permissions = {"PATCH": ("promotions.change_flashpromo",)}
+    throttle_classes = [AnonymousReadThrottle]
 
     def get(self, request: Request, promo_id: int) -> Response:
         return Response(_promo(promo_id, full=sees_everything(request)))

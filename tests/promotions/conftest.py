@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+import redis
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -17,3 +20,18 @@ def staff_api(django_user_model) -> APIClient:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {Token.objects.create(user=user).key}")
     return client
+
+
+@pytest.fixture(autouse=True)
+def _fresh_throttles(redis_client: redis.Redis) -> Iterator[None]:
+    """Every test starts with no throttle counted: the test client's requests all come from one address, and
+    the windows outlast a test."""
+    _clear_throttles(redis_client)
+    yield
+    _clear_throttles(redis_client)
+
+
+def _clear_throttles(client: redis.Redis) -> None:
+    keys = list(client.scan_iter(match="marketplace:*:throttle:*", count=1000))
+    if keys:
+        client.delete(*keys)
