@@ -89,9 +89,6 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "var" / "static"
 
-SESSION_COOKIE_SECURE = not DEBUG
-CSRF_COOKIE_SECURE = not DEBUG
-
 REST_FRAMEWORK: dict[str, object] = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["promotions.api.auth.BearerTokenAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
@@ -100,6 +97,31 @@ REST_FRAMEWORK: dict[str, object] = {
     "UNAUTHENTICATED_USER": None,
     "EXCEPTION_HANDLER": "promotions.api.errors.exception_handler",
 }
+
+# --- Behind a TLS-terminating proxy (issue 21) ------------------------------------------------------------
+# Off by default: X-Forwarded-Proto is trusted only when the deployment says a proxy sets it (and strips a
+# client's own), else any client could claim https. On, requests the proxy forwarded as https are secure:
+# the admin's CSRF check compares the Origin with https://host, HSTS is sent, cookies are Secure.
+BEHIND_TLS_PROXY = env_bool("DJANGO_BEHIND_TLS_PROXY", False)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if BEHIND_TLS_PROXY else None
+# Origins (scheme://host[:port]) whose unsafe requests CSRF accepts besides the request's own, e.g. the public
+# name when the proxy forwards another Host.
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+for _origin in CSRF_TRUSTED_ORIGINS:
+    if not re.fullmatch(r"https?://[^/\s]+", _origin):
+        raise ImproperlyConfigured(
+            f"DJANGO_CSRF_TRUSTED_ORIGINS has {_origin!r}: each entry is scheme://host[:port], e.g. https://shop.example"
+        )
+SESSION_COOKIE_SECURE = env_bool("DJANGO_SESSION_COOKIE_SECURE", not DEBUG or BEHIND_TLS_PROXY)
+CSRF_COOKIE_SECURE = env_bool("DJANGO_CSRF_COOKIE_SECURE", not DEBUG or BEHIND_TLS_PROXY)
+# Redirects plain http to https (the health checks excepted: a load balancer probes them over http).
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", False)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+# Strict-Transport-Security on secure responses: 0 sends none. Raise it step by step (300, then a day, then
+# 31536000): a browser that saw it refuses plain http to the host for that long.
+SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", False)
 
 # --- Celery (read by marketplace/celery.py through the CELERY_ namespace) -------------------------------
 _REDIS_FORM = "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] with DB a number (rediss:// for TLS)"
