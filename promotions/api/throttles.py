@@ -17,6 +17,8 @@ while Redis is down (with the default ``CACHE_URL``, the broker's Redis, nothing
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import time
 from typing import Any
 
@@ -77,6 +79,15 @@ class _WindowThrottle(BaseThrottle):
     def wait(self) -> float | None:
         return self.retry_after
 
+    def client(self, request: Request) -> str:
+        """The client's address as the cache key's part: from a configured proxy's X-Forwarded-For it is
+        whatever the proxy wrote, so anything but an IP address is hashed (a key stays short and printable)."""
+        ident = str(self.get_ident(request) or "")
+        try:
+            return str(ipaddress.ip_address(ident))
+        except ValueError:
+            return "sha256-" + hashlib.sha256(ident.encode()).hexdigest()
+
 
 def _parse_rate(rate: str) -> tuple[int, int]:
     """``"20/hour"`` -> (20, 3600): DRF's notation (the settings validated it)."""
@@ -92,7 +103,7 @@ class AnonymousReadThrottle(_WindowThrottle):
     def get_cache_key(self, request: Request, view: APIView) -> str | None:
         if request.user is not None and request.user.is_authenticated:
             return None  # staff tokens are not the public's reads
-        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+        return self.cache_format % {"scope": self.scope, "ident": self.client(request)}
 
 
 class SubscribeClientThrottle(_WindowThrottle):
@@ -101,7 +112,7 @@ class SubscribeClientThrottle(_WindowThrottle):
     scope = "subscribe"
 
     def get_cache_key(self, request: Request, view: APIView) -> str | None:
-        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+        return self.cache_format % {"scope": self.scope, "ident": self.client(request)}
 
 
 class SubscribeEmailThrottle(_WindowThrottle):

@@ -189,3 +189,22 @@ def test_concurrent_requests_from_one_client_are_counted_exactly(rates):
         allowed = sum(pool.map(lambda _: check_25(), range(8)))
 
     assert allowed == 20
+
+
+def test_a_forwarded_address_that_is_not_an_ip_is_counted_under_its_hash(rates, settings, redis_client):
+    """Given a configured proxy, when X-Forwarded-For carries something that is not an address (spaces, a
+    control character, 300 characters), then it is counted all the same, under a hash: no cache key warning,
+    no key longer than a hash."""
+    rates(subscribe="1/hour")
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}
+    product = ProductFactory()
+    forged = "not an\taddress " + "x" * 300
+
+    statuses = [
+        _subscribe(APIClient(), product, f"h{n}@example.com", HTTP_X_FORWARDED_FOR=forged).status_code for n in range(2)
+    ]
+
+    assert statuses[1] == 429
+    keys = [key.decode() for key in redis_client.scan_iter(match="marketplace:*:throttle:subscribe:*")]
+    assert keys
+    assert all(len(key) < 120 and "sha256-" in key for key in keys)
