@@ -20,6 +20,8 @@ from urllib.parse import urlparse
 import psycopg
 import redis
 from psycopg import sql
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from marketplace.env import mask_password
 from marketplace.startup import configure
@@ -109,7 +111,14 @@ def check_redis(url: str, *, variables: Sequence[str]) -> str | None:
     where = f"Redis at {host}:{port} ({named})"
     if not _resolves(host, port):
         return f"{named} names the host {host!r}, which does not resolve: fix the host in {named}."
-    client = redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_SECONDS)
+    # A server that accepts the connection but never answers (a dropped flow) is a timeout too, not a hang;
+    # no retry: this is one probe.
+    client = redis.Redis.from_url(
+        url,
+        socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        socket_timeout=CONNECT_TIMEOUT_SECONDS,
+        retry=Retry(NoBackoff(), 0),
+    )
     try:
         client.ping()
     except redis.exceptions.AuthenticationError as exc:

@@ -7,7 +7,9 @@ with one line naming it (see ``marketplace.env``). Production secrets have no de
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 import django_stubs_ext
@@ -166,14 +168,77 @@ CELERY_WORKER_CONSUMER = "observability.messaging.consumer:DeadLetteringConsumer
 # A message not acknowledged within this many seconds is handed to another worker; every time limit,
 # countdown and ETA must stay below it or the task runs twice (checked at worker start).
 CELERY_BROKER_VISIBILITY_TIMEOUT_SECONDS = env_int("CELERY_BROKER_VISIBILITY_TIMEOUT_SECONDS", 3600, minimum=60)
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_BROKER_VISIBILITY_TIMEOUT_SECONDS}
-CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {"visibility_timeout": CELERY_BROKER_VISIBILITY_TIMEOUT_SECONDS}
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS: dict[str, Any] = {
     "visibility_timeout": CELERY_BROKER_VISIBILITY_TIMEOUT_SECONDS,
     # Storing a result is best effort (observability.results): one quick retry covers a dropped connection.
     # Celery's default (20 retries a second apart) held every run - and every .delay() of a task whose result
     # is kept - about 20 s while the result backend was down.
     "retry_policy": {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2},
 }
+# --- Connection health: every Redis connection (broker, result backend, observability.redis_client) --------
+# A NAT, a load balancer or a failover can drop a flow without a reset or a close. Without these, a command on
+# such a connection waits for its reply forever: a web request publishing the sweep, a worker's ack or result
+# store, and the worker's BRPOP, which then consumes nothing with no log line. (tests/observability/messaging/
+# test_connection_health.py freezes a proxied connection to show each of them recovering.)
+# Longest wait for a reply: Redis answers in milliseconds; a longer silence is a lost flow (or a server so
+# stalled that failing over is right). Above the 1 s BRPOP kombu blocks on in a plain drain_events().
+REDIS_SOCKET_TIMEOUT_SECONDS = env_float("REDIS_SOCKET_TIMEOUT_SECONDS", 3.0, minimum=2.0)
+REDIS_SOCKET_CONNECT_TIMEOUT_SECONDS = env_float("REDIS_SOCKET_CONNECT_TIMEOUT_SECONDS", 3.0, minimum=0.5)
+# redis-py PINGs a connection idle this long before its next command (a dead pooled connection fails in one
+# socket timeout and is replaced, instead of failing the command); kombu 5.7 also checks the worker's BRPOP
+# and pub/sub connections this often: a BRPOP unanswered for 1 s + this interval is dropped and reopened, so
+# a worker on a frozen flow consumes again within 1 + 2 x this interval seconds (21 s; kombu's default 25 made
+# it 51 s).
+REDIS_HEALTH_CHECK_INTERVAL_SECONDS = env_int("REDIS_HEALTH_CHECK_INTERVAL_SECONDS", 10, minimum=1)
+# TCP keepalive: probes after 60 s idle keep a NAT's mapping alive (AWS NAT gateways drop a flow idle for
+# 350 s, Azure's load balancer after 4 min) and let the kernel give up on a dead peer after 3 unanswered probes.
+_TCP_KEEPALIVE: dict[int, int] = {
+    getattr(socket, name): value
+    for name, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3))
+    if hasattr(socket, name)  # TCP_KEEPIDLE is Linux's name (macOS has TCP_KEEPALIVE)
+}
+REDIS_CONNECTION_OPTIONS: dict[str, Any] = {
+    "socket_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,
+    "socket_connect_timeout": REDIS_SOCKET_CONNECT_TIMEOUT_SECONDS,
+    "socket_keepalive": True,
+    "socket_keepalive_options": _TCP_KEEPALIVE,
+    "health_check_interval": REDIS_HEALTH_CHECK_INTERVAL_SECONDS,
+    # A command that timed out is sent once more, on a new connection: a frozen pooled connection fails over
+    # within one socket timeout instead of failing an ack (the message would run twice) or a publish. The
+    # price: kombu then turns off pipelined batch publishing, whose replay could duplicate a batch.
+    "retry_on_timeout": True,
+}
+CELERY_BROKER_TRANSPORT_OPTIONS.update(REDIS_CONNECTION_OPTIONS)
+# Celery's Redis result backend reads its connection options from redis_* settings (not transport options).
+# A timed-out command is not retried by redis-py here: the retry_policy above retries once, on a new
+# connection, so a store or a .get() over a frozen connection fails within about two socket timeouts.
+CELERY_REDIS_SOCKET_TIMEOUT = REDIS_SOCKET_TIMEOUT_SECONDS  # Celery's default, 120 s, held a worker child that long
+CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = REDIS_SOCKET_CONNECT_TIMEOUT_SECONDS
+CELERY_REDIS_SOCKET_KEEPALIVE = True
+CELERY_REDIS_RETRY_ON_TIMEOUT = False
+CELERY_REDIS_BACKEND_HEALTH_CHECK_INTERVAL = REDIS_HEALTH_CHECK_INTERVAL_SECONDS
+# A publish that finds every pooled producer connection taken (broker_pool_limit, 10) waits this long, then
+# fails with OperationalError; Celery's default waits forever, holding a web request with it.
+CELERY_BROKER_POOL_ACQUIRE_TIMEOUT = env_float("CELERY_BROKER_POOL_ACQUIRE_TIMEOUT_SECONDS", 5.0, minimum=0.1)
+# A publish over a dead connection is retried on a new one once: with redis-py's own retry above that is up to
+# four socket timeouts (12 s by default) before a web request hears that the broker is unreachable, inside a
+# 15 s budget. Celery's default (3 retries) took up to 8 socket timeouts.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+# When the worker loses its broker connection, the runs it cannot acknowledge any more are cancelled: their
+# messages go back to the queue and would otherwise run twice, possibly in parallel on another worker. Celery
+# 6's default; Celery 5 warns at start without it.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+# Workers hold countdowns (sync_promo at a promo's start or end) unacknowledged in memory. A cold shutdown
+# (SIGQUIT, a second Ctrl-C) first lets running tasks finish for up to this many seconds and then requeues what
+# the worker holds, instead of leaving it to the visibility timeout (an hour); on idle too - a worker holding
+# only countdowns is idle - as Celery's docs recommend with ETA tasks. Well below compose's 60 s grace period.
+CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = env_float("CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT_SECONDS", 10.0, minimum=0.0)
+CELERY_WORKER_ENABLE_SOFT_SHUTDOWN_ON_IDLE = True
+# Countdowns and ETAs one worker holds in memory at most (prefetch 1 does not bound them): a wave of promos
+# transitioning within the 90 s horizon stays on the broker beyond this, for another worker or later.
+CELERY_WORKER_ETA_TASK_LIMIT = env_int("CELERY_WORKER_ETA_TASK_LIMIT", 1000, minimum=1)
+# --- end of connection health ------------------------------------------------------------------------------
 CELERY_BEAT_SCHEDULE_FILENAME = env_str("CELERY_BEAT_SCHEDULE_FILENAME", str(BASE_DIR / "var" / "celerybeat-schedule"))
 
 # --- Queues: each task goes to the queue of what it needs; each queue group has a worker of its own, with

@@ -1,4 +1,11 @@
-"""A TCP proxy on 127.0.0.1 that a test can cut and restore: a database outage seen by one worker only."""
+"""A TCP proxy on 127.0.0.1 that a test can cut, restore or freeze: an outage seen by one process only.
+
+``cut`` is a server that went away (connections reset, new ones refused). ``freeze`` is a flow dropped by a NAT
+or load balancer: the established connections stay open but carry nothing more in either direction - no
+reset, no close, so only a timeout or an unanswered health check on the client's side can notice. Connections
+opened after a freeze are accepted and forwarded (a new flow gets a new NAT mapping), unless the freeze also
+covers them (``freeze(new_connections=False)``: a black hole behind a listening port).
+"""
 
 from __future__ import annotations
 
@@ -9,12 +16,31 @@ import threading
 from tests.net import free_port
 
 
+class _Flow:
+    """One proxied connection: its two sockets and whether it forwards."""
+
+    def __init__(self, client: socket.socket, upstream: socket.socket) -> None:
+        self.sockets = (client, upstream)
+        self.flowing = threading.Event()
+        self.flowing.set()
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        self.flowing.set()  # wakes a frozen pipe, which then sees the flow closed
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
 class TcpProxy:
     def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
         self.target = (target_host, target_port)
         self.port = free_port()
         self._listener: socket.socket | None = None
-        self._sockets: set[socket.socket] = set()
+        self._flows: set[_Flow] = set()
+        self._freeze_new = False
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -26,7 +52,7 @@ class TcpProxy:
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
     def cut(self) -> None:
-        """Refuse new connections and reset the open ones, like a database that went away."""
+        """Refuse new connections and reset the open ones, like a server that went away."""
         if self._listener is not None:
             # shutdown() wakes the thread blocked in accept(); close() alone would leave it accepting.
             with contextlib.suppress(OSError):
@@ -34,11 +60,36 @@ class TcpProxy:
             self._listener.close()
             self._listener = None
         with self._lock:
-            for sock in self._sockets:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
-            self._sockets.clear()
+            for flow in self._flows:
+                flow.close()
+            self._flows.clear()
+
+    def freeze(self, *, new_connections: bool = True) -> None:
+        """Stop forwarding on every open connection, both ways, without closing any; with ``new_connections``
+        false, connections accepted from now on are frozen from their start too. Bytes sent meanwhile wait in
+        the proxy (and the kernels' buffers) until :meth:`thaw`."""
+        with self._lock:
+            self._freeze_new = not new_connections
+            for flow in self._flows:
+                flow.flowing.clear()
+
+    def thaw(self) -> None:
+        """Forward again on every connection, frozen ones included, and on new ones."""
+        with self._lock:
+            self._freeze_new = False
+            for flow in self._flows:
+                flow.flowing.set()
+
+    def frozen_upstream_ports(self) -> set[int]:
+        """Local ports of the proxy's connections to the target that are frozen: how the target (``CLIENT LIST``
+        on Redis) names the clients it still believes connected."""
+        with self._lock:
+            ports = set()
+            for flow in self._flows:
+                if not flow.flowing.is_set() and not flow.closed:
+                    with contextlib.suppress(OSError):
+                        ports.add(flow.sockets[1].getsockname()[1])
+            return ports
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -51,15 +102,19 @@ class TcpProxy:
             except OSError:
                 client.close()
                 continue
+            flow = _Flow(client, upstream)
             with self._lock:
-                self._sockets.update({client, upstream})
+                if self._freeze_new:
+                    flow.flowing.clear()
+                self._flows.add(flow)
             for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+                threading.Thread(target=self._pipe, args=(flow, source, sink), daemon=True).start()
 
     @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(flow: _Flow, source: socket.socket, sink: socket.socket) -> None:
         with contextlib.suppress(OSError):
-            while data := source.recv(65536):
+            # A chunk read while frozen is held, not dropped: it goes on after a thaw.
+            while (data := source.recv(65536)) and flow.flowing.wait() and not flow.closed:
                 sink.sendall(data)
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)

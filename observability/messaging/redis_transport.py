@@ -6,12 +6,20 @@ Redis refuses crash the worker (the message, already popped, is gone), and a JSO
 delivery tag breaks the connection, which makes every unacknowledged message run again. Here an envelope
 that kombu cannot turn into a message QoS holds is dead-lettered as ``undecodable_message`` (raw bytes
 kept) and the worker goes on.
+
+It also reports the consumer's recovery from a silently dropped connection in one line. kombu 5.7 drops a
+BRPOP connection whose reply is overdue by ``health_check_interval`` (a frozen flow: no reset, no close) and
+opens a new one on the next loop tick, logging only the drop; ``broker.reconnected`` says both, once the new
+connection is up, and replaces kombu's line.
 """
 
 from __future__ import annotations
 
 import base64
+import logging
+from contextvars import ContextVar
 from queue import Empty
+from time import monotonic
 from typing import Any
 
 import structlog
@@ -20,9 +28,26 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
-__all__ = ["Transport", "envelope_error"]
+__all__ = ["STALE_BRPOP_LINE", "Transport", "envelope_error"]
 
 log = structlog.get_logger(__name__)
+
+#: kombu 5.7's warning when ``MultiChannelPoller.maybe_check_brpop_health`` drops a stale BRPOP connection
+#: (pinned by tests/observability/messaging/test_connection_health.py).
+STALE_BRPOP_LINE = "Redis BRPOP got no reply for %.0f seconds; dropping stale connection"
+_checking_brpop: ContextVar[bool] = ContextVar("checking_brpop", default=False)
+
+
+class _StaleBrpopLineFilter(logging.Filter):
+    """Drops kombu's drop line, which ``broker.reconnected`` replaces, while this transport's check runs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_checking_brpop.get() and record.msg == STALE_BRPOP_LINE)
+
+
+_kombu_log = logging.getLogger(kombu_redis.logger.name)
+if not any(isinstance(f, _StaleBrpopLineFilter) for f in _kombu_log.filters):
+    _kombu_log.addFilter(_StaleBrpopLineFilter())
 
 
 def envelope_error(payload: Any, channel: kombu_redis.Channel) -> str | None:
@@ -58,6 +83,24 @@ def _is_delivery_tag(value: Any) -> bool:
 
 
 class Channel(kombu_redis.Channel):
+    #: Why the last BRPOP connection was dropped, and when its BRPOP had been sent; None once reported.
+    stale_brpop: tuple[str, float] | None = None
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        # kombu's poller has just registered (and so connected) the BRPOP connection again: report the
+        # recovery before the first BRPOP over it.
+        if self.stale_brpop is not None and self.client.connection._sock is not None:
+            reason, sent_at = self.stale_brpop
+            self.stale_brpop = None
+            log.warning(
+                "broker.reconnected",
+                connection="consumer (BRPOP)",
+                reason=reason,
+                action="dropped the connection and opened a new one",
+                silent_for_seconds=round(monotonic() - sent_at, 1),
+            )
+        super()._brpop_start(timeout)  # type: ignore[misc]  # not in the stubs
+
     def _brpop_read(self, **options: Any) -> bool:
         # kombu 5.7's _brpop_read, but for the marked lines.
         try:
@@ -129,8 +172,32 @@ class Channel(kombu_redis.Channel):
         log.critical("dead_letter.lost", queue=queue, raw_base64=base64.b64encode(item).decode())
 
 
+class Poller(kombu_redis.MultiChannelPoller):
+    """kombu's poller, remembering on each channel why its BRPOP connection was dropped."""
+
+    def maybe_check_brpop_health(self) -> None:
+        waiting = [
+            (channel, channel._in_poll, channel._brpop_sent_at)
+            for channel in self._channels  # type: ignore[attr-defined]  # kombu 5.7, not in the stubs
+            if channel._in_poll and channel._brpop_sent_at is not None
+        ]
+        token = _checking_brpop.set(True)
+        try:
+            super().maybe_check_brpop_health()  # type: ignore[misc]  # kombu 5.7, not in the stubs
+        finally:
+            _checking_brpop.reset(token)
+        now = monotonic()
+        for channel, connection, sent_at in waiting:
+            if connection._sock is None:  # kombu dropped it: no reply within brpop_timeout + the interval
+                channel.stale_brpop = (f"no reply to BRPOP in {now - sent_at:.0f} s", sent_at)
+
+
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cycle = Poller()  # before any channel registers with it
 
 
 # A connection's URL (``Connection.as_uri``) begins with its transport setting, which for this transport is its
