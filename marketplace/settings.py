@@ -182,9 +182,10 @@ CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS: dict[str, Any] = {
 # store, and the worker's BRPOP, which then consumes nothing with no log line. (tests/observability/messaging/
 # test_connection_health.py freezes a proxied connection to show each of them recovering.)
 # Longest wait for a reply: Redis answers in milliseconds; a longer silence is a lost flow (or a server so
-# stalled that failing over is right). Above the 1 s BRPOP kombu blocks on in a plain drain_events().
-REDIS_SOCKET_TIMEOUT_SECONDS = env_float("REDIS_SOCKET_TIMEOUT_SECONDS", 3.0, minimum=2.0)
-REDIS_SOCKET_CONNECT_TIMEOUT_SECONDS = env_float("REDIS_SOCKET_CONNECT_TIMEOUT_SECONDS", 3.0, minimum=0.5)
+# stalled that failing over is right). Above the 1 s BRPOP kombu blocks on in a plain drain_events(). A
+# publish over a dead flow can take six of these before it fails (see the publish retry policy below).
+REDIS_SOCKET_TIMEOUT_SECONDS = env_float("REDIS_SOCKET_TIMEOUT_SECONDS", 2.0, minimum=2.0)
+REDIS_SOCKET_CONNECT_TIMEOUT_SECONDS = env_float("REDIS_SOCKET_CONNECT_TIMEOUT_SECONDS", 2.0, minimum=0.5)
 # redis-py PINGs a connection idle this long before its next command (a dead pooled connection fails in one
 # socket timeout and is replaced, instead of failing the command); kombu 5.7 also checks the worker's BRPOP
 # and pub/sub connections this often: a BRPOP unanswered for 1 s + this interval is dropped and reopened, so
@@ -210,20 +211,21 @@ REDIS_CONNECTION_OPTIONS: dict[str, Any] = {
     "retry_on_timeout": True,
 }
 CELERY_BROKER_TRANSPORT_OPTIONS.update(REDIS_CONNECTION_OPTIONS)
-# Celery's Redis result backend reads its connection options from redis_* settings (not transport options).
-# A timed-out command is not retried by redis-py here: the retry_policy above retries once, on a new
-# connection, so a store or a .get() over a frozen connection fails within about two socket timeouts.
+# Celery's Redis result backend reads its connection options from redis_* settings (not transport options),
+# with the same timeout retry: a read fails over to a new connection or fails within two socket timeouts; a
+# store (the retry_policy above retries it once more) within four. Both are idempotent (GET; SETEX + PUBLISH).
 CELERY_REDIS_SOCKET_TIMEOUT = REDIS_SOCKET_TIMEOUT_SECONDS  # Celery's default, 120 s, held a worker child that long
 CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = REDIS_SOCKET_CONNECT_TIMEOUT_SECONDS
 CELERY_REDIS_SOCKET_KEEPALIVE = True
-CELERY_REDIS_RETRY_ON_TIMEOUT = False
+CELERY_REDIS_RETRY_ON_TIMEOUT = True
 CELERY_REDIS_BACKEND_HEALTH_CHECK_INTERVAL = REDIS_HEALTH_CHECK_INTERVAL_SECONDS
 # A publish that finds every pooled producer connection taken (broker_pool_limit, 10) waits this long, then
 # fails with OperationalError; Celery's default waits forever, holding a web request with it.
 CELERY_BROKER_POOL_ACQUIRE_TIMEOUT = env_float("CELERY_BROKER_POOL_ACQUIRE_TIMEOUT_SECONDS", 5.0, minimum=0.1)
-# A publish over a dead connection is retried on a new one once: with redis-py's own retry above that is up to
-# four socket timeouts (12 s by default) before a web request hears that the broker is unreachable, inside a
-# 15 s budget. Celery's default (3 retries) took up to 8 socket timeouts.
+# A publish over a dead connection is retried once, after reconnecting. With redis-py's retry above, a broker
+# that accepts connections but never answers costs six socket timeouts (the publish and its retry twice each,
+# the reconnection's PING twice): 12 s by default - measured 12-13 s - before a web request hears that the
+# broker is unreachable, inside its 15 s budget. Celery's default (3 retries) took twice as long.
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
 # When the worker loses its broker connection, the runs it cannot acknowledge any more are cancelled: their
 # messages go back to the queue and would otherwise run twice, possibly in parallel on another worker. Celery

@@ -306,7 +306,7 @@ def test_creating_a_promo_publishes_one_sweep_after_the_commit(staff, django_cap
         response = staff.post("/api/promos", _promo_payload(product), format="json")
 
     assert response.status_code == 201
-    assert callbacks == [tasks.check_active_promos.delay]
+    assert callbacks == [tasks.publish_sweep]
 
 
 @pytest.mark.parametrize(

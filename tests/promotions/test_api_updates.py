@@ -334,7 +334,7 @@ def test_staff_moves_a_scheduled_promo_and_its_countdowns_are_published_again(
     promo.refresh_from_db()
     assert (promo.title, promo.starts_at, promo.ends_at) == ("Moved", starts_at, starts_at + timedelta(hours=2))
     assert not promo.activation_enqueued and not promo.end_enqueued
-    assert callbacks == [tasks.check_active_promos.delay]
+    assert callbacks == [tasks.publish_sweep]
 
 
 def test_changing_only_the_title_keeps_the_countdowns(staff_api, django_capture_on_commit_callbacks):

@@ -9,18 +9,35 @@ from __future__ import annotations
 
 import inspect
 import json
+import subprocess
+import sys
 import time
+import urllib.request
 import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import redis
+from celery.result import AsyncResult
+from django.conf import settings
+from django.utils import timezone
 from kombu.transport import redis as kombu_redis
 
+from marketplace.celery import app as celery_app
 from observability.messaging import redis_transport
+from observability.results import GuardedBackend
+from promotions.models import FlashPromo
 from tests import tasks
-from tests.conftest import TEST_REDIS_URL, wait_for
+from tests.conftest import ROOT, TEST_REDIS_URL, wait_for
+from tests.factories import ProductFactory
+from tests.net import free_port, http_status
 from tests.tcp_proxy import TcpProxy
+
+#: The longest a request may take to answer while its broker connection is frozen.
+WEB_ANSWER_BUDGET_SECONDS = 15.0
 
 
 @pytest.fixture
@@ -39,7 +56,7 @@ def _blocked_behind(proxy: TcpProxy, redis_client: redis.Redis) -> bool:
     """Whether Redis still holds a BRPOP of a frozen connection: a message pushed meanwhile would be popped
     for a client that never gets it (kombu holds a message unacknowledged only once it has read it)."""
     ports = proxy.frozen_upstream_ports()
-    clients = redis_client.client_list()
+    clients: list[dict[str, str]] = redis_client.client_list()  # type: ignore[assignment]  # sync client
     return any(int(c["addr"].rsplit(":", 1)[1]) in ports and "b" in c["flags"] for c in clients)
 
 
@@ -74,6 +91,126 @@ def test_a_worker_on_a_frozen_broker_connection_consumes_again_within_a_minute(p
     assert not [e for e in events if "dropping stale connection" in e["event"] and "BRPOP" in e["event"]]
     assert "Connection to broker lost" not in worker.log()
     print(f"consumed again {consumed_after:.1f} s after the freeze; {reconnected}")
+
+
+class _Web:
+    """``manage.py runserver`` with its broker and result backend through ``proxy``, publishing to a queue of
+    its own; ``create_promo`` posts ``/api/promos`` and returns the status and the seconds it took."""
+
+    def __init__(self, proxy: TcpProxy, worker_env: dict[str, str], start_command: Any, log_path: Path) -> None:
+        from django.contrib.auth.models import User
+        from rest_framework.authtoken.models import Token
+
+        self.queue = f"web-{uuid.uuid4().hex}"
+        self.port = free_port()
+        self.log_path = log_path
+        self.token = Token.objects.create(user=User.objects.create_user(f"ops-{self.queue}", is_staff=True)).key
+        self.product_id: int = ProductFactory().pk  # type: ignore[attr-defined]  # a factory returns the model
+        url = _through(proxy)
+        env = {
+            **worker_env,
+            "CELERY_BROKER_URL": url,
+            "CELERY_RESULT_BACKEND": url,
+            "CELERY_TASK_DEFAULT_QUEUE": self.queue,
+        }
+        with log_path.open("w") as log:
+            start_command(
+                [sys.executable, "manage.py", "runserver", f"127.0.0.1:{self.port}", "--noreload"],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        wait_for(lambda: http_status(f"http://127.0.0.1:{self.port}/healthz") == 200, what="the web server")
+
+    def create_promo(self, title: str) -> tuple[int | None, float]:
+        starts_at = timezone.now() + timedelta(days=1)
+        body = json.dumps({
+            "product_id": self.product_id, "title": title, "discount_percent": 10,
+            "starts_at": starts_at.isoformat(), "ends_at": (starts_at + timedelta(hours=1)).isoformat(),
+        }).encode()  # fmt: skip
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/api/promos", data=body, method="POST",
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"},
+        )  # fmt: skip
+        started = time.monotonic()
+        status = http_status(request, timeout=60)
+        return status, time.monotonic() - started
+
+    def log_events(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.startswith("{")]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("new_connections", [True, False], ids=["fails-over", "black-hole"])
+def test_a_request_publishing_over_a_frozen_broker_connection_answers_within_15_s(
+    new_connections, proxy, worker_env, start_command, redis_client, tmp_path
+):
+    """Given a web server whose pooled broker connection carried a publish, when the proxy freezes it, then
+    ``POST /api/promos`` still answers 201 within 15 s with the promo committed: the sweep it publishes on
+    commit goes out over a new connection when one gets through (fails-over), or fails in one log line
+    naming the broker error when none does (black-hole) - the next beat tick catches up."""
+    web = _Web(proxy, worker_env, start_command, tmp_path / "web.log")
+    assert web.create_promo("before")[0] == 201
+    wait_for(lambda: redis_client.llen(web.queue) == 1, what="the first sweep to be published")
+
+    proxy.freeze(new_connections=new_connections)
+    status, seconds = web.create_promo("frozen")
+
+    print(f"answered {status} in {seconds:.1f} s")
+    assert status == 201
+    assert seconds < WEB_ANSWER_BUDGET_SECONDS
+    assert FlashPromo.objects.filter(title="frozen").exists()
+    complaints = [e for e in web.log_events() if e["level"] in ("warning", "error", "critical")]
+    if new_connections:
+        wait_for(lambda: redis_client.llen(web.queue) == 2, timeout=5, what="the second sweep")
+        assert complaints == []
+    else:
+        (line,) = complaints
+        assert line["event"] == "promos.sweep_not_published"
+        assert line["error"].startswith("OperationalError: ")
+        assert redis_client.llen(web.queue) == 1
+
+
+@pytest.fixture
+def proxied_backend(proxy):
+    """A Redis result backend of its own, through ``proxy``; its connections closed at the end."""
+    backend = celery_app.backend.__class__(app=celery_app, url=_through(proxy))
+    yield backend
+    backend.result_consumer.stop()
+    backend.client.connection_pool.disconnect()
+
+
+@pytest.mark.parametrize("new_connections", [True, False], ids=["fails-over", "black-hole"])
+def test_the_result_backend_over_a_frozen_connection_fails_over_or_fails_within_bounds(
+    new_connections, proxy, proxied_backend
+):
+    """Given a result backend through a proxy whose connections carried a store and a read, when the proxy
+    freezes them, then reading a result (``.get()``) goes through on a new connection or fails within two
+    socket timeouts, and the worker's guarded store of a task's state goes through or gives up (logged, the
+    run's outcome kept) within four: never a hang."""
+    backend = proxied_backend
+    done, pending = uuid.uuid4().hex, uuid.uuid4().hex
+    backend.store_result(done, 42, "SUCCESS")
+    results = [AsyncResult(done, backend=backend)]
+    assert results[0].get(timeout=10) == 42
+    timeout = settings.REDIS_SOCKET_TIMEOUT_SECONDS
+
+    proxy.freeze(new_connections=new_connections)
+    started = time.monotonic()
+    results.append(AsyncResult(done if new_connections else pending, backend=backend))
+    if new_connections:
+        assert results[-1].get(timeout=30) == 42
+    else:
+        with pytest.raises(redis.RedisError):
+            results[-1].get(timeout=30)
+    assert time.monotonic() - started < 2 * timeout + 1
+    started = time.monotonic()
+    GuardedBackend(backend, "tests.echo").mark_as_done(pending, 7)
+    assert time.monotonic() - started < 4 * timeout + 1
+
+    stored = redis.Redis.from_url(TEST_REDIS_URL).get(backend.get_key_for_task(pending))
+    assert (stored is not None) is new_connections
+    # A collected result unsubscribes over its backend, which the proxy's teardown cuts: detach them first.
+    for result in results:
+        result.backend = None
 
 
 def test_kombu_still_drops_a_stale_brpop_connection_as_this_transport_expects():
