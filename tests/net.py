@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import urllib.error
 import urllib.request
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from django.utils import timezone
+
+
+def promo_create_request(port: int, token: str, product_id: int, title: str) -> urllib.request.Request:
+    """``POST /api/promos`` to a local web server: a valid promo starting tomorrow, for an hour."""
+    starts_at = timezone.now() + timedelta(days=1)  # within the API's horizon
+    body = json.dumps({
+        "product_id": product_id, "title": title, "discount_percent": 10,
+        "starts_at": starts_at.isoformat(), "ends_at": (starts_at + timedelta(hours=1)).isoformat(),
+    }).encode()  # fmt: skip
+    return urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/promos", data=body, method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )  # fmt: skip
 
 
 def free_port() -> int:

@@ -12,9 +12,7 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,7 +21,6 @@ import pytest
 import redis
 from celery.result import AsyncResult
 from django.conf import settings
-from django.utils import timezone
 from kombu.transport import redis as kombu_redis
 
 from marketplace.celery import app as celery_app
@@ -33,7 +30,7 @@ from promotions.models import FlashPromo
 from tests import tasks
 from tests.conftest import ROOT, TEST_REDIS_URL, wait_for
 from tests.factories import ProductFactory
-from tests.net import free_port, http_status
+from tests.net import free_port, http_status, promo_create_request
 from tests.tcp_proxy import TcpProxy
 
 #: The longest a request may take to answer while its broker connection is frozen.
@@ -121,15 +118,7 @@ class _Web:
         wait_for(lambda: http_status(f"http://127.0.0.1:{self.port}/healthz") == 200, what="the web server")
 
     def create_promo(self, title: str) -> tuple[int | None, float]:
-        starts_at = timezone.now() + timedelta(days=1)
-        body = json.dumps({
-            "product_id": self.product_id, "title": title, "discount_percent": 10,
-            "starts_at": starts_at.isoformat(), "ends_at": (starts_at + timedelta(hours=1)).isoformat(),
-        }).encode()  # fmt: skip
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}/api/promos", data=body, method="POST",
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"},
-        )  # fmt: skip
+        request = promo_create_request(self.port, self.token, self.product_id, title)
         started = time.monotonic()
         status = http_status(request, timeout=60)
         return status, time.monotonic() - started

@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from datetime import timedelta
 
@@ -21,7 +20,7 @@ from observability.deadletters.models import DeadLetter
 from promotions.models import Notification
 from tests import tasks
 from tests.conftest import RESULT_TIMEOUT, ROOT, one_queue, start_process, stop_process, wait_for
-from tests.net import free_port, http_status
+from tests.net import free_port, http_status, promo_create_request
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -237,15 +236,7 @@ def test_one_trace_joins_an_http_request_and_the_task_it_enqueues(otlp, start_wo
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:
-            starts_at = timezone.now() + timedelta(days=1)  # within the API's horizon
-            body = json.dumps({
-                "product_id": product.pk, "title": "Traced", "discount_percent": 10,
-                "starts_at": starts_at.isoformat(), "ends_at": (starts_at + timedelta(hours=1)).isoformat(),
-            }).encode()  # fmt: skip
-            request = urllib.request.Request(
-                f"http://127.0.0.1:{port}/api/promos", data=body, method="POST",
-                headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
-            )  # fmt: skip
+            request = promo_create_request(port, token, product.pk, "Traced")
             wait_for(lambda: http_status(request) == 201, timeout=30, what="the web server to create the promo")
             server = wait_for(lambda: [s for s in otlp.spans if s.kind == SERVER and "promos" in s.name],
                               what="the request span")  # fmt: skip
