@@ -64,9 +64,10 @@ def test_a_worker_on_a_frozen_broker_connection_consumes_again_within_a_minute(p
     published afterwards runs within 60 s, and the worker's log says once that it reconnected, and why -
     without restarting its consumer (which would cancel running tasks and requeue what it holds)."""
     url = _through(proxy)
-    worker = start_worker(env={"CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": url})
+    queue = f"frozen-{uuid.uuid4().hex}"  # no other worker of the session may take the tasks
+    worker = start_worker("-Q", queue, env={"CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": url})
     first = uuid.uuid4().hex
-    tasks.echo.delay(first)
+    tasks.echo.apply_async((first,), queue=queue)
     wait_for(lambda: tasks.runs(first), what="the first task to run")
 
     proxy.freeze()
@@ -75,7 +76,7 @@ def test_a_worker_on_a_frozen_broker_connection_consumes_again_within_a_minute(p
     # the flow (a window no client setting closes). The task is published once Redis no longer serves it.
     wait_for(lambda: not _blocked_behind(proxy, redis_client), timeout=10, what="the frozen BRPOP to time out")
     second = uuid.uuid4().hex
-    tasks.echo.delay(second)  # published by this process, straight to Redis
+    tasks.echo.apply_async((second,), queue=queue)  # published by this process, straight to Redis
 
     wait_for(lambda: tasks.runs(second), timeout=60, what="the task published after the freeze to run")
     consumed_after = time.monotonic() - frozen_at
