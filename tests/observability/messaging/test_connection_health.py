@@ -28,7 +28,7 @@ from observability.messaging import redis_transport
 from observability.results import GuardedBackend
 from promotions.models import FlashPromo
 from tests import tasks
-from tests.conftest import ROOT, TEST_REDIS_URL, wait_for
+from tests.conftest import ROOT, TEST_REDIS_URL, one_queue, wait_for
 from tests.factories import ProductFactory
 from tests.net import free_port, http_status, promo_create_request
 from tests.tcp_proxy import TcpProxy
@@ -102,14 +102,14 @@ class _Web:
         self.queue = f"web-{uuid.uuid4().hex}"
         self.port = free_port()
         self.log_path = log_path
-        self.token = Token.objects.create(user=User.objects.create_user(f"ops-{self.queue}", is_staff=True)).key
+        self.token = Token.objects.create(user=User.objects.create_superuser(f"ops-{self.queue}")).key
         self.product_id: int = ProductFactory().pk  # type: ignore[attr-defined]  # a factory returns the model
         url = _through(proxy)
         env = {
             **worker_env,
             "CELERY_BROKER_URL": url,
             "CELERY_RESULT_BACKEND": url,
-            "CELERY_TASK_DEFAULT_QUEUE": self.queue,
+            **one_queue(self.queue),
         }
         with log_path.open("w") as log:
             start_command(
