@@ -394,6 +394,12 @@ if PROMO_CLEANUP_TIME_BUDGET_SECONDS > 200:
     )
 NOTIFICATION_BATCH_SIZE = env_int("NOTIFICATION_BATCH_SIZE", 500, minimum=1)
 NOTIFICATION_MAX_ATTEMPTS = env_int("NOTIFICATION_MAX_ATTEMPTS", 5, minimum=1)
+# Subscribers queued per fan-out statement, each batch its own transaction: 5,000 rows commit in ~0.2 s, so the
+# first deliveries start well within a second and a batch's row lock is short (docs/performance.md).
+NOTIFICATION_FAN_OUT_BATCH_SIZE = env_int("NOTIFICATION_FAN_OUT_BATCH_SIZE", 5000, minimum=1)
+# A fan-out task walks batches for this long, then publishes itself to continue: tasks stay short, far inside
+# the 240 s soft time limit, and other promos' fan-outs and deliveries interleave with a big promo's.
+NOTIFICATION_FAN_OUT_TASK_SECONDS = env_float("NOTIFICATION_FAN_OUT_TASK_SECONDS", 5.0, minimum=0.0)
 # Longer than a delivery batch's 300 s hard time limit plus clock skew: a running batch is never reclaimed.
 NOTIFICATION_LEASE_SECONDS = env_int("NOTIFICATION_LEASE_SECONDS", 360, minimum=10)
 NOTIFICATION_RETRY_BASE_SECONDS = env_float("NOTIFICATION_RETRY_BASE_SECONDS", 30.0, minimum=0.1)

@@ -42,6 +42,9 @@ class FlashPromoAdmin(admin.ModelAdmin[FlashPromo]):
         "end_enqueued",
         # Set only by the fan-out: ticked by hand, it would stop the promo's notifications for good.
         "notifications_queued",
+        # The fan-out's progress: moved by hand, it would skip subscribers or write nothing more.
+        "fan_out_cursor",
+        "fan_out_at",
         "created_at",
     ]
     actions = ["cancel"]

@@ -66,10 +66,14 @@ class FlashPromo(models.Model):
     # Set when a countdown task has been published for the transition, so each sweep publishes it once.
     activation_enqueued = models.BooleanField(default=False)
     end_enqueued = models.BooleanField(default=False)
-    # Set in the transaction that writes the promo's notification rows. Activation commits first and the
-    # fan-out runs in tasks of its own, so a promo goes live in milliseconds however many subscribers it has;
-    # an active promo still without notifications after a grace period is fanned out again by the sweep.
+    # Set in the transaction that writes the last batch of the promo's notification rows. Activation commits
+    # first and the fan-out runs in tasks of its own, so a promo goes live in milliseconds however many
+    # subscribers it has; an active promo whose fan-out made no progress for a grace period is resumed by the sweep.
     notifications_queued = models.BooleanField(default=False, db_default=False)
+    # The fan-out's durable progress (promotions.fanout): the last subscription id queued, and when that batch
+    # committed. A fan-out resumed after a crash starts after the cursor; the sweep's recovery looks at the time.
+    fan_out_cursor = models.BigIntegerField(default=0, db_default=0)
+    fan_out_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -105,6 +109,8 @@ class Subscription(models.Model):
     class Meta:
         ordering = ["id"]
         constraints = [models.UniqueConstraint(fields=["product", "email"], name="subscription_unique_email")]
+        # The fan-out's keyset walk (product_id = ? AND id > ? ORDER BY id LIMIT n) reads each batch in order.
+        indexes = [models.Index(fields=["product", "id"], name="subscription_product_walk")]
 
     def __str__(self) -> str:
         return f"{self.email} -> product {self.product_id}"

@@ -1,7 +1,5 @@
-"""The notification outbox: queue one row per subscriber of a promo that went live, then deliver - claim a
-batch, send it through the channel backend, record each outcome.
-
-Queueing claims the promos first (``notifications_queued``), so two fan-outs of one promo write its rows once.
+"""The notification outbox: deliver the rows the fan-out (``promotions.fanout``) queued - claim a batch, send it
+through the channel backend, record each outcome.
 
 Failed rows are an operator's to resend (``notifications_retry``: the admin action and ``manage.py notifications
 retry``): due again at once, with a fresh attempt budget and their idempotency keys.
@@ -28,7 +26,6 @@ from django.db import connection, transaction
 from observability.backoff import backoff_seconds
 from promotions.channels import DeliveryFailure, OutgoingMessage, get_backend
 from promotions.models import (
-    Channel,
     FlashPromo,
     Notification,
     NotificationStatus,
@@ -41,7 +38,6 @@ __all__ = [
     "DeliveryResult",
     "notifications_deliver_batch",
     "notifications_fail_for_inactive_promos",
-    "notifications_queue_for_promos",
     "notifications_reclaim_expired",
     "notifications_retry",
 ]
@@ -63,45 +59,6 @@ class DeliveryResult:
 
     def summary(self) -> dict[str, int]:
         return {"claimed": self.claimed, "sent": self.sent, "retrying": self.retrying, "failed": self.failed}
-
-
-@transaction.atomic
-def notifications_queue_for_promos(*, promo_ids: list[int], now: datetime) -> int:
-    """Queue one ``pending`` notification per subscriber of each of ``promo_ids`` that is active and not yet
-    queued; returns the number of rows written. Two statements: claim the promos, then one
-    ``INSERT ... SELECT``. The claim skips promos another fan-out holds (``SKIP LOCKED``): a duplicate
-    returns at once instead of holding a worker until the first commits, and if the first rolls back, the
-    sweep's recovery publishes the promo again. The unique key is the second line of defence."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"""
-            UPDATE {_PROMO} SET notifications_queued = TRUE
-             WHERE id IN (SELECT id FROM {_PROMO}
-                           WHERE id = ANY(%(ids)s) AND status = 'active' AND NOT notifications_queued
-                           FOR UPDATE SKIP LOCKED)
-            RETURNING id
-            """,  # noqa: S608 - table names come from model metadata, values are parameters
-            {"ids": promo_ids},
-        )
-        claimed = [row[0] for row in cursor.fetchall()]
-        if len(claimed) < len(promo_ids):
-            # Not active any more (cancelled or ended before its fan-out ran), already queued, or being queued.
-            log.info("promo.fan_out_skipped", promos=len(promo_ids) - len(claimed))
-        if not claimed:
-            return 0
-        cursor.execute(
-            f"""
-            INSERT INTO {_NOTIFICATION}
-                   (promo_id, subscription_id, channel, status, attempts, next_attempt_at, last_error,
-                    idempotency_key, created_at)
-            SELECT p.id, s.id, %(channel)s, 'pending', 0, %(now)s, '', gen_random_uuid(), %(now)s
-              FROM {_PROMO} p JOIN {_SUBSCRIPTION} s ON s.product_id = p.product_id
-             WHERE p.id = ANY(%(ids)s)
-            ON CONFLICT (promo_id, subscription_id, channel) DO NOTHING
-            """,  # noqa: S608
-            {"ids": claimed, "now": now, "channel": Channel.EMAIL.value},
-        )
-        return int(cursor.rowcount)
 
 
 def notifications_reclaim_expired(*, now: datetime) -> int:

@@ -73,13 +73,15 @@ def notifications_count_due(*, now: datetime, limit: int) -> int:
     return due.values("id")[:limit].count()
 
 
-def promos_awaiting_fan_out(*, activated_before: datetime, limit: int) -> list[int]:
-    """Active promos activated before ``activated_before`` whose notifications were never queued (the fan-out
-    task published at activation was lost), oldest first, at most ``limit`` (a scan of a partial index)."""
-    awaiting = FlashPromo.objects.filter(
-        status=PromoStatus.ACTIVE, notifications_queued=False, activated_at__lt=activated_before
+def promos_awaiting_fan_out(*, idle_since: datetime, limit: int) -> list[int]:
+    """Active promos whose fan-out is not finished and made no progress since ``idle_since`` - its last batch
+    (or, before the first, its activation) is older: the fan-out task was lost, or its worker died mid-walk.
+    Oldest first, at most ``limit`` (a scan of a partial index: active promos not yet queued)."""
+    awaiting = FlashPromo.objects.filter(status=PromoStatus.ACTIVE, notifications_queued=False).alias(
+        progress_at=Coalesce("fan_out_at", "activated_at")
     )
-    return list(awaiting.order_by("activated_at").values_list("id", flat=True)[:limit])
+    stalled = awaiting.filter(progress_at__lt=idle_since).order_by("progress_at")
+    return list(stalled.values_list("id", flat=True)[:limit])
 
 
 def products_count_named(*, names: list[str]) -> int:

@@ -193,7 +193,7 @@ def promo_cancel(*, promo_id: int, now: datetime) -> bool:
 def promos_sync_state(*, now: datetime, promo_id: int | None = None, due_at: datetime | None = None) -> PromoSyncResult:
     """Activate due promos and end finished ones - all promos, or only ``promo_id``. Two statements whatever
     the number of promos. The activated promos' notifications are queued afterwards, in transactions of their
-    own (``notifications.notifications_queue_for_promos``), so activation never waits on the fan-out.
+    own (``fanout.promos_fan_out``), so activation never waits on the fan-out.
 
     ``due_at`` (with ``promo_id``: a countdown's time) acts only while that is still the promo's start or end:
     a countdown left over from times since moved (``promo_update``) changes nothing, in the same statement."""

@@ -23,7 +23,7 @@ from kombu.exceptions import OperationalError
 
 from observability import telemetry
 from observability.task import ObservableTask
-from promotions import notifications, selectors, services
+from promotions import fanout, notifications, selectors, services
 from promotions.services import PromoSyncResult
 
 __all__ = [
@@ -43,10 +43,10 @@ log = structlog.get_logger(__name__)
 MAX_BATCHES_PER_SWEEP = 1000
 #: Promos per fan-out task: 10,000 promos going live at once become 100 tasks that workers run side by side.
 FAN_OUT_CHUNK = 100
-#: An active promo whose notifications are still not queued this long after activation lost its fan-out task
-#: (a crash between the activation's commit and the publish, or a fan-out rolled back): the sweep publishes it
-#: again. Normally the fan-out runs within milliseconds; behind a longer backlog the sweep publishes a
-#: duplicate, which claims nothing (the first holds or has queued the promo) and returns at once.
+#: An active promo whose fan-out made no progress this long (no batch committed since, or since its activation)
+#: lost its fan-out task (a crash between a commit and the publish, a worker killed mid-walk): the sweep publishes
+#: it again, and the walk resumes at its cursor. Normally a batch commits every fraction of a second; behind a
+#: longer backlog the sweep publishes a duplicate, which takes the promo's batches in turn with the first.
 FAN_OUT_RECOVERY_AFTER = timedelta(minutes=2)
 #: Cap on promos the sweep re-fans out per run.
 MAX_FAN_OUT_RECOVERIES = 10 * FAN_OUT_CHUNK
@@ -60,9 +60,7 @@ def check_active_promos() -> dict[str, int]:
     now = timezone.now()
     result = services.promos_sync_state(now=now)
     fan_outs = _after_sync(result)
-    stalled = selectors.promos_awaiting_fan_out(
-        activated_before=now - FAN_OUT_RECOVERY_AFTER, limit=MAX_FAN_OUT_RECOVERIES
-    )
+    stalled = selectors.promos_awaiting_fan_out(idle_since=now - FAN_OUT_RECOVERY_AFTER, limit=MAX_FAN_OUT_RECOVERIES)
     fan_outs += _publish_fan_outs(stalled)
     transitions = services.promos_claim_upcoming_transitions(now=now)
     for transition in transitions:
@@ -95,9 +93,28 @@ def sync_promo(promo_id: int, due_at: str | None = None) -> dict[str, int]:
 
 @shared_task(ignore_result=True)
 def queue_promo_notifications(promo_ids: list[int]) -> dict[str, int]:
-    """Queue the notifications of promos that just went live, then start their delivery at once."""
-    queued = notifications.notifications_queue_for_promos(promo_ids=promo_ids, now=timezone.now())
-    return {"notifications_queued": queued, "batches_published": _publish_batches(queued)}
+    """Queue the notifications of promos that just went live, a keyset batch at a time, and publish each batch's
+    deliveries as it commits, so the first subscribers are told while the rest are still being queued.
+
+    After ``NOTIFICATION_FAN_OUT_TASK_SECONDS`` the task publishes itself again with the promos not finished,
+    rather than walking a million subscribers in one run: a run stays short, and the continuation queues behind
+    the deliveries and other promos' fan-outs published meanwhile. A worker lost mid-run loses at most the
+    batch in flight: the redelivered message (or the sweep's recovery) resumes at each promo's cursor."""
+    published = 0
+
+    def publish(queued: int) -> None:
+        nonlocal published
+        published += _publish_batches(queued)
+
+    run = fanout.promos_fan_out(promo_ids=promo_ids, now=timezone.now(), on_batch=publish)
+    if run.unfinished:
+        queue_promo_notifications.delay(run.unfinished)
+    return {
+        "notifications_queued": run.queued,
+        "fan_out_batches": run.batches,
+        "batches_published": published,
+        "continued": len(run.unfinished),
+    }
 
 
 @shared_task(base=ObservableTask, singleton=True)

@@ -17,7 +17,7 @@ from rest_framework.test import APIClient
 from structlog.testing import capture_logs
 
 from marketplace import errors, urls
-from promotions import notifications, services, tasks
+from promotions import fanout, notifications, services, tasks
 from promotions.models import FlashPromo, Notification, Product, PromoStatus, Subscription
 from tests.factories import ProductFactory, PromoFactory, SubscriptionFactory
 
@@ -483,7 +483,7 @@ def test_a_cancelled_active_promo_gets_no_fan_out_and_its_pending_notifications_
 
     assert staff_api.post(f"/api/promos/{promo.pk}/cancel").status_code == 200
 
-    assert notifications.notifications_queue_for_promos(promo_ids=[promo.pk], now=timezone.now()) == 0
+    assert fanout.promo_fan_out_batch(promo_id=promo.pk, now=timezone.now()).skipped == "stopped"
     assert notifications.notifications_deliver_batch(now=timezone.now()).claimed == 0
     assert Notification.objects.get().status == "pending"  # the queue sweep marks it failed
 

@@ -10,7 +10,7 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from promotions import notifications, selectors, services
+from promotions import services
 from promotions.models import FlashPromo, Notification, PromoStatus
 from tests.conftest import wait_for
 from tests.factories import ProductFactory, PromoFactory, SubscriptionFactory
@@ -44,64 +44,6 @@ def test_sync_activates_due_promos_and_records_their_lag():
     assert not_due.status == PromoStatus.SCHEDULED
 
 
-def test_fan_out_queues_one_notification_per_subscriber_of_active_promos_once():
-    """Each active promo gets one pending row per subscriber; a second fan-out, or one for a promo that is not
-    active, writes nothing."""
-    promos = _due_promos(3, subscribers=4)
-    scheduled = PromoFactory()
-    SubscriptionFactory(product=scheduled.product)
-    ids = services.promos_sync_state(now=timezone.now()).activated
-
-    assert notifications.notifications_queue_for_promos(promo_ids=[*ids, scheduled.pk], now=timezone.now()) == 12
-    with CaptureQueriesContext(connection) as queries:
-        assert notifications.notifications_queue_for_promos(promo_ids=ids, now=timezone.now()) == 0
-    statements = [q["sql"].split()[0] for q in queries.captured_queries]
-    assert [s for s in statements if s not in ("SAVEPOINT", "RELEASE")] == ["UPDATE"]  # the claim took nothing
-
-    assert Notification.objects.filter(status="pending").count() == 12
-    assert set(Notification.objects.values_list("promo_id", flat=True)) == {p.pk for p in promos}
-    assert FlashPromo.objects.filter(notifications_queued=True).count() == 3
-
-
-def test_a_promo_cancelled_before_its_fan_out_gets_no_notifications():
-    """Activated, then cancelled before the fan-out task ran: nothing is queued for it."""
-    promo = _due_promos(1, subscribers=3)[0]
-    services.promos_sync_state(now=timezone.now())
-    FlashPromo.objects.filter(pk=promo.pk).update(status=PromoStatus.CANCELLED)
-
-    assert notifications.notifications_queue_for_promos(promo_ids=[promo.pk], now=timezone.now()) == 0
-    assert not Notification.objects.exists()
-
-
-@pytest.mark.django_db(transaction=True)
-def test_a_concurrent_fan_out_of_the_same_promos_returns_at_once_and_writes_nothing():
-    """While one fan-out holds its promos (uncommitted), a duplicate skips them instead of waiting on the
-    row locks: a recovery duplicate must not hold a worker. lock_timeout turns a wait into an error."""
-    _due_promos(2, subscribers=3)
-    ids = services.promos_sync_state(now=timezone.now()).activated
-    holding, release, first = threading.Event(), threading.Event(), []
-
-    def fan_out_and_hold() -> None:
-        with transaction.atomic():
-            first.append(notifications.notifications_queue_for_promos(promo_ids=ids, now=timezone.now()))
-            holding.set()
-            release.wait(10)
-        connection.close()
-
-    thread = threading.Thread(target=fan_out_and_hold)
-    thread.start()
-    try:
-        assert holding.wait(10)
-        with connection.cursor() as cursor:
-            cursor.execute("SET lock_timeout = '2s'")
-        second = notifications.notifications_queue_for_promos(promo_ids=ids, now=timezone.now())
-    finally:
-        release.set()
-        thread.join(10)
-    assert (first, second) == ([6], 0)
-    assert Notification.objects.count() == 6
-
-
 def test_sync_twice_changes_nothing_more_than_once():
     """Running the sweep again finds nothing to do: no second activation."""
     _due_promos(2)
@@ -110,17 +52,6 @@ def test_sync_twice_changes_nothing_more_than_once():
 
     assert first.summary()["activated"] == 2
     assert second.summary() == {"activated": 0, "ended": 0, "skipped": 0}
-
-
-def test_promos_awaiting_fan_out_are_the_active_ones_never_queued_after_the_grace():
-    """The sweep's recovery list: active, not queued, activated before the cut-off."""
-    now = timezone.now()
-    earlier = now - timedelta(minutes=5)
-    stalled = PromoFactory(status="active", activated_at=earlier, starts_at=earlier)
-    PromoFactory(status="active", activated_at=now, starts_at=now - timedelta(seconds=1))  # its task is on its way
-    PromoFactory(status="active", activated_at=earlier, starts_at=earlier, notifications_queued=True)
-
-    assert selectors.promos_awaiting_fan_out(activated_before=now - timedelta(minutes=2), limit=10) == [stalled.pk]
 
 
 def test_sync_ends_finished_promos_and_skips_those_whose_window_passed():
@@ -143,17 +74,6 @@ def test_sync_ends_finished_promos_and_skips_those_whose_window_passed():
     missed.refresh_from_db()
     assert (missed.status, missed.activated_at) == (PromoStatus.ENDED, None)
     assert not Notification.objects.exists()
-
-
-@pytest.mark.parametrize("count", [1, 50])
-def test_fan_out_runs_a_constant_number_of_statements(count):
-    """Claim and INSERT ... SELECT, however many promos and subscribers."""
-    _due_promos(count, subscribers=3)
-    ids = services.promos_sync_state(now=timezone.now()).activated
-    with CaptureQueriesContext(connection) as queries:
-        assert notifications.notifications_queue_for_promos(promo_ids=ids, now=timezone.now()) == 3 * count
-    statements = [q["sql"] for q in queries.captured_queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))]
-    assert len(statements) == 2
 
 
 @pytest.mark.parametrize("count", [1, 50])
