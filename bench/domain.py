@@ -36,6 +36,16 @@ def _scalar(sql: str, params: dict[str, Any] | None = None) -> Any:
     return row[0] if row else None
 
 
+def wait_all_sent(count: int, *, timeout: float, interval: float) -> float:
+    """Poll until ``count`` notifications are sent; returns the ``perf_counter`` time it was seen."""
+    return wait_until(
+        lambda: _scalar("SELECT count(*) FROM promotions_notification WHERE status = 'sent'") >= count,
+        timeout=timeout,
+        interval=interval,
+        what="every notification sent",
+    )
+
+
 def reset_promotions() -> None:
     _execute(
         "TRUNCATE promotions_notification, promotions_flashpromo, promotions_subscription, promotions_product "
@@ -93,7 +103,7 @@ class SweepRun:
 def sweep_at_scale(total: int, repeats: int, due_percent: float = 1.0) -> SweepRun:
     """Time ``promos_sync_state`` over ``total`` promos of which ``due_percent`` are due and count its SQL
     statements; then time the fan-out of the activated promos' notifications."""
-    from promotions import notifications, services
+    from promotions import fanout, services
     from promotions.tasks import FAN_OUT_CHUNK
 
     reset_promotions()
@@ -107,8 +117,8 @@ def sweep_at_scale(total: int, repeats: int, due_percent: float = 1.0) -> SweepR
     for _ in range(repeats):
         _execute("TRUNCATE promotions_notification")
         _execute(
-            "UPDATE promotions_flashpromo SET status = 'scheduled', activated_at = NULL, notifications_queued = FALSE"
-            " WHERE id <= %(due)s",
+            "UPDATE promotions_flashpromo SET status = 'scheduled', activated_at = NULL, notifications_queued = FALSE,"
+            " fan_out_cursor = 0, fan_out_at = NULL WHERE id <= %(due)s",
             {"due": due},
         )
         _execute("VACUUM ANALYZE promotions_flashpromo")
@@ -122,7 +132,8 @@ def sweep_at_scale(total: int, repeats: int, due_percent: float = 1.0) -> SweepR
         started = time.perf_counter()
         for i in range(0, activated, FAN_OUT_CHUNK):
             chunk = result.activated[i : i + FAN_OUT_CHUNK]
-            queued += notifications.notifications_queue_for_promos(promo_ids=chunk, now=timezone.now())
+            run = fanout.promos_fan_out(promo_ids=chunk, now=timezone.now(), on_batch=id, budget_seconds=3600)
+            queued += run.queued
         fan_out_seconds.append(time.perf_counter() - started)
     return SweepRun(total, due, seconds, statements, activated, queued, fan_out_seconds, sql)
 
@@ -174,12 +185,7 @@ def notification_delivery(count: int, sink: Sink) -> DeliveryRun:
         started = time.perf_counter()
         for _ in range(batches):
             deliver_notification_batch.delay()
-        done = wait_until(
-            lambda: _scalar("SELECT count(*) FROM promotions_notification WHERE status = 'sent'") >= count,
-            timeout=900,
-            interval=0.05,
-            what="every notification sent",
-        )
+        done = wait_all_sent(count, timeout=900, interval=0.05)
     finally:
         worker.stop()
     sent = int(_scalar("SELECT count(*) FROM promotions_notification WHERE status = 'sent'"))

@@ -20,7 +20,8 @@ from bench.harness import RESULTS, Sink, Summary, setup_django
 from bench.report import Row, cpu_ticks, fmt, machine, render, steal_percent
 
 SECTIONS = (
-    "child_path", "throughput", "latency", "sweep", "notifications", "lag", "dead_letters", "memory", "flood",
+    "child_path", "throughput", "latency", "sweep", "notifications", "fanout", "lag", "dead_letters", "memory",
+    "flood",
 )  # fmt: skip
 
 
@@ -40,6 +41,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--promos", help="Comma-separated promo table sizes (default 10000,100000; 1000000 works).")
     parser.add_argument("--due-percent", type=float, default=1.0, help="Share of promos due in the sweep (default 1).")
     parser.add_argument("--notifications", type=int, help="Pending notifications (default 100000; quick 10000).")
+    parser.add_argument(
+        "--fanout-subscribers", type=int, help="Subscribers of the fan-out's promo (default 1000000; quick 100000)."
+    )
+    parser.add_argument("--fanout-batch-size", type=int, help="Fan-out batch size (default: the setting's).")
     parser.add_argument("--lag-promos", type=int, help="Promos with staggered starts (default 200; quick 50).")
     parser.add_argument("--lag-spread", type=float, help="Seconds the starts spread over (default 20; quick 6).")
     parser.add_argument("--dead-letters", type=int, help="Dead letters for the listing (default 100000; quick 20000).")
@@ -70,6 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "latency_seconds": 3.0 if quick else 10.0,
         "promos": "10000" if quick else "10000,100000",
         "notifications": 10000 if quick else 100000,
+        "fanout_subscribers": 100000 if quick else 1000000,
         "lag_promos": 50 if quick else 200,
         "lag_spread": 6.0 if quick else 20.0,
         "dead_letters": 20000 if quick else 100000,
@@ -304,6 +310,27 @@ def bench_notifications(args: argparse.Namespace, sink: Sink, rows: list[Row], o
     )
 
 
+def bench_fanout(args: argparse.Namespace, sink: Sink, rows: list[Row], out: dict[str, Any]) -> None:
+    from bench.fanout import fan_out_at_scale
+
+    run = fan_out_at_scale(args.fanout_subscribers, sink, args.fanout_batch_size)
+    out["fanout"] = asdict(run)
+    label = f"{run.subscribers:,} subscribers, batches of {run.batch_size:,}"
+    rows += [
+        Row(f"6. fan-out {label}: first delivery after activation", f"{run.first_delivery_seconds:.2f} s", "<= 1 s",
+            run.first_delivery_seconds <= 1),
+        Row(f"6. fan-out longest batch transaction (promo row lock inside it; {run.batches_sampled:,} seen)",
+            f"{run.longest_batch_ms:,.0f} ms", "", None),
+        Row("6. fan-out walk finished / last delivery, after activation",
+            f"{run.walk_seconds:.1f} s / {run.last_delivery_seconds:.1f} s", "", None),
+        Row("6. fan-out deliveries/s, first to last (2 processes, fan-out included)",
+            f"{run.deliveries_per_second:,.0f}/s ({run.overall_per_second:,.0f}/s from activation)", ">= 5,000/s",
+            run.deliveries_per_second >= 5000),
+        Row("6. fan-out none sent twice", f"sent {run.sent:,}, max attempts {run.max_attempts}",
+            "all sent, attempts 1", run.sent == run.subscribers and run.max_attempts == 1),
+    ]  # fmt: skip
+
+
 def bench_lag(args: argparse.Namespace, sink: Sink, rows: list[Row], out: dict[str, Any]) -> None:
     from bench.domain import activation_lag
 
@@ -368,6 +395,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace, Sink, list[Row], dict[str, A
     "latency": bench_latency,
     "sweep": bench_sweep,
     "notifications": bench_notifications,
+    "fanout": bench_fanout,
     "lag": bench_lag,
     "dead_letters": bench_dead_letters,
     "memory": bench_memory,
