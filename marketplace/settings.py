@@ -394,8 +394,9 @@ if PROMO_CLEANUP_TIME_BUDGET_SECONDS > 200:
     )
 NOTIFICATION_BATCH_SIZE = env_int("NOTIFICATION_BATCH_SIZE", 500, minimum=1)
 NOTIFICATION_MAX_ATTEMPTS = env_int("NOTIFICATION_MAX_ATTEMPTS", 5, minimum=1)
-# Subscribers queued per fan-out statement, each batch its own transaction: 5,000 rows commit in ~0.2 s, so the
-# first deliveries start well within a second and a batch's row lock is short (docs/performance.md).
+# Subscribers queued per fan-out statement, each batch its own transaction: 5,000 rows take ~0.14 s (0.7-1.2 s
+# on a loaded machine), the promo's row lock lies inside it; the first batch is NOTIFICATION_BATCH_SIZE rows,
+# so delivery starts within a second whatever this is (docs/performance.md, "The fan-out of one big promo").
 NOTIFICATION_FAN_OUT_BATCH_SIZE = env_int("NOTIFICATION_FAN_OUT_BATCH_SIZE", 5000, minimum=1)
 # A fan-out task walks batches for this long, then publishes itself to continue: tasks stay short, far inside
 # the 240 s soft time limit, and other promos' fan-outs and deliveries interleave with a big promo's.

@@ -70,8 +70,9 @@ class FlashPromo(models.Model):
     # first and the fan-out runs in tasks of its own, so a promo goes live in milliseconds however many
     # subscribers it has; an active promo whose fan-out made no progress for a grace period is resumed by the sweep.
     notifications_queued = models.BooleanField(default=False, db_default=False)
-    # The fan-out's durable progress (promotions.fanout): the last subscription id queued, and when that batch
-    # committed. A fan-out resumed after a crash starts after the cursor; the sweep's recovery looks at the time.
+    # The fan-out's durable progress (promotions.fanout): the last subscription id queued, and the time of the
+    # run that queued it. A fan-out resumed after a crash starts after the cursor; the sweep's recovery looks at
+    # the time.
     fan_out_cursor = models.BigIntegerField(default=0, db_default=0)
     fan_out_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
