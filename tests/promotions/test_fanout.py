@@ -15,7 +15,7 @@ from django.utils import timezone
 from promotions import fanout, selectors, services
 from promotions.models import FlashPromo, Notification, PromoStatus, Subscription
 from promotions.tasks import queue_promo_notifications
-from tests.conftest import wait_for
+from tests.conftest import one_queue, wait_for
 from tests.factories import ProductFactory, PromoFactory, SubscriptionFactory
 
 pytestmark = pytest.mark.django_db
@@ -241,7 +241,7 @@ def test_deliveries_begin_while_the_fan_out_is_still_queueing(start_worker):
     env = {
         "NOTIFICATION_FAN_OUT_BATCH_SIZE": "2",
         "NOTIFICATION_FAN_OUT_TASK_SECONDS": "0",
-        "CELERY_TASK_DEFAULT_QUEUE": queue,
+        **one_queue(queue),
     }
     start_worker("--concurrency=1", "-Q", queue, env=env)
     promo = _live_promo(10)
