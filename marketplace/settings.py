@@ -406,6 +406,31 @@ NOTIFICATION_LEASE_SECONDS = env_int("NOTIFICATION_LEASE_SECONDS", 360, minimum=
 NOTIFICATION_RETRY_BASE_SECONDS = env_float("NOTIFICATION_RETRY_BASE_SECONDS", 30.0, minimum=0.1)
 NOTIFICATION_RETRY_MAX_SECONDS = env_float("NOTIFICATION_RETRY_MAX_SECONDS", 3600.0, minimum=1.0)
 NOTIFICATION_BACKEND = env_str("NOTIFICATION_BACKEND", "console")
+# A ceiling on messages sent per second per channel, shared by every worker on every host (a Redis token bucket,
+# promotions/ratelimit.py): a provider's sending limit (SES, SNS, an SMTP relay). 0: no limit.
+NOTIFICATION_RATE_LIMIT_PER_SECOND = env_float("NOTIFICATION_RATE_LIMIT_PER_SECOND", 0.0, minimum=0.0)
+# Messages the bucket lets go at once: any 1 s window carries at most rate + burst. Default: 2% of the rate.
+NOTIFICATION_RATE_LIMIT_BURST = env_int(
+    "NOTIFICATION_RATE_LIMIT_BURST", max(1, int(NOTIFICATION_RATE_LIMIT_PER_SECOND * 0.02)), minimum=1
+)
+# Longest a delivery batch waits in total for the limiter (or a throttled channel) before it hands its unsent rows
+# back to pending; with the sends it must fit the batch task's 240 s soft time limit and the lease.
+NOTIFICATION_RATE_LIMIT_MAX_WAIT_SECONDS = env_float("NOTIFICATION_RATE_LIMIT_MAX_WAIT_SECONDS", 60.0, minimum=0.0)
+if (
+    NOTIFICATION_RATE_LIMIT_MAX_WAIT_SECONDS > 120
+    or NOTIFICATION_RATE_LIMIT_MAX_WAIT_SECONDS >= NOTIFICATION_LEASE_SECONDS / 2
+):
+    raise ImproperlyConfigured(
+        "NOTIFICATION_RATE_LIMIT_MAX_WAIT_SECONDS must be at most 120 and below half NOTIFICATION_LEASE_SECONDS."
+    )
+# A provider's throttling answer (SNS Throttling, SMTP 421/451/452) pauses the channel for every worker this long,
+# doubling while the answers go on, up to the maximum.
+NOTIFICATION_THROTTLE_PAUSE_SECONDS = env_float("NOTIFICATION_THROTTLE_PAUSE_SECONDS", 1.0, minimum=0.01)
+NOTIFICATION_THROTTLE_PAUSE_MAX_SECONDS = env_float("NOTIFICATION_THROTTLE_PAUSE_MAX_SECONDS", 30.0, minimum=0.01)
+if NOTIFICATION_THROTTLE_PAUSE_MAX_SECONDS < NOTIFICATION_THROTTLE_PAUSE_SECONDS:
+    raise ImproperlyConfigured(
+        "NOTIFICATION_THROTTLE_PAUSE_MAX_SECONDS must be at least NOTIFICATION_THROTTLE_PAUSE_SECONDS."
+    )
 if NOTIFICATION_BACKEND not in {"console", "email", "sns"}:
     raise ImproperlyConfigured(f"NOTIFICATION_BACKEND={NOTIFICATION_BACKEND!r} must be console, email or sns.")
 SNS_TOPIC_ARN = env_str("SNS_TOPIC_ARN", "")

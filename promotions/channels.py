@@ -4,17 +4,18 @@
 backend, SMTP in production) or ``sns`` (boto3; ``AWS_ENDPOINT_URL`` points it at LocalStack). A backend
 gets a batch and yields each message's outcome as soon as it is known, so the caller records outcomes while
 the batch goes on. One message's error never stops the batch: it becomes that message's failure (permanent
-unless ``observability.errors`` knows it as transient). Only ``SoftTimeLimitExceeded`` escapes, so the task
-stops at its soft time limit. Every message carries its idempotency key so a provider can drop the duplicate
-that a redelivery after a crash may produce. Failure texts never carry an email address (masked: they are
-logged and stored).
+unless ``observability.errors`` knows it as transient). A provider's throttling answer (SNS ``Throttling``,
+SMTP 421/451/452) is a transient failure marked ``throttled``: the caller pauses the whole channel and keeps the
+message pending. Only ``SoftTimeLimitExceeded`` escapes, so the task stops at its soft time limit. Every message
+carries its idempotency key so a provider can drop the duplicate that a redelivery after a crash may produce.
+Failure texts never carry an email address (masked: they are logged and stored).
 """
 
 from __future__ import annotations
 
 import re
 import smtplib
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 from email.utils import make_msgid
 from functools import cache
@@ -26,6 +27,7 @@ import structlog
 from billiard.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.mail import EmailMessage, get_connection
+from django.core.mail.backends.base import BaseEmailBackend
 
 from observability.errors import ErrorKind, classify
 
@@ -48,6 +50,8 @@ class DeliveryFailure:
     error: str
     #: True when retrying cannot help (a refused address): the notification fails at once.
     permanent: bool
+    #: True when the provider asked us to slow down: the channel is paused, the message stays pending.
+    throttled: bool = False
 
 
 #: What one message's delivery came to: its notification id and its failure, None when it was sent.
@@ -55,7 +59,7 @@ Outcome = tuple[int, "DeliveryFailure | None"]
 
 
 class ChannelBackend(Protocol):
-    def send(self, messages: Sequence[OutgoingMessage]) -> Generator[Outcome, None, None]:
+    def send(self, messages: Iterable[OutgoingMessage]) -> Generator[Outcome, None, None]:
         """Deliver ``messages`` in order, yielding each one's outcome once it is known."""
 
 
@@ -68,11 +72,30 @@ def mask_email(address: str) -> str:
 _EMAIL_ADDRESS = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 
 
-def _failure(exc: Exception, *, permanent: bool | None = None, where: str = "") -> DeliveryFailure:
+#: SNS error codes that mean "slow down" (the API reference's throttling errors).
+SNS_THROTTLING_CODES = frozenset({"Throttling", "ThrottlingException"})
+#: SMTP replies that mean "slow down / come back later" (RFC 5321: 421 service not available - closing,
+#: 451 local error, 452 insufficient storage; relays such as SES and Postfix rate limits answer with these).
+SMTP_THROTTLING_CODES = frozenset({421, 451, 452})
+
+
+def _smtp_throttled(exc: Exception) -> bool:
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return exc.smtp_code in SMTP_THROTTLING_CODES
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return any(code in SMTP_THROTTLING_CODES for code, _ in exc.recipients.values())
+    return False
+
+
+def _failure(
+    exc: Exception, *, permanent: bool | None = None, where: str = "", throttled: bool = False
+) -> DeliveryFailure:
     """``exc`` as a stored failure text, prefixed with the endpoint ``where`` it happened, addresses masked."""
     # Provider errors echo addresses (smtplib's SMTPRecipientsRefused is the refused recipients' dict).
     prefix = f"{where}: " if where else ""
     text = _EMAIL_ADDRESS.sub(lambda match: mask_email(match.group()), f"{prefix}{type(exc).__name__}: {exc}")
+    if throttled:
+        return DeliveryFailure(text[:500], permanent=False, throttled=True)
     return DeliveryFailure(text[:500], classify(exc) is ErrorKind.PERMANENT if permanent is None else permanent)
 
 
@@ -87,7 +110,7 @@ def _single_message_failure(exc: Exception, *, where: str = "") -> DeliveryFailu
 class ConsoleBackend:
     """Logs each delivery; the demo's channel."""
 
-    def send(self, messages: Sequence[OutgoingMessage]) -> Generator[Outcome, None, None]:
+    def send(self, messages: Iterable[OutgoingMessage]) -> Generator[Outcome, None, None]:
         for message in messages:
             log.debug(  # per message: the batch's line counts them
                 "notification.delivered",
@@ -99,10 +122,17 @@ class ConsoleBackend:
             yield message.notification_id, None
 
 
-class EmailBackend:
-    """Sends through Django's email backend over one connection per batch."""
+def _closed_by_server(connection: BaseEmailBackend) -> bool:
+    # Django's SMTP backend keeps its smtplib.SMTP after smtplib closed the socket (on a 421 answer).
+    smtp = getattr(connection, "connection", None)
+    return smtp is not None and getattr(smtp, "sock", True) is None
 
-    def send(self, messages: Sequence[OutgoingMessage]) -> Generator[Outcome, None, None]:
+
+class EmailBackend:
+    """Sends through Django's email backend over one connection per batch, opened again when the server closed it
+    (smtplib closes it on a 421 answer; the next message of a paced batch goes out on a new one)."""
+
+    def send(self, messages: Iterable[OutgoingMessage]) -> Generator[Outcome, None, None]:
         try:
             connection = get_connection(fail_silently=False)
             connection.open()
@@ -125,14 +155,23 @@ class EmailBackend:
                     },
                 )
                 try:
+                    if _closed_by_server(connection):
+                        # Closed by the server (a 421): opened again here, or Django would open and close one
+                        # connection per message from now on.
+                        connection.close()
+                        connection.open()
                     email.send()
                 except smtplib.SMTPRecipientsRefused as exc:
-                    yield message.notification_id, _failure(exc, permanent=True)
+                    throttled = _smtp_throttled(exc)
+                    yield message.notification_id, _failure(exc, permanent=not throttled, throttled=throttled)
                 except Exception as exc:  # noqa: BLE001 - one message's error (a header Django refuses) is its failure
                     # The server named where it is at fault (a dropped connection), not for a header Django refuses.
                     at_server = isinstance(exc, OSError | smtplib.SMTPException)
                     where = f"SMTP {settings.EMAIL_HOST}:{settings.EMAIL_PORT}" if at_server else ""
-                    yield message.notification_id, _single_message_failure(exc, where=where)
+                    if _smtp_throttled(exc):
+                        yield message.notification_id, _failure(exc, where=where, throttled=True)
+                    else:
+                        yield message.notification_id, _single_message_failure(exc, where=where)
                 else:
                     yield message.notification_id, None
         finally:
@@ -152,7 +191,7 @@ class SnsBackend:
         )
         self._where = f"SNS {settings.AWS_REGION} {settings.AWS_ENDPOINT_URL or 'AWS'}"
 
-    def send(self, messages: Sequence[OutgoingMessage]) -> Generator[Outcome, None, None]:
+    def send(self, messages: Iterable[OutgoingMessage]) -> Generator[Outcome, None, None]:
         for message in messages:
             try:
                 self._client.publish(
@@ -166,13 +205,11 @@ class SnsBackend:
                 )
             except botocore.exceptions.ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code", "")
-                throttled = code in {
-                    "Throttling",
-                    "ThrottlingException",
-                    "InternalError",
-                    "ServiceUnavailable",
-                }
-                yield message.notification_id, _failure(exc, permanent=not throttled)
+                transient = code in SNS_THROTTLING_CODES | {"InternalError", "ServiceUnavailable"}
+                yield (
+                    message.notification_id,
+                    _failure(exc, permanent=not transient, throttled=code in SNS_THROTTLING_CODES),
+                )
             except Exception as exc:  # noqa: BLE001 - one message's error (unreachable endpoint) is its failure
                 yield message.notification_id, _single_message_failure(exc, where=self._where)
             else:

@@ -33,6 +33,7 @@ from promotions.models import (
     PromoStatus,
     Subscription,
 )
+from promotions.ratelimit import Pacer
 
 __all__ = [
     "DeliveryResult",
@@ -104,14 +105,17 @@ def notifications_deliver_batch(
     at least every ``RECORD_INTERVAL_SECONDS``, calling ``on_recorded(sent, failed)`` for each write.
     Interrupted (the soft time limit, an error outside the backend's per-message handling), it records what was
     sent and hands the rest back - ``pending``, due now, the claim's attempt given back - then re-raises: only
-    the message in flight at that moment may be sent twice."""
+    the message in flight at that moment may be sent twice. Sends are paced by the channel's rate limit
+    (``promotions.ratelimit``); rows the batch could not send within its waiting budget, and rows the provider
+    throttled, are handed back the same way."""
     token = uuid.uuid4()
     messages = _claim(now=now, token=token, limit=batch_size or settings.NOTIFICATION_BATCH_SIZE)
     if not messages:
         return DeliveryResult(0, 0, 0, 0)
-    outcomes = _Outcomes(token, on_recorded)
+    pacer = Pacer(settings.NOTIFICATION_BACKEND)
+    outcomes = _Outcomes(token, on_recorded, pacer)
     try:
-        with closing(get_backend(settings.NOTIFICATION_BACKEND).send(messages)) as delivered:
+        with closing(get_backend(settings.NOTIFICATION_BACKEND).send(pacer.pace(messages))) as delivered:
             for notification_id, failure in delivered:
                 outcomes.add(notification_id, failure)
     except BaseException as exc:
@@ -120,6 +124,10 @@ def notifications_deliver_batch(
         _release(token=token, ids=unsent, why=f"delivery interrupted: {type(exc).__name__}")
         raise
     outcomes.record()
+    if pacer.stopped:  # the rate limit or a throttle pause outlasted the batch's waiting budget
+        unsent = [m.notification_id for m in messages if not outcomes.knows(m.notification_id)]
+        _release(token=token, ids=unsent, why=pacer.stopped)
+        outcomes.retrying += len(unsent)
     result = DeliveryResult(len(messages), sent=outcomes.sent, retrying=outcomes.retrying, failed=outcomes.failed)
     # One line a batch, at WARNING when anything was not sent: "delivered" for a batch that sent nothing hid an
     # SMTP outage at INFO.
@@ -137,11 +145,13 @@ RECORD_INTERVAL_SECONDS = 1.0
 
 
 class _Outcomes:
-    """A batch's outcomes not yet written, and the totals of those written."""
+    """A batch's outcomes not yet written, and the totals of those written. A throttled message has no outcome
+    yet: the pacer sends it again after the channel's pause (or it is handed back with the batch's unsent)."""
 
-    def __init__(self, token: uuid.UUID, on_recorded: Callable[[int, int], object] | None) -> None:
+    def __init__(self, token: uuid.UUID, on_recorded: Callable[[int, int], object] | None, pacer: Pacer) -> None:
         self._token = token
         self._on_recorded = on_recorded
+        self._pacer = pacer
         self._sent_ids: list[int] = []
         self._failures: dict[int, DeliveryFailure] = {}
         self._known: set[int] = set()
@@ -154,6 +164,9 @@ class _Outcomes:
     def add(self, notification_id: int, failure: DeliveryFailure | None) -> None:
         if failure is None:
             self._sent_ids.append(notification_id)
+        elif failure.throttled:
+            self._pacer.throttled(notification_id)
+            return
         else:
             self._failures[notification_id] = failure
         self._known.add(notification_id)  # last: interrupted before this, the outcome is still written

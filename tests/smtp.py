@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import Counter
 from email import message_from_bytes
 from typing import Any
@@ -11,6 +12,18 @@ from typing import Any
 from aiosmtpd.controller import Controller
 
 from tests.net import free_port
+
+
+def max_per_window(times: list[float], window: float = 1.0) -> int:
+    """The most of ``times`` (seconds) that fall in any one ``window`` (a sliding window, not clock seconds)."""
+    times = sorted(times)
+    best, start = 0, 0
+    for end, at in enumerate(times):
+        while times[start] <= at - window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
 
 #: Recipients whose address starts with this are refused permanently (550), like an unknown mailbox.
 REFUSED_PREFIX = "refused"
@@ -29,7 +42,13 @@ class _Handler:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd API
         message = message_from_bytes(envelope.content)
         with self._sink.lock:
+            if self._sink.throttle_answers:
+                # A provider's rate limit: the message is not taken, the client is told to come back later.
+                self._sink.throttle_answers -= 1
+                self._sink.throttled_at.append(time.time())
+                return self._sink.throttle_reply
             self._sink.messages.append(message)
+            self._sink.received_at.append(time.time())
         # A slow provider: the message is taken, its "250 OK" comes later.
         await asyncio.sleep(self._sink.reply_delay_seconds)
         if not self._sink.gate.is_set():  # held: no answer until the test releases it
@@ -42,11 +61,17 @@ class _Handler:
 
 
 class SmtpSink:
-    """Records every message it receives; ``deliveries_by_key()`` counts them by ``X-Idempotency-Key``."""
+    """Records every message it receives, and when (``received_at``, unix time, in step with ``messages``);
+    ``deliveries_by_key()`` counts them by ``X-Idempotency-Key``. ``throttle(n)`` answers the next ``n`` messages
+    with a throttling reply instead of taking them, recording when (``throttled_at``)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.messages: list[Any] = []
+        self.received_at: list[float] = []
+        self.throttled_at: list[float] = []
+        self.throttle_answers = 0
+        self.throttle_reply = "451 4.7.1 rate limit exceeded, try again later"
         #: Seconds before each accepted message's reply (0: at once).
         self.reply_delay_seconds = 0.0
         #: Open: replies go out; closed (``hold()``): each message is taken and its reply waits for ``release()``.
@@ -80,7 +105,14 @@ class SmtpSink:
         self.release()
         with self.lock:
             self.messages.clear()
+            self.received_at.clear()
+            self.throttled_at.clear()
+            self.throttle_answers = 0
         self.reply_delay_seconds = 0.0
+
+    def throttle(self, answers: int, reply: str = "451 4.7.1 rate limit exceeded, try again later") -> None:
+        with self.lock:
+            self.throttle_answers, self.throttle_reply = answers, reply
 
     def deliveries_by_key(self) -> Counter[str]:
         with self.lock:

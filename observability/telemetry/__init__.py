@@ -14,6 +14,8 @@ from observability.telemetry.events import (
     dead_letters_purged,
     dead_letters_replayed,
     notifications_delivered,
+    notifications_rate_limit_waited,
+    notifications_throttled,
     promos_synced,
 )
 from observability.telemetry.providers import METER, Telemetry, current, setup, shutdown
@@ -39,6 +41,8 @@ __all__ = [
     "dead_letters_purged",
     "dead_letters_replayed",
     "notifications_delivered",
+    "notifications_rate_limit_waited",
+    "notifications_throttled",
     "on_publish",
     "promos_synced",
     "setup",

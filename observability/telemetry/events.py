@@ -1,5 +1,6 @@
 """Counters and histograms of the project's own events: dead letters created, replayed and purged; promos
-activated (with their activation lag) and ended; notifications delivered and given up, by channel."""
+activated (with their activation lag) and ended; notifications delivered and given up, the time spent waiting
+for the rate limiter and the provider's throttling answers, by channel."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ __all__ = [
     "dead_letters_purged",
     "dead_letters_replayed",
     "notifications_delivered",
+    "notifications_rate_limit_waited",
+    "notifications_throttled",
     "promos_synced",
 ]
 
@@ -50,3 +53,11 @@ def notifications_delivered(*, channel: str, sent: int, failed: int) -> None:
         instruments.notifications_sent.add(sent, {"channel": channel})
     if failed:
         instruments.notifications_failed.add(failed, {"channel": channel})
+
+
+def notifications_rate_limit_waited(*, channel: str, seconds: float) -> None:
+    current().instruments.notifications_rate_limit_wait.add(seconds, {"channel": channel})
+
+
+def notifications_throttled(*, channel: str) -> None:
+    current().instruments.notifications_throttled.add(1, {"channel": channel})

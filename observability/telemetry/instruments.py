@@ -75,6 +75,8 @@ class Instruments:
     promos_ended: Any
     notifications_sent: Any
     notifications_failed: Any
+    notifications_rate_limit_wait: Any
+    notifications_throttled: Any
 
     @classmethod
     def create(cls, meter: Meter, histograms: TaskHistograms | None) -> Instruments:
@@ -113,6 +115,12 @@ class Instruments:
             promos_ended=counter(m.PROMOS_ENDED, unit="{promo}", description="Promos ended"),
             notifications_sent=counter(m.NOTIFICATIONS_SENT, unit="{notification}", description="Delivered"),
             notifications_failed=counter(m.NOTIFICATIONS_FAILED, unit="{notification}", description="Gave up"),
+            notifications_rate_limit_wait=counter(
+                m.NOTIFICATIONS_RATE_LIMIT_WAIT, unit="s", description="Time delivery batches waited for the limiter"
+            ),
+            notifications_throttled=counter(
+                m.NOTIFICATIONS_THROTTLED, unit="{answer}", description="Throttling answers from the provider"
+            ),
         )
 
 

@@ -18,7 +18,10 @@ __all__ = [
     "DEAD_LETTERS_REPLAYED",
     "NOTIFICATIONS_BACKLOG",
     "NOTIFICATIONS_FAILED",
+    "NOTIFICATIONS_RATE_LIMIT",
+    "NOTIFICATIONS_RATE_LIMIT_WAIT",
     "NOTIFICATIONS_SENT",
+    "NOTIFICATIONS_THROTTLED",
     "PROMOS_ACTIVATED",
     "PROMOS_ENDED",
     "PROMO_ACTIVATION_LAG",
@@ -58,3 +61,6 @@ PROMOS_ENDED = "promotions.ended"  # counter
 NOTIFICATIONS_SENT = "notifications.sent"  # counter; channel
 NOTIFICATIONS_FAILED = "notifications.failed"  # counter; channel
 NOTIFICATIONS_BACKLOG = "notifications.backlog"  # gauge; status
+NOTIFICATIONS_RATE_LIMIT = "notifications.rate_limit"  # gauge, {notification}/s; channel
+NOTIFICATIONS_RATE_LIMIT_WAIT = "notifications.rate_limit_wait"  # counter, s; channel
+NOTIFICATIONS_THROTTLED = "notifications.throttled"  # counter; channel

@@ -37,7 +37,7 @@ from tests.conftest import ROOT, WorkerProcess, one_queue, running_beat, start_p
 from tests.metrics_catalogue import catalogue
 from tests.net import free_port
 from tests.otlp_prometheus import PrometheusBridge, translate_name
-from tests.smtp import REFUSED_PREFIX
+from tests.smtp import REFUSED_PREFIX, SmtpSink
 
 # Transactional: the worker must see the workload's rows. The marker also makes pytest-django create the
 # test database when this module runs alone.
@@ -180,6 +180,7 @@ def workload(
     prometheus: Prometheus,
     bridge: PrometheusBridge,
     worker_env: dict[str, str],
+    smtp_sink: SmtpSink,
     django_db_blocker: Any,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Workload]:
@@ -202,6 +203,9 @@ def workload(
             worker.wait_ready()
             backendless.wait_ready()
             tasks.echo.apply_async(("unstored",), queue=BACKENDLESS_QUEUE)
+            # One throttling answer from the SMTP server: the throttle counter, and the pause's wait in the rate
+            # limiter's wait counter (the message is sent again after it).
+            smtp_sink.throttle(1)
             _promotions(WAVES)
             token = uuid.uuid4().hex
             doomed = [tasks.flaky.apply_async((uuid.uuid4().hex, 10), queue=QUEUE)]

@@ -1,0 +1,105 @@
+"""The channel rate limit and throttle pause end to end: two real workers (four processes) deliver through the
+local SMTP server, which records when each message arrives and can answer with throttling replies.
+
+The provider sees a send some time after its reservation (the sleep's overshoot, the SMTP round trips), so a
+1 s window of arrival times may hold, besides ``rate + burst``, the sends each process had reserved when a stall
+of the machine delayed them: one per process (the burst, 1 here, is the reservation size)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from django.db.models import Max
+from django.utils import timezone
+
+from observability.redis_client import broker_redis
+from promotions.models import Notification
+from promotions.notifications import notifications_queue_for_promos
+from promotions.tasks import deliver_notification_batch
+from tests.conftest import wait_for
+from tests.factories import ProductFactory, PromoFactory, SubscriptionFactory
+from tests.smtp import max_per_window
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+QUEUE = "rate-limited"
+RATE, BURST, PROCESSES, BATCH = 40, 1, 4, 20
+PAUSE = 0.5
+
+
+@pytest.fixture(scope="module")
+def limited_workers(start_module_worker) -> None:
+    env = {
+        "NOTIFICATION_RATE_LIMIT_PER_SECOND": str(RATE),
+        "NOTIFICATION_RATE_LIMIT_BURST": str(BURST),
+        "NOTIFICATION_BATCH_SIZE": str(BATCH),
+        "NOTIFICATION_THROTTLE_PAUSE_SECONDS": str(PAUSE),
+        "NOTIFICATION_THROTTLE_PAUSE_MAX_SECONDS": "1",
+        "CELERY_TASK_DEFAULT_QUEUE": QUEUE,
+    }
+    for _ in range(PROCESSES // 2):
+        start_module_worker("-Q", QUEUE, env=env)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_channel(smtp_sink) -> Iterator[None]:
+    """An empty sink before, and no bucket or pause left after: the session's unlimited worker shares Redis."""
+    smtp_sink.clear()
+    yield
+    client = broker_redis()
+    for key in client.scan_iter("notifications:ratelimit:*"):
+        client.delete(key)
+
+
+def _queue(count):
+    product = ProductFactory()
+    SubscriptionFactory.create_batch(count, product=product)
+    promo = PromoFactory(product=product, status="active", starts_at=timezone.now() - timedelta(seconds=1))
+    assert notifications_queue_for_promos(promo_ids=[promo.pk], now=timezone.now()) == count
+    for _ in range(count // BATCH):
+        deliver_notification_batch.apply_async(queue=QUEUE)
+    return [str(key) for key in Notification.objects.values_list("idempotency_key", flat=True)]
+
+
+def _all_sent(count: int) -> bool:
+    return Notification.objects.filter(status="sent").count() == count
+
+
+def test_four_processes_never_exceed_the_channels_rate_and_send_each_once(limited_workers, smtp_sink):
+    """120 notifications in 6 batches run side by side by four processes at a 40/s limit: no 1 s window of what
+    the SMTP server received holds more than the limit (+ burst and one in-flight send per process), the
+    backlog takes the time the limit sets, and every notification arrives exactly once."""
+    keys = _queue(120)
+
+    wait_for(lambda: _all_sent(120), what="120 sent")
+
+    assert smtp_sink.deliveries_by_key() == dict.fromkeys(keys, 1)
+    arrivals = smtp_sink.received_at
+    print(f"max per 1 s window: {max_per_window(arrivals)} (limit {RATE})")
+    assert max_per_window(arrivals) <= RATE + BURST + PROCESSES
+    # Machine-independent: a slow machine only stretches it.
+    assert max(arrivals) - min(arrivals) >= (120 - BURST - PROCESSES) / RATE * 0.99
+
+
+@pytest.mark.parametrize(
+    "reply",
+    ["451 4.7.1 rate limit exceeded, try again later", "421 4.7.0 too many messages, closing connection"],
+    ids=["451", "421"],
+)
+def test_a_throttling_answer_pauses_the_channel_for_every_worker_and_loses_nothing(limited_workers, smtp_sink, reply):
+    """The SMTP server answers three messages with a throttling reply: the channel pauses for every process (at
+    most the sends already reserved arrive during the pause), then every notification is delivered exactly once,
+    each at its first attempt - a throttled message is sent again, not counted as failed."""
+    smtp_sink.throttle(3, reply)
+    keys = _queue(60)
+
+    wait_for(lambda: _all_sent(60), what="60 sent after the throttle")
+
+    assert smtp_sink.deliveries_by_key() == dict.fromkeys(keys, 1)
+    assert len(smtp_sink.throttled_at) == 3
+    assert Notification.objects.aggregate(Max("attempts"))["attempts__max"] == 1
+    first = smtp_sink.throttled_at[0]
+    during_pause = [at for at in smtp_sink.received_at if first < at < first + PAUSE * 0.9]
+    assert len(during_pause) <= PROCESSES, during_pause
