@@ -21,7 +21,7 @@ from bench.report import Row, cpu_ticks, fmt, machine, render, steal_percent
 
 SECTIONS = (
     "child_path", "throughput", "latency", "sweep", "notifications", "fanout", "lag", "dead_letters", "memory",
-    "flood",
+    "flood", "ratelimit",
 )  # fmt: skip
 
 
@@ -66,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--flood-promos", type=int, help="Other promos starting during it (default 100; quick 30).")
     parser.add_argument("--flood-spread", type=float, default=15.0, help="Seconds their starts spread over (15).")
     parser.add_argument("--smtp-delay-ms", type=float, default=20.0, help="The provider's time per message (20).")
+    parser.add_argument("--ratelimit-rate", type=float, default=200.0, help="The channel's limit (default 200/s).")
+    parser.add_argument("--ratelimit-notifications", type=int, help="Rate-limited backlog (default 4000; quick 1000).")
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json", help="Where the JSON goes.")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -84,6 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "memory": "1000,4000" if quick else "10000,40000",
         "flood": 1000 if quick else 4000,
         "flood_promos": 30 if quick else 100,
+        "ratelimit_notifications": 1000 if quick else 4000,
     }
     for key, value in defaults.items():
         if getattr(args, key) is None:
@@ -389,6 +392,12 @@ def bench_flood(args: argparse.Namespace, sink: Sink, rows: list[Row], out: dict
     bench(args, sink, rows, out)
 
 
+def bench_ratelimit(args: argparse.Namespace, sink: Sink, rows: list[Row], out: dict[str, Any]) -> None:
+    from bench.ratelimit import bench_ratelimit as run
+
+    run(args, sink, rows, out)
+
+
 BENCHMARKS: dict[str, Callable[[argparse.Namespace, Sink, list[Row], dict[str, Any]], None]] = {
     "child_path": bench_child_path,
     "throughput": bench_throughput,
@@ -400,6 +409,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace, Sink, list[Row], dict[str, A
     "dead_letters": bench_dead_letters,
     "memory": bench_memory,
     "flood": bench_flood,
+    "ratelimit": bench_ratelimit,
 }
 
 
