@@ -7,6 +7,7 @@ and the share of the limit used while the backlog waits.
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import threading
 import time
@@ -113,7 +114,7 @@ def rate_limited_delivery(count: int, limit: float) -> RateLimitRun:
         port = probe.getsockname()[1]
     controller = Controller(recorder, hostname="127.0.0.1", port=port)
     controller.start()
-    burst = max(1, int(limit * 0.02))  # the setting's default
+    burst = int(os.environ.get("NOTIFICATION_RATE_LIMIT_BURST") or max(1, int(limit * 0.05)))  # else the default
     env = {
         **base_env(),
         "NOTIFICATION_BACKEND": "email",
@@ -163,7 +164,7 @@ def bench_ratelimit(args: argparse.Namespace, sink: Sink, rows: list[Row], out: 
             f"9. rate limit {run.limit:.0f}/s, {run.processes} processes: most arrivals in any 1 s window",
             f"{run.max_per_window} ({over:+.1%}; burst {run.burst})",
             "<= limit + 5%",
-            over <= 0.05,
+            run.max_per_window <= run.limit * 1.05 + 1e-9,  # 105 at 100/s is +5.0%, within (float: 0.05000...04)
         ),
         Row(
             f"9. share of the limit used while {run.notifications:,} wait (emptiest second)",
