@@ -17,10 +17,10 @@ from django.db.models import Max
 from django.utils import timezone
 
 from observability.redis_client import broker_redis
+from promotions.fanout import promos_fan_out
 from promotions.models import Notification
-from promotions.notifications import notifications_queue_for_promos
 from promotions.tasks import deliver_notification_batch
-from tests.conftest import wait_for
+from tests.conftest import one_queue, wait_for
 from tests.factories import ProductFactory, PromoFactory, SubscriptionFactory
 from tests.smtp import max_per_window
 
@@ -39,7 +39,7 @@ def limited_workers(start_module_worker) -> None:
         "NOTIFICATION_BATCH_SIZE": str(BATCH),
         "NOTIFICATION_THROTTLE_PAUSE_SECONDS": str(PAUSE),
         "NOTIFICATION_THROTTLE_PAUSE_MAX_SECONDS": "1",
-        "CELERY_TASK_DEFAULT_QUEUE": QUEUE,
+        **one_queue(QUEUE),
     }
     for _ in range(PROCESSES // 2):
         start_module_worker("-Q", QUEUE, env=env)
@@ -59,7 +59,8 @@ def _queue(count):
     product = ProductFactory()
     SubscriptionFactory.create_batch(count, product=product)
     promo = PromoFactory(product=product, status="active", starts_at=timezone.now() - timedelta(seconds=1))
-    assert notifications_queue_for_promos(promo_ids=[promo.pk], now=timezone.now()) == count
+    run = promos_fan_out(promo_ids=[promo.pk], now=timezone.now(), on_batch=lambda queued: None, budget_seconds=3600)
+    assert run.queued == count
     for _ in range(count // BATCH):
         deliver_notification_batch.apply_async(queue=QUEUE)
     return [str(key) for key in Notification.objects.values_list("idempotency_key", flat=True)]
