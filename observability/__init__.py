@@ -7,6 +7,7 @@ At the top - the failure policy every task runs under:
     failure.py       ``Failure``: the one description of a failed message, made storable
     results.py       the result backend's writes made best effort: an unstored result never fails a run
     beat.py          beat entries' last success and interval gauges
+    control.py       the worker's ``inspect conf`` reply with secrets masked (Flower's Config tab reads it)
     wiring.py        per-process set-up hooked to Celery's signals and the web process (imports every room)
 
 Rooms:
@@ -16,7 +17,8 @@ Rooms:
     logs/            structlog + stdlib logging, line formats, redaction
     sentry/          Sentry set-up, final-failure reports, Crons check-ins, alert rules
 
-Imports run one way: ``wiring`` -> ``task`` -> ``messaging`` -> ``deadletters`` -> ``sentry`` and ``telemetry``
+Imports run one way: ``wiring`` -> ``control`` -> ``logs``; ``wiring`` ->
+``task`` -> ``messaging`` -> ``deadletters`` -> ``sentry`` and ``telemetry``
 -> ``logs``; ``errors``, ``backoff`` and ``failure`` import no other module of the app. Nothing here imports
 ``marketplace`` or ``promotions``. ``models.py``, ``admin.py`` and ``management/commands/`` stay where Django
 looks for them and point into ``deadletters`` and ``sentry``.

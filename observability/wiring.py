@@ -22,6 +22,7 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 from opentelemetry.sdk.trace import TracerProvider
 
+import observability.control  # noqa: F401 - registers the worker's masked `conf` reply
 from observability import logs as obs_logging
 from observability import sentry, telemetry
 

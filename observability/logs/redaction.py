@@ -1,20 +1,28 @@
 """Redaction: values of secret-like keys (``password``, ``token``, ``dsn``, ...) and of the PII keys of
-``settings.LOG_REDACT_KEYS`` become ``"[redacted]"``, at any depth, without mutating what the caller passed.
+``settings.LOG_REDACT_KEYS`` become ``"[redacted]"``, at any depth, without mutating what the caller passed;
+credentials inside URLs (``redis://:pw@host``, a Sentry DSN's key) are masked wherever a string holds one.
 
 Applied to every log line (``redact_event``, a structlog processor) and to Sentry events (``redact_mapping``).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
 from structlog.typing import EventDict, WrappedLogger
 
-__all__ = ["REDACTED", "SECRET_KEY_PARTS", "redact_event", "redact_mapping"]
+__all__ = ["MASK", "REDACTED", "SECRET_KEY_PARTS", "mask_url_credentials", "redact_event", "redact_mapping"]
 
 REDACTED = "[redacted]"
+#: What stands for a URL's password (or its user, when the user is the secret: a Sentry DSN's public key).
+#: Celery's own mask, so ``inspect conf`` reads the same for the settings Celery masks and the ones it misses.
+MASK = "********"
+# scheme://user:password@ or scheme://user@ - the user part of a URL without a password is a key (Sentry's
+# DSN ``https://<key>@host/1``), so it is masked too; e-mail addresses have no ``://`` and are not touched.
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/\s]*)(?::[^@/\s]*)?@")
 #: A key containing one of these (case-insensitive, ``-`` read as ``_``) holds a secret: ``EMAIL_HOST_PASSWORD``,
 #: ``x-api-token``, ``AWS_SECRET_ACCESS_KEY``.
 SECRET_KEY_PARTS = (
@@ -59,11 +67,15 @@ class _Redactor:
         for key, value in event_dict.items():
             if self.is_sensitive(key):
                 event_dict[key] = REDACTED
+            elif type(value) is str:
+                event_dict[key] = mask_url_credentials(value)
             elif type(value) not in _ATOMS:
                 event_dict[key] = self.redacted(value, 1)
 
     def redacted(self, value: Any, depth: int) -> Any:
         """``value`` with sensitive entries replaced: ``value`` itself when nothing is, else a new container."""
+        if type(value) is str:
+            return mask_url_credentials(value)  # the same object when it holds no URL credentials
         if type(value) in _ATOMS or depth > _MAX_DEPTH:
             return value
         if isinstance(value, Mapping):
@@ -87,6 +99,20 @@ class _Redactor:
                 return value
             return tuple(items) if isinstance(value, tuple) else items
         return value
+
+
+def mask_url_credentials(text: str) -> str:
+    """``text`` with every URL's password (or bare user, a DSN's key) replaced by ``MASK``."""
+    if "://" not in text or "@" not in text:  # the common case, without the regular expression
+        return text
+    return _URL_CREDENTIALS.sub(_masked_credentials, text)
+
+
+def _masked_credentials(match: re.Match[str]) -> str:
+    scheme, user = match["scheme"], match["user"]
+    if match.group(0).count(":") > 1:  # user:password@ - the user name stays readable
+        return f"{scheme}{user}:{MASK}@"
+    return f"{scheme}{MASK}@"
 
 
 def _normalise(key: str) -> str:

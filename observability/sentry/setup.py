@@ -21,6 +21,8 @@ from sentry_sdk.integrations.logging import LoggingIntegration
 from sentry_sdk.scrubber import DEFAULT_DENYLIST, DEFAULT_PII_DENYLIST
 from sentry_sdk.utils import get_default_release
 
+from observability.logs.redaction import mask_url_credentials
+
 if TYPE_CHECKING:
     from sentry_sdk._types import DataCollectionUserOptions, Event, Hint
 
@@ -119,12 +121,18 @@ _UNSCRUBBED = frozenset({"_meta", "sdk", "modules"})
 
 
 def _scrub(value: object, denylist: frozenset[str]) -> None:
+    # Strings are masked where they stand (an exception message or a breadcrumb naming a URL with its password).
     if isinstance(value, dict):
         for key, item in value.items():
             if isinstance(key, str) and key.lower() in denylist:
                 value[key] = SENSITIVE_DATA_SUBSTITUTE
+            elif isinstance(item, str):
+                value[key] = mask_url_credentials(item)
             else:
                 _scrub(item, denylist)
     elif isinstance(value, list):
-        for item in value:
-            _scrub(item, denylist)
+        for index, item in enumerate(value):
+            if isinstance(item, str):
+                value[index] = mask_url_credentials(item)
+            else:
+                _scrub(item, denylist)

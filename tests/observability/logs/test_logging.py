@@ -235,6 +235,21 @@ def test_redact_mapping_copies_only_what_it_changes(settings):
     assert payload["contact"] == ({"Phone": "+33 6 00 00 00 00"},)
 
 
+def test_passwords_inside_urls_are_masked_whatever_the_key(settings):
+    """A URL's credentials are masked in any string value, at any depth, under keys that name no secret: a
+    broker URL in an error message, a DSN in a list."""
+    settings.LOG_REDACT_KEYS = []
+    payload = {"error": "cannot reach redis://:hunter2@cache:6379/0", "urls": ["https://key@sentry.example/1"]}
+
+    redacted = redact_mapping(payload)
+
+    assert redacted == {
+        "error": "cannot reach redis://:********@cache:6379/0",
+        "urls": ["https://********@sentry.example/1"],
+    }
+    assert payload["error"].endswith("hunter2@cache:6379/0")
+
+
 def test_exceptions_are_rendered_as_a_string_field(route):
     """``log.exception`` and stdlib ``logger.exception`` put the formatted traceback in ``exception``."""
     stream = configured("json", route=route)
