@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import sys
+import unicodedata
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -171,10 +172,10 @@ class Command(BaseCommand):
         header = f"{'ID':>6}  {'LAST FAILED (UTC)':19}  {'STATUS':9}  {'REASON':21}  {'TASK':40}  EXCEPTION"
         self.stdout.write(header)
         for e in entries:
-            exception = f"{e.exception_type.rsplit('.', 1)[-1]}: {_one_line(e.exception_message)}"
+            exception = _printable(f"{e.exception_type.rsplit('.', 1)[-1]}: {_one_line(e.exception_message)}")
             self.stdout.write(
                 f"{e.pk:>6}  {e.last_failed_at:%Y-%m-%d %H:%M:%S}  {e.status:9}  {e.reason:21}  "
-                f"{(e.task_name or '-')[:40]:40}  {exception}"
+                f"{_printable(e.task_name or '-')[:40]:40}  {exception}"
             )
 
     def _show(self, *, id: int, json: bool, **options: Any) -> None:
@@ -186,14 +187,15 @@ class Command(BaseCommand):
             return
         for key, value in details.items():
             if key in {"traceback", "raw_message"} and value:
-                self.stdout.write(f"{key}:\n{value}")
+                self.stdout.write(f"{key}:\n{_printable(value, keep_lines=True)}")
             elif key == "replays":
                 for replay in value:
                     self.stdout.write(
                         f"replay: {replay['replayed_at']} by {replay['operator']} as {replay['new_task_id']}"
                     )
             else:
-                self.stdout.write(f"{key}: {value if not isinstance(value, dict | list) else _dumps(value)}")
+                text = value if not isinstance(value, dict | list) else _dumps(value)
+                self.stdout.write(f"{key}: {_printable(str(text))}")
 
     def _stats(self, *, json: bool, **options: Any) -> None:
         stats = dead_letters_stats()
@@ -204,7 +206,7 @@ class Command(BaseCommand):
         for title in ("by_status", "by_reason", "by_task"):
             self.stdout.write(f"{title.replace('_', ' ')}:")
             for key, count in stats[title].items():
-                self.stdout.write(f"  {count:>8}  {key or '(no task)'}")
+                self.stdout.write(f"  {count:>8}  {_printable(key or '(no task)')}")
 
     # --- replay / purge -----------------------------------------------------------------------------------
     def _replay(self, *, ids: list[int], all: bool, again: bool, dry_run: bool, **options: Any) -> None:
@@ -249,7 +251,7 @@ class Command(BaseCommand):
             # A dry run's line has no task id: ids are drawn at random when the entry is published.
             as_task = "" if new_id is None else f" as task {new_id}"
             self.stdout.write(
-                f"{verb} dead letter {entry_id} ({task_name}){as_task} to queue {result.queues[entry_id]}"
+                _printable(f"{verb} dead letter {entry_id} ({task_name}){as_task} to queue {result.queues[entry_id]}")
             )
         for entry_id, why in result.skipped.items():
             self.stderr.write(f"Skipped dead letter {entry_id}: {why}")
@@ -348,6 +350,22 @@ def _details(entry: DeadLetter) -> dict[str, Any]:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, default=lambda v: v.isoformat() if isinstance(v, datetime) else str(v), sort_keys=False)
+
+
+def _printable(text: str, *, keep_lines: bool = False) -> str:
+    """``text`` with control and format characters (ESC sequences, bidi overrides, zero-width) written as escapes,
+    as ``--json`` writes them: a dead letter's text is whatever a producer sent, and raw it can clear the
+    operator's screen, hide its own row or rename the terminal. ``keep_lines`` keeps newlines and tabs."""
+    return "".join(
+        char.encode("unicode_escape").decode()
+        if unicodedata.category(char) in _UNPRINTABLE and not (keep_lines and char in "\n\t")
+        else char
+        for char in text
+    )
+
+
+#: Unicode categories written as escapes: controls (C0, DEL, C1) and format characters.
+_UNPRINTABLE = frozenset({"Cc", "Cf"})
 
 
 def _one_line(text: str, width: int = 60) -> str:

@@ -325,6 +325,35 @@ class TestShow:
             dlq("show", str(entry.pk + 1000))
 
 
+#: What the probe's crafted entry carried: clear the screen, move up a row, rename the terminal, a bidi override.
+HOSTILE = "\x1b[2J\x1b[1A\x1b]0;owned\x07\u202eboom"
+ESCAPED = "\\x1b[2J\\x1b[1A\\x1b]0;owned\\x07\\u202eboom"
+
+
+class TestControlCharacters:
+    def test_list_prints_terminal_sequences_escaped(self):
+        """Given an entry whose task name and message carry ESC sequences and a bidi override, ``dlq list``
+        prints them as escapes (as ``--json`` does), never raw."""
+        _entry(task_name=HOSTILE, exception_message=HOSTILE)
+
+        out, _ = dlq("list")
+
+        assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
+        assert ESCAPED[:40] in out  # the task column is 40 characters wide
+        assert f"PermanentError: {ESCAPED}" in out
+
+    def test_show_prints_terminal_sequences_escaped_and_keeps_the_tracebacks_lines(self):
+        """``dlq show`` escapes control characters in every field; a traceback keeps its newlines."""
+        entry = _entry(task_name=HOSTILE, exception_message=HOSTILE, traceback=f"Traceback\n\t{HOSTILE}",
+                       headers={"x": HOSTILE}, raw_message=HOSTILE)  # fmt: skip
+
+        out, _ = dlq("show", str(entry.pk))
+
+        assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
+        assert f"task_name: {ESCAPED}" in out.splitlines()
+        assert f"traceback:\nTraceback\n\t{ESCAPED}\n" in out
+
+
 class TestStats:
     def test_counts_by_status_reason_and_task_and_the_oldest_pending_age(self):
         """``dlq stats`` prints the total, the age of the oldest pending entry (by first failure; other
