@@ -365,6 +365,13 @@ REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {
 # Proxies in front of the web app that append to X-Forwarded-For: the client address is the one the proxy
 # clients connect to recorded. 0 (default): REMOTE_ADDR; X-Forwarded-For - anyone's to write - is ignored.
 REST_FRAMEWORK["NUM_PROXIES"] = env_int("API_NUM_PROXIES", 0, minimum=0)
+# --- Hostile input: task message size (issue 21, ops security) ----------------------------------------------
+# Largest task message body, in bytes. ObservableTask.apply_async refuses a larger one (MessageTooLargeError);
+# a larger one arriving from elsewhere is dead-lettered unread as message_too_large, its first 4 KB kept with
+# its real size. A 20 MB argument took a worker to ~650 MB and wrote a 63 MB log line (issue 21's probe)
+# - the project's own messages carry ids.
+CELERY_TASK_MAX_MESSAGE_BYTES = env_int("CELERY_TASK_MAX_MESSAGE_BYTES", 1_048_576, minimum=1024)
+# --- end hostile input --------------------------------------------------------------------------------------
 
 # --- Promotions domain ------------------------------------------------------------------------------------
 # Promos starting (or ending) within this many seconds get a countdown task at their exact time, so they

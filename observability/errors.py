@@ -5,6 +5,7 @@
     |   (also transient: SoftTimeLimitExceeded, connection and timeout errors of Redis, Postgres,
     |    SMTP, HTTP and the OS - the world may be better in a few seconds)
     +-- PermanentError            raise it to give up at once (bad input, a broken invariant)
+    |   +-- MessageTooLargeError  a task message over CELERY_TASK_MAX_MESSAGE_BYTES (at publish or receipt)
         (also permanent: ValidationError, ObjectDoesNotExist, and every exception not listed as
          transient - a bug does not heal by retrying, and a retry loop hides it)
 
@@ -24,7 +25,7 @@ from billiard.exceptions import SoftTimeLimitExceeded
 from django.db import InterfaceError, OperationalError
 from kombu.exceptions import OperationalError as BrokerOperationalError
 
-__all__ = ["ErrorKind", "PermanentError", "TransientError", "classify"]
+__all__ = ["ErrorKind", "MessageTooLargeError", "PermanentError", "TransientError", "classify"]
 
 
 class TransientError(Exception):
@@ -33,6 +34,10 @@ class TransientError(Exception):
 
 class PermanentError(Exception):
     """A failure that no retry can fix: dead-letter the task now."""
+
+
+class MessageTooLargeError(PermanentError):
+    """A task message larger than ``CELERY_TASK_MAX_MESSAGE_BYTES``: refused at publish, dead-lettered at receipt."""
 
 
 class ErrorKind(StrEnum):

@@ -21,10 +21,11 @@ from celery.contrib.django.task import DjangoTask
 from celery.exceptions import Retry
 from django.conf import settings
 from django.utils import timezone
+from kombu.utils import json
 from redis.exceptions import RedisError
 
 from observability.backoff import backoff_seconds
-from observability.errors import ErrorKind, PermanentError, classify
+from observability.errors import ErrorKind, MessageTooLargeError, PermanentError, classify
 
 __all__ = ["SCHEDULE_ENTRY_HEADER", "SKIPPED", "ObservableTask"]
 
@@ -158,7 +159,20 @@ class ObservableTask(DjangoTask):  # type: ignore[type-arg]
                 f"{self.name}: a countdown/ETA of {delay:.0f} s plus its {run_limit} s time limit reaches the "
                 f"broker visibility timeout ({limit} s) and would run twice; schedule it from the database"
             )
+        _check_message_size(self.name, args, kwargs)
         return super().apply_async(args, kwargs, **options)
+
+
+def _check_message_size(name: str, args: Any, kwargs: Any) -> None:
+    """Refuse, at the producer, a message the workers would dead-letter unread as ``message_too_large``: the
+    body of protocol 2 is the JSON of ``[args, kwargs, embed]``, and ``embed`` (callbacks, chord) is small."""
+    limit = settings.CELERY_TASK_MAX_MESSAGE_BYTES
+    size = len(json.dumps([list(args or ()), dict(kwargs or {}), {}]).encode())
+    if size > limit:
+        raise MessageTooLargeError(
+            f"{name}: its arguments make a {size}-byte message, over CELERY_TASK_MAX_MESSAGE_BYTES ({limit}); "
+            "pass ids and let the task read the data"
+        )
 
 
 def _delay_seconds(countdown: float | None, eta: datetime | str | None) -> float | None:

@@ -17,6 +17,10 @@ class DeadLetterReason(models.TextChoices):
     POISON_MESSAGE = "poison_message"
     UNREGISTERED_TASK = "unregistered_task"
     UNDECODABLE_MESSAGE = "undecodable_message"
+    #: A Celery built-in (``celery.chord_unlock``, ``celery.chain``...): workers run only the project's tasks.
+    BUILTIN_TASK = "builtin_task"
+    #: Larger than ``CELERY_TASK_MAX_MESSAGE_BYTES``: stored truncated, with its real size.
+    MESSAGE_TOO_LARGE = "message_too_large"
 
 
 class DeadLetterStatus(models.TextChoices):

@@ -25,18 +25,22 @@ from observability.failure import Failure
 __all__ = ["DeadLetteringConsumer", "failure_from_message"]
 
 
-def failure_from_message(message: Message, reason: DeadLetterReason, error: str, exception_type: str) -> Failure:
+def failure_from_message(
+    message: Message, reason: DeadLetterReason, error: str, exception_type: str, *, raw: str | None = None
+) -> Failure:
+    """The failure of ``message``; ``raw``, when given, is stored as its body instead of the decoded one."""
     headers = message.headers if isinstance(message.headers, dict) else {}
     delivery_info = message.delivery_info or {}
     args: list[Any] = []
     kwargs: dict[str, Any] = {}
-    raw = message.body.decode("utf-8", "replace") if isinstance(message.body, bytes) else str(message.body)
-    try:
-        body = json.loads(raw)
-        if isinstance(body, list) and len(body) == 3 and isinstance(body[0], list) and isinstance(body[1], dict):
-            args, kwargs = body[0], body[1]
-    except ValueError:
-        pass
+    if raw is None:
+        raw = message.body.decode("utf-8", "replace") if isinstance(message.body, bytes) else str(message.body)
+        try:
+            body = json.loads(raw)
+            if isinstance(body, list) and len(body) == 3 and isinstance(body[0], list) and isinstance(body[1], dict):
+                args, kwargs = body[0], body[1]
+        except ValueError:
+            pass
     return Failure(
         reason=reason.value,
         task_name=str(headers.get("task") or ""),
