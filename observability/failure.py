@@ -22,6 +22,17 @@ _BOUNDED_FIELDS = frozenset(
     {"task_name", "task_id", "queue", "exchange", "routing_key", "exception_type", "worker_host"}
 )
 _BOUNDED_LENGTH = 255
+#: Longest traceback kept, in characters: its head and its tail (the raising frame and the message) around a
+#: note of the cut. A 20 MB argument once made a 42 MB traceback in its dead letter (issue 21's probe).
+MAX_TRACEBACK_CHARS = 65_536
+_TRACEBACK_HEAD_CHARS = 16_384
+
+
+def _capped_traceback(text: str) -> str:
+    if len(text) <= MAX_TRACEBACK_CHARS:
+        return text
+    tail = MAX_TRACEBACK_CHARS - _TRACEBACK_HEAD_CHARS
+    return f"{text[:_TRACEBACK_HEAD_CHARS]}\n... [{len(text) - MAX_TRACEBACK_CHARS} characters cut] ...\n{text[-tail:]}"
 
 
 def _storable(value: Any) -> Any:
@@ -74,6 +85,8 @@ class Failure:
             value = _storable(value)
             if name in _BOUNDED_FIELDS:
                 value = str(value)[:_BOUNDED_LENGTH]  # a malformed envelope's routing key may be a number
+            elif name == "traceback":
+                value = _capped_traceback(value)
             setattr(self, name, value)
 
     @property

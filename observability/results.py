@@ -6,6 +6,9 @@ succeeded was dead-lettered and a replay would run it again. ``GuardedBackend`` 
 state that cannot be stored is logged (one line, the task id and the backend's error) and counted
 (``celery.task.results_unstored``), and the run's outcome stands. Only the worker writes through it: reading
 a result (``AsyncResult.get``) still fails loudly, as a caller waiting for an answer must hear.
+
+A failure's stored state is capped: its exception's text arguments and its traceback are cut to
+``MAX_STORED_TEXT_CHARS`` - a 20 MB argument once made a 63 MB failure result, kept a day in Redis.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from redis.exceptions import RedisError
 
 from observability import telemetry
 
-__all__ = ["GuardedBackend"]
+__all__ = ["MAX_STORED_TEXT_CHARS", "GuardedBackend"]
 
 log = structlog.get_logger(__name__)
 
@@ -30,6 +33,32 @@ _WRITES = {
     "mark_as_started": "STARTED",
     "store_result": "",
 }
+
+
+#: Longest exception message or traceback a failure result keeps, in characters (a dead letter keeps the rest).
+MAX_STORED_TEXT_CHARS = 10_000
+#: Writes whose first arguments are an exception and its traceback (``mark_as_failure``, ``mark_as_retry``).
+_FAILURE_WRITES = frozenset({"mark_as_failure", "mark_as_retry"})
+
+
+def _cut(text: str) -> str:
+    if len(text) <= MAX_STORED_TEXT_CHARS:
+        return text
+    return f"{text[:MAX_STORED_TEXT_CHARS]} ... [{len(text) - MAX_STORED_TEXT_CHARS} characters cut]"
+
+
+def _capped(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The arguments of a failure write with the exception's text and the traceback cut to the cap. The
+    exception keeps its type (what ``AsyncResult.get`` raises): only its ``args`` are cut, in place."""
+    if args and isinstance(args[0], BaseException):
+        exc = args[0]
+        if any(isinstance(arg, str) and len(arg) > MAX_STORED_TEXT_CHARS for arg in exc.args):
+            exc.args = tuple(_cut(arg) if isinstance(arg, str) else arg for arg in exc.args)
+    if len(args) > 1 and isinstance(args[1], str):
+        args = (args[0], _cut(args[1]), *args[2:])
+    if isinstance(kwargs.get("traceback"), str):
+        kwargs = {**kwargs, "traceback": _cut(kwargs["traceback"])}
+    return args, kwargs
 
 
 class GuardedBackend:
@@ -51,6 +80,8 @@ class GuardedBackend:
             return attribute
 
         def guarded(task_id: str, *args: Any, **kwargs: Any) -> Any:
+            if name in _FAILURE_WRITES:
+                args, kwargs = _capped(args, kwargs)
             try:
                 return attribute(task_id, *args, **kwargs)
             except self._errors as exc:

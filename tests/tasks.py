@@ -52,6 +52,13 @@ def permanent(token: str) -> None:
     raise PermanentError("this input can never work")
 
 
+@shared_task(name="tests.permanent_verbose")
+def permanent_verbose(token: str, size: int) -> None:
+    """Fails at once with a message (and so a traceback) of ``size`` characters."""
+    _record_run(token)
+    raise PermanentError(f"{token} " + "x" * size)
+
+
 @shared_task(base=ObservableTask, name="tests.sleeper", soft_time_limit=1, time_limit=2)
 def sleeper(token: str, seconds: float) -> str:
     """Stuck where the soft limit cannot reach it (the soft-limit signal is ignored, as in a C call),

@@ -61,6 +61,21 @@ def _add_trace_context(logger: WrappedLogger, method_name: str, event_dict: Even
     return event_dict
 
 
+#: Longest string value of a line, in characters; a longer one keeps its head and tail around a note of the cut.
+#: One 20 MB task argument wrote a 63 MB line (issue 21's probe); a traceback's frames fit well within it.
+MAX_FIELD_CHARS = 16_384
+_HEAD_CHARS = 12_288
+
+
+def _cap_long_values(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    for key, value in event_dict.items():
+        if type(value) is str and len(value) > MAX_FIELD_CHARS:
+            cut = len(value) - MAX_FIELD_CHARS
+            tail = MAX_FIELD_CHARS - _HEAD_CHARS
+            event_dict[key] = f"{value[:_HEAD_CHARS]} ... [{cut} characters cut] ... {value[-tail:]}"
+    return event_dict
+
+
 # Run when the line is emitted, for structlog events and stdlib records alike; the renderer runs in the handler.
 # These are module-level objects, so every configure_logging() builds an identical chain: loggers cached by
 # an earlier call (cache_logger_on_first_use) behave exactly like new ones.
@@ -69,6 +84,7 @@ _SHARED_PROCESSORS: tuple[Processor, ...] = (
     _add_trace_context,
     redact_event,
     structlog.processors.format_exc_info,
+    _cap_long_values,  # after format_exc_info: a traceback is capped too
 )
 
 
