@@ -1,5 +1,7 @@
 """Django admin for dead letters: a filterable list, the full detail with traceback, and "replay" /
-"discard" actions limited to users holding ``observability.replay_deadletter``."""
+"discard" actions limited to users holding ``observability.replay_deadletter``. Deleting ("Delete selected",
+the detail page's "Delete") needs ``observability.purge_deadletter`` - Django's own delete permission is not
+enough - and goes through ``dead_letters_purge``, which counts and logs what it deleted."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from observability.deadletters import services as dead_letters
 from observability.deadletters.models import DeadLetter, DeadLetterReplay
 
 REPLAY_PERMISSION = "observability.replay_deadletter"
+PURGE_PERMISSION = "observability.purge_deadletter"
 #: Characters of a message's first line in the list: the column fits at 1400 px beside the others.
 MESSAGE_WIDTH = 50
 
@@ -71,6 +74,16 @@ class DeadLetterAdmin(admin.ModelAdmin[DeadLetter]):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: DeadLetter | None = None) -> bool:
+        return request.user.has_perm(PURGE_PERMISSION)
+
+    def delete_model(self, request: HttpRequest, obj: DeadLetter) -> None:
+        self.delete_queryset(request, DeadLetter.objects.filter(pk=obj.pk))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
+        # Django's bulk delete would remove the rows uncounted and unlogged.
+        dead_letters.dead_letters_purge(queryset, reason=f"admin, by {request.user.get_username()}")
 
     def has_replay_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(REPLAY_PERMISSION)

@@ -62,7 +62,11 @@ class DeadLetter(models.Model):
 
     class Meta:
         ordering = ["-last_failed_at", "-id"]
-        permissions = [("replay_deadletter", "Can replay or discard dead letters")]
+        permissions = [
+            ("replay_deadletter", "Can replay or discard dead letters"),
+            # Deleting evidence is its own right, and goes through dead_letters_purge (counted and logged).
+            ("purge_deadletter", "Can purge (delete) dead letters"),
+        ]
         indexes = [
             models.Index(fields=["status", "last_failed_at"], name="deadletter_status_time"),
             models.Index(fields=["task_name", "last_failed_at"], name="deadletter_task_time"),
