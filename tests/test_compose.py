@@ -20,6 +20,7 @@ import shlex
 import shutil
 import subprocess
 from collections.abc import Iterator
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -643,6 +644,16 @@ def test_flower_requires_basic_auth(services: Services) -> None:
     flower = services["flower"]
     assert flower["command"] == "celery -A marketplace flower --port=5555"
     assert _environment(flower)["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
+
+
+def test_flower_reads_its_guard_from_the_image(services: Services) -> None:
+    """The image holds flowerconfig.py (Flower's default --conf in /app: no authentication, no start); it
+    listens on the container's interface, which is published on the host's loopback only."""
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert (ROOT / "flowerconfig.py").is_file()
+    assert not any(fnmatch(name, pattern) for name in ("flowerconfig.py",) for pattern in ignored)
+    assert _environment(services["flower"])["FLOWER_ADDRESS"] == "0.0.0.0"
+    assert _published_host_ips(services["flower"]) == ["127.0.0.1"]
 
 
 @pytest.mark.parametrize("name", ["DJANGO_SECRET_KEY", "FLOWER_BASIC_AUTH", "GRAFANA_ADMIN_PASSWORD"])
