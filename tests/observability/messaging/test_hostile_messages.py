@@ -28,7 +28,8 @@ def token() -> str:
 
 
 def _entry(**filters: object) -> DeadLetter:
-    return wait_for(lambda: DeadLetter.objects.filter(**filters).first(), what=f"a dead letter {filters}")
+    entry: DeadLetter = wait_for(lambda: DeadLetter.objects.filter(**filters).first(), what=f"a dead letter {filters}")
+    return entry
 
 
 @pytest.mark.parametrize(
