@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import socket
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,23 @@ SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
 SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", 0, minimum=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
 SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", False)
+# --- Admin login throttling (issue 21, ops security; django-axes) -------------------------------------------
+# Failed logins are counted per (username, client address) in the database, shared by every web process; at
+# AXES_FAILURE_LIMIT the pair is locked out (429) for AXES_COOLOFF_SECONDS, the right password included. The
+# probe's 30 wrong passwords in 10 s were all answered, then the right one let it in. A success resets the count.
+INSTALLED_APPS += ["axes"]
+AUTHENTICATION_BACKENDS = [
+    "marketplace.login_throttle.LoginThrottleBackend",  # axes' backend; steps aside without a request
+    "django.contrib.auth.backends.ModelBackend",
+]
+MIDDLEWARE += ["axes.middleware.AxesMiddleware"]  # last: it turns a lockout into the 429 response
+AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(seconds=env_int("AXES_COOLOFF_SECONDS", 900, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# Lockouts and repeated failures are logged (warning) whatever this says; off, it drops the start-up banner.
+AXES_VERBOSE = False
+# --- end admin login throttling -----------------------------------------------------------------------------
 
 # --- Celery (read by marketplace/celery.py through the CELERY_ namespace) -------------------------------
 _REDIS_FORM = "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] with DB a number (rediss:// for TLS)"
