@@ -37,7 +37,6 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
     "observability",
     "promotions",
 ]
@@ -142,6 +141,15 @@ AXES_RESET_ON_SUCCESS = True
 # Lockouts and repeated failures are logged (warning) whatever this says; off, it drops the start-up banner.
 AXES_VERBOSE = False
 # --- end admin login throttling -----------------------------------------------------------------------------
+
+# --- API tokens (issue 21, ops security; django-rest-knox) ---------------------------------------------------
+# Bearer tokens stored as SHA-512 digests, shown once (``manage.py api_token``, the admin's "add"), each with
+# an expiry: API_TOKEN_TTL_DAYS after it is issued. Tokens of DRF's authtoken (plain keys, no expiry) were
+# moved to knox by promotions/migrations/0005_api_tokens_hashed.py - same key, now hashed, expiring then.
+INSTALLED_APPS += ["knox"]
+API_TOKEN_TTL_DAYS = env_int("API_TOKEN_TTL_DAYS", 90, minimum=1)
+REST_KNOX = {"AUTH_HEADER_PREFIX": "Bearer", "TOKEN_TTL": timedelta(days=API_TOKEN_TTL_DAYS)}
+# --- end API tokens -----------------------------------------------------------------------------------------
 
 # --- Celery (read by marketplace/celery.py through the CELERY_ namespace) -------------------------------
 _REDIS_FORM = "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] with DB a number (rediss:// for TLS)"

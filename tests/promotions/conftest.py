@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from rest_framework.authtoken.models import Token
+from knox.models import AuthToken
 from rest_framework.test import APIClient
 
 from tests.factories import API_PERMISSIONS, grant
@@ -18,7 +18,7 @@ def staff_api(django_user_model) -> APIClient:
     user = django_user_model.objects.create_user(username="ops", password="x", is_staff=True)
     grant(user, *API_PERMISSIONS)
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {Token.objects.create(user=user).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {AuthToken.objects.create(user=user)[1]}")
     return client
 
 

@@ -3,17 +3,19 @@ listing and detail with notification counts, the ``api_token`` command, and the 
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timedelta
 from decimal import Decimal
 from io import StringIO
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
+from knox.models import AuthToken
 from rest_framework.test import APIClient
 
 from marketplace.celery import app as celery_app
@@ -53,13 +55,13 @@ def _client_with_token(key: str) -> APIClient:
 @pytest.fixture
 def staff(staff_user) -> APIClient:
     """A client authenticated with a staff user's bearer token."""
-    return _client_with_token(Token.objects.create(user=staff_user).key)
+    return _client_with_token(AuthToken.objects.create(user=staff_user)[1])
 
 
 @pytest.fixture
 def shopper(shopper_user) -> APIClient:
     """A client authenticated with a non-staff user's bearer token."""
-    return _client_with_token(Token.objects.create(user=shopper_user).key)
+    return _client_with_token(AuthToken.objects.create(user=shopper_user)[1])
 
 
 def _iso(value: str) -> datetime:
@@ -123,7 +125,7 @@ def test_product_write_without_a_token_is_401_and_creates_nothing(anonymous):
 def test_product_write_with_a_wrong_token_is_401_and_creates_nothing(staff_user, header):
     """Given an Authorization header that is not ``Bearer <valid key>`` - even one holding a valid key under
     another keyword - when a product is posted, then 401 and nothing is stored."""
-    key = Token.objects.create(user=staff_user).key
+    key = AuthToken.objects.create(user=staff_user)[1]
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=header.format(key=key))
 
@@ -165,18 +167,35 @@ def test_invalid_product_is_400_by_field(staff, payload, field):
 
 
 def test_api_token_command_prints_a_token_that_authenticates_api_writes(staff_user):
-    """Given a staff user, when ``manage.py api_token USERNAME`` runs, then it prints the user's token (the
-    same one on every run) and that token is accepted as a Bearer token."""
-    first, second = StringIO(), StringIO()
+    """Given a staff user, when ``manage.py api_token USERNAME`` runs, then it prints a new token - shown this
+    once: the database keeps only its SHA-512 digest, with an expiry ``API_TOKEN_TTL_DAYS`` ahead - and that
+    token is accepted as a Bearer token."""
+    out, err = StringIO(), StringIO()
 
-    call_command("api_token", "ops", stdout=first)
-    call_command("api_token", "ops", stdout=second)
+    call_command("api_token", "ops", stdout=out, stderr=err)
 
-    key = first.getvalue().strip()
-    assert key == Token.objects.get(user=staff_user).key
-    assert second.getvalue().strip() == key
+    key = out.getvalue().strip()
+    [stored] = AuthToken.objects.filter(user=staff_user)
+    assert stored.digest == hashlib.sha512(key.encode()).hexdigest()
+    assert key not in str(list(AuthToken.objects.values_list()))
+    assert (
+        timedelta(days=settings.API_TOKEN_TTL_DAYS - 1)
+        < stored.expiry - timezone.now()
+        <= timedelta(days=settings.API_TOKEN_TTL_DAYS)
+    )
+    assert "shown once" in err.getvalue()
     response = _client_with_token(key).post("/api/products", {"name": "Kettle", "price": "1"}, format="json")
     assert response.status_code == 201
+
+
+def test_an_expired_token_is_refused_and_deleted(staff_user):
+    """A token past its expiry gets 401, and its row is removed."""
+    instance, key = AuthToken.objects.create(user=staff_user, expiry=timedelta(seconds=-1))
+
+    response = _client_with_token(key).post("/api/products", {"name": "Kettle", "price": "1"}, format="json")
+
+    assert response.status_code == 401
+    assert not AuthToken.objects.filter(digest=instance.digest).exists()
 
 
 def test_api_token_command_refuses_unknown_users():
@@ -191,7 +210,7 @@ def test_api_token_command_refuses_non_staff_users_and_issues_no_token(shopper_u
     with pytest.raises(CommandError, match="not staff"):
         call_command("api_token", "shopper", stdout=StringIO())
 
-    assert not Token.objects.filter(user=shopper_user).exists()
+    assert not AuthToken.objects.filter(user=shopper_user).exists()
 
 
 # --- Subscriptions -----------------------------------------------------------------------------------------

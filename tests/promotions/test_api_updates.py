@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from django.test import Client
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
+from knox.models import AuthToken
 from rest_framework.test import APIClient
 from structlog.testing import capture_logs
 
@@ -29,7 +29,7 @@ def shopper(django_user_model) -> APIClient:
     """A client authenticated with a non-staff_api user's bearer token."""
     user = django_user_model.objects.create_user(username="shopper", password="x")
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {Token.objects.create(user=user).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {AuthToken.objects.create(user=user)[1]}")
     return client
 
 

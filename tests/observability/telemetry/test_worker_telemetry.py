@@ -219,14 +219,14 @@ def test_the_worker_reports_a_heartbeat_per_consumed_queue_and_each_beat_interva
 def test_one_trace_joins_an_http_request_and_the_task_it_enqueues(otlp, start_worker, worker_env, tmp_path):
     """``POST /api/promos`` on a real server enqueues a sweep; the worker's run is in the request's trace."""
     from django.contrib.auth.models import User
-    from rest_framework.authtoken.models import Token
+    from knox.models import AuthToken
 
     from tests.factories import ProductFactory
 
     # Web and worker on a queue of their own: the session's other (untraced) workers must not take the task.
     traced = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100", **one_queue("traced")}
     start_worker("-Q", "traced", env=traced)
-    token = Token.objects.create(user=User.objects.create_superuser("ops")).key  # every API permission
+    token = AuthToken.objects.create(user=User.objects.create_superuser("ops"))[1]  # every API permission
     product = ProductFactory()
     port = free_port()
     env = {**worker_env, **traced}
