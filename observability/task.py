@@ -167,7 +167,10 @@ def _check_message_size(name: str, args: Any, kwargs: Any) -> None:
     """Refuse, at the producer, a message the workers would dead-letter unread as ``message_too_large``: the
     body of protocol 2 is the JSON of ``[args, kwargs, embed]``, and ``embed`` (callbacks, chord) is small."""
     limit = settings.CELERY_TASK_MAX_MESSAGE_BYTES
-    size = len(json.dumps([list(args or ()), dict(kwargs or {}), {}]).encode())
+    try:
+        size = len(json.dumps([list(args or ()), dict(kwargs or {}), {}]).encode())
+    except (TypeError, ValueError):
+        return  # not JSON: Celery's serializer refuses it with its own error (kombu's EncodeError)
     if size > limit:
         raise MessageTooLargeError(
             f"{name}: its arguments make a {size}-byte message, over CELERY_TASK_MAX_MESSAGE_BYTES ({limit}); "
