@@ -455,3 +455,22 @@ class TestWorkers:
         receiver.wait_for("check_in", lambda c: c["status"] == "error")
         receiver.wait_for("event", lambda e: e.get("tags", {}).get("celery_task_id") == failed.id)
         assert [c["status"] for c in receiver.payloads("check_in")] == ["in_progress", "error"]
+
+
+def test_an_events_strings_have_url_passwords_masked():
+    """An error report naming a URL with its password (an exception message, a breadcrumb, an extra) carries it
+    masked, wherever the string stands; the event keeps its shape."""
+    from observability.sentry.setup import _before_send
+
+    event = {
+        "exception": {"values": [{"type": "ConnectionError", "value": "no route to redis://:hunter2@cache:6379/0"}]},
+        "breadcrumbs": {"values": [{"message": "connect postgres://app:pw@db/x"}]},
+        "extra": {"urls": ["https://key@sentry.example/1"]},
+    }
+
+    scrubbed = _before_send(event, {}, denylist=frozenset())
+
+    assert scrubbed is not None
+    assert scrubbed["exception"]["values"][0]["value"] == "no route to redis://:********@cache:6379/0"
+    assert scrubbed["breadcrumbs"]["values"][0]["message"] == "connect postgres://app:********@db/x"
+    assert scrubbed["extra"]["urls"] == ["https://********@sentry.example/1"]
