@@ -145,7 +145,7 @@ AXES_VERBOSE = False
 # --- API tokens (issue 21, ops security; django-rest-knox) ---------------------------------------------------
 # Bearer tokens stored as SHA-512 digests, shown once (``manage.py api_token``, the admin's "add"), each with
 # an expiry: API_TOKEN_TTL_DAYS after it is issued. Tokens of DRF's authtoken (plain keys, no expiry) were
-# moved to knox by promotions/migrations/0005_api_tokens_hashed.py - same key, now hashed, expiring then.
+# moved to knox by promotions/migrations/0007_api_tokens_hashed.py - same key, now hashed, expiring then.
 INSTALLED_APPS += ["knox"]
 API_TOKEN_TTL_DAYS = env_int("API_TOKEN_TTL_DAYS", 90, minimum=1)
 REST_KNOX = {"AUTH_HEADER_PREFIX": "Bearer", "TOKEN_TTL": timedelta(days=API_TOKEN_TTL_DAYS)}

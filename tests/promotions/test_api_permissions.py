@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
+from knox.models import AuthToken
 from rest_framework.test import APIClient
 
 from promotions.models import FlashPromo, Product, PromoStatus
@@ -22,7 +22,7 @@ def bare_staff(django_user_model) -> APIClient:
     """The probe's user: staff, without any model permission (the admin refuses them everywhere)."""
     user = django_user_model.objects.create_user(username="bare", password="x", is_staff=True)
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {Token.objects.create(user=user).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {AuthToken.objects.create(user=user)[1]}")
     return client
 
 
@@ -63,7 +63,7 @@ def test_each_write_needs_its_own_permission(django_user_model):
     user = django_user_model.objects.create_user(username="creator", password="x", is_staff=True)
     grant(user, "add_flashpromo")
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {Token.objects.create(user=user).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {AuthToken.objects.create(user=user)[1]}")
 
     created = client.post("/api/promos", promo_api_body(ProductFactory()), format="json")
     cancel = client.post(f"/api/promos/{created.json()['id']}/cancel")

@@ -97,12 +97,12 @@ class _Web:
 
     def __init__(self, proxy: TcpProxy, worker_env: dict[str, str], start_command: Any, log_path: Path) -> None:
         from django.contrib.auth.models import User
-        from rest_framework.authtoken.models import Token
+        from knox.models import AuthToken
 
         self.queue = f"web-{uuid.uuid4().hex}"
         self.port = free_port()
         self.log_path = log_path
-        self.token = Token.objects.create(user=User.objects.create_superuser(f"ops-{self.queue}")).key
+        self.token = AuthToken.objects.create(user=User.objects.create_superuser(f"ops-{self.queue}"))[1]
         self.product_id: int = ProductFactory().pk  # type: ignore[attr-defined]  # a factory returns the model
         url = _through(proxy)
         env = {

@@ -37,7 +37,7 @@ def _move_tokens(apps: Any, schema_editor: Any) -> None:
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("promotions", "0004_notification_failed_at"),
+        ("promotions", "0006_subscription_product_walk"),
         ("knox", "0009_extend_authtoken_field"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
