@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 LOCAL_DEFAULTS := DJANGO_DEBUG=true DATABASE_URL=postgres://postgres@127.0.0.1:5432/marketplace \
 	CELERY_BROKER_URL=redis://127.0.0.1:6379/0 CELERY_RESULT_BACKEND=redis://127.0.0.1:6379/0
 
-.PHONY: run test setup system-deps lint typecheck clean
+.PHONY: run test setup system-deps lint typecheck openapi clean
 
 $(BIN)/uv:
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found: install Python 3.11"; exit 1; }
@@ -78,6 +78,11 @@ lint: setup
 
 typecheck: setup .env
 	$(BIN)/mypy .
+
+# Regenerates the API's committed OpenAPI document after a change to a view, serializer or schema.py (the
+# suite fails until it matches: tests/promotions/test_api_schema.py).
+openapi: setup .env
+	$(BIN)/python manage.py spectacular --validate --fail-on-warn --file docs/openapi.yaml
 
 clean:
 	rm -rf $(VENV) var

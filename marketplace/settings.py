@@ -517,3 +517,25 @@ TELEMETRY_GAUGES = [
 # --- Sentry -------------------------------------------------------------------------------------------------
 SENTRY_DSN = env_str("SENTRY_DSN", "")
 SENTRY_ENVIRONMENT = env_str("SENTRY_ENVIRONMENT", "development" if DEBUG else "production")
+
+# --- API schema and hostile input (drf-spectacular; promotions.api.parsers) --------------------------------
+INSTALLED_APPS += ["drf_spectacular"]
+REST_FRAMEWORK |= {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"}
+# The OpenAPI document served at /api/schema and committed as docs/openapi.yaml. No `servers`: paths are
+# relative to the host that serves it, so the document names no deployment.
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Flash Promos Marketplace API",
+    "DESCRIPTION": (
+        "Products, public subscriptions and flash promos. Writes need the bearer token of a staff user allowed "
+        "the change (`Authorization: Bearer <token>`, from `manage.py api_token`). Every error is a JSON body; "
+        "request bodies are JSON only."
+    ),
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {"PromoStatus": "promotions.models.PromoStatus"},
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "promotions.api.schema.add_error_components",
+    ],
+}
