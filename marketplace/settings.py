@@ -519,8 +519,13 @@ SENTRY_DSN = env_str("SENTRY_DSN", "")
 SENTRY_ENVIRONMENT = env_str("SENTRY_ENVIRONMENT", "development" if DEBUG else "production")
 
 # --- API schema and hostile input (drf-spectacular; promotions.api.parsers) --------------------------------
+# Request bodies nesting objects/arrays deeper than this get a 400 (the deepest valid body is 2 levels).
+API_MAX_JSON_DEPTH = env_int("API_MAX_JSON_DEPTH", 32, minimum=2)
 INSTALLED_APPS += ["drf_spectacular"]
-REST_FRAMEWORK |= {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"}
+REST_FRAMEWORK |= {
+    "DEFAULT_PARSER_CLASSES": ["promotions.api.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
 # The OpenAPI document served at /api/schema and committed as docs/openapi.yaml. No `servers`: paths are
 # relative to the host that serves it, so the document names no deployment.
 SPECTACULAR_SETTINGS = {

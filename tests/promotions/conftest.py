@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from django.contrib.auth.models import Permission
 from knox.models import AuthToken
 from rest_framework.test import APIClient
 
@@ -35,3 +36,11 @@ def _clear_throttles(client: redis.Redis) -> None:
     keys = list(client.scan_iter(match="marketplace:*:throttle:*", count=1000))
     if keys:
         client.delete(*keys)
+
+
+@pytest.fixture
+def operator_token(django_user_model) -> str:
+    """The bearer token of a staff user holding every permission of the promotions app (all the API's writes)."""
+    user = django_user_model.objects.create_user(username="operator", password="x", is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(content_type__app_label="promotions"))
+    return str(AuthToken.objects.create(user=user)[1])
