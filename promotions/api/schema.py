@@ -4,7 +4,9 @@ The views are plain ``APIView``s that validate with one serializer and answer an
 drf-spectacular cannot guess; each gets its description here, as an ``OpenApiViewExtension`` keyed by the
 view's dotted path, so the schema sits beside the serializers rather than between a view's lines. A view
 without an entry makes ``manage.py spectacular --fail-on-warn`` fail (tests/promotions/test_api_schema.py).
-Loaded by ``PromotionsConfig.ready``. Regenerate the committed document with ``make openapi``.
+Imported by the API's routes (``promotions.api.urls``), so only a process that serves or describes the API
+loads it - not workers (django.setup() took 0.6-1 s longer with it in ``AppConfig.ready``). Regenerate the
+committed document with ``make openapi``.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ non-numeric id, a trailing slash, an unknown name - falls to the catch-all, a JS
 
 from django.urls import path, re_path
 
+import promotions.api.schema  # noqa: F401  (registers the views' OpenAPI descriptions: see its docstring)
 from promotions.api import views
 
 urlpatterns = [
