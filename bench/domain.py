@@ -60,8 +60,8 @@ def _products(subscribers: int) -> None:
         {"n": PRODUCTS},
     )
     _execute(
-        "INSERT INTO promotions_subscription (product_id, email, created_at) "
-        "SELECT p.id, 'user' || g || '@bench.example', now() "
+        "INSERT INTO promotions_subscription (product_id, email, created_at, confirmed_at) "
+        "SELECT p.id, 'user' || g || '@bench.example', now(), now() "
         "FROM promotions_product p, generate_series(1, %(n)s) g",
         {"n": subscribers},
     )
@@ -158,8 +158,8 @@ def notification_delivery(count: int, sink: Sink) -> DeliveryRun:
     broker().flushdb()
     _products(0)
     _execute(
-        "INSERT INTO promotions_subscription (product_id, email, created_at) "
-        "SELECT 1, 'user' || g || '@bench.example', now() FROM generate_series(1, %(n)s) g",
+        "INSERT INTO promotions_subscription (product_id, email, created_at, confirmed_at) "
+        "SELECT 1, 'user' || g || '@bench.example', now(), now() FROM generate_series(1, %(n)s) g",
         {"n": count},
     )
     now = timezone.now()

@@ -482,6 +482,23 @@ EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT_SECONDS", 10, minimum=1)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "promos@marketplace.local")
 
+# --- Subscription consent (double opt-in, unsubscribe links) ---------------------------------------------
+# Absolute links in messages (confirm, unsubscribe) start with this: the address the public reaches the web app at.
+PUBLIC_BASE_URL = env_url(
+    "PUBLIC_BASE_URL",
+    "http://127.0.0.1:8000",
+    schemes=("http", "https"),
+    kind="an http(s) base URL",
+    form="https://HOST[:PORT][/PREFIX] without a trailing slash",
+    path_pattern=r"(?:[^/?#]+(?:/[^/?#]+)*)?",
+).rstrip("/")
+# How long a confirmation link works: long enough for a mailbox read once a weekend, short enough that an old
+# mail found later does not subscribe anyone.
+SUBSCRIPTION_CONFIRM_MAX_AGE_SECONDS = env_int("SUBSCRIPTION_CONFIRM_MAX_AGE_SECONDS", 3 * 86_400, minimum=60)
+# One address gets at most one confirmation request in this many seconds, whatever it subscribes to: subscribing
+# a third party repeatedly (or to every product) cannot flood their mailbox.
+SUBSCRIPTION_CONFIRM_RESEND_INTERVAL_SECONDS = env_int("SUBSCRIPTION_CONFIRM_RESEND_INTERVAL_SECONDS", 900, minimum=1)
+
 # --- Logging ------------------------------------------------------------------------------------------------
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:

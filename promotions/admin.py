@@ -9,7 +9,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
-from promotions import services, tasks
+from promotions import consent, services, tasks
 from promotions.models import FlashPromo, Notification, NotificationStatus, Product, PromoStatus, Subscription
 from promotions.notifications import notifications_retry
 
@@ -70,11 +70,49 @@ class FlashPromoAdmin(admin.ModelAdmin[FlashPromo]):
         self.message_user(request, f"{cancelled} promo(s) cancelled.")
 
 
+class ConsentFilter(admin.SimpleListFilter):
+    title = "consent"
+    parameter_name = "consent"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("confirmed", "Confirmed (notified)"), ("awaiting", "Awaiting confirmation"), ("left", "Unsubscribed")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Subscription]) -> QuerySet[Subscription]:
+        if self.value() == "confirmed":
+            return queryset.filter(confirmed_at__isnull=False, unsubscribed_at__isnull=True)
+        if self.value() == "awaiting":
+            return queryset.filter(confirmed_at__isnull=True, unsubscribed_at__isnull=True)
+        if self.value() == "left":
+            return queryset.filter(unsubscribed_at__isnull=False)
+        return queryset
+
+
 @admin.register(Subscription)
 class SubscriptionAdmin(admin.ModelAdmin[Subscription]):
-    list_display = ["id", "email", "product", "created_at"]
+    list_display = ["id", "email", "product", "notified", "confirmed_at", "unsubscribed_at", "created_at"]
+    list_filter = [ConsentFilter]
     search_fields = ["email"]
     raw_id_fields = ["product"]
+    # Consent is the address's to give or withdraw, through its links: an operator cannot tick it.
+    readonly_fields = ["confirmed_at", "unsubscribed_at", "confirmation_sent_at"]
+    actions = ["request_confirmation"]
+
+    @admin.display(boolean=True, description="notified")
+    def notified(self, obj: Subscription) -> bool:
+        return obj.notifiable
+
+    @admin.action(description="Send a confirmation request to the selected unconfirmed subscriptions")
+    def request_confirmation(self, request: HttpRequest, queryset: QuerySet[Subscription]) -> None:
+        now, requested = timezone.now(), 0
+        for subscription in queryset.filter(confirmed_at__isnull=True, unsubscribed_at__isnull=True):
+            if consent.subscription_request_confirmation(subscription=subscription, now=now):
+                tasks.request_confirmation(subscription.pk)
+                requested += 1
+        self.message_user(
+            request,
+            f"{requested} confirmation request(s) on their way. Confirmed or unsubscribed ones, and addresses "
+            "sent one within the resend interval, are left alone.",
+        )
 
 
 @admin.register(Notification)

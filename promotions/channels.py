@@ -43,6 +43,9 @@ class OutgoingMessage:
     recipient: str
     subject: str
     body: str
+    #: The subscription's one-click unsubscribe link (every notification has one; a confirmation request not):
+    #: ``List-Unsubscribe`` + ``List-Unsubscribe-Post`` (RFC 8058) for email, a message attribute for SNS.
+    unsubscribe_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,7 @@ class EmailBackend:
                     headers={
                         "Message-ID": make_msgid(idstring=message.idempotency_key, domain="marketplace.local"),
                         "X-Idempotency-Key": message.idempotency_key,
+                        **_unsubscribe_headers(message),
                     },
                 )
                 try:
@@ -178,6 +182,14 @@ class EmailBackend:
             connection.close()
 
 
+def _unsubscribe_headers(message: OutgoingMessage) -> dict[str, str]:
+    """RFC 8058 one-click unsubscribe: mail clients show an "Unsubscribe" button that POSTs
+    ``List-Unsubscribe=One-Click`` to the link; Gmail and Yahoo require it of bulk senders."""
+    if not message.unsubscribe_url:
+        return {}
+    return {"List-Unsubscribe": f"<{message.unsubscribe_url}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+
+
 #: SNS takes subjects "less than 100 characters long" (its API reference).
 _SNS_SUBJECT_MAX = 99
 
@@ -201,6 +213,12 @@ class SnsBackend:
                     MessageAttributes={
                         "recipient": {"DataType": "String", "StringValue": message.recipient},
                         "idempotency_key": {"DataType": "String", "StringValue": message.idempotency_key},
+                        # The topic's subscribers (an SMS or mail relay) put it in what they deliver.
+                        **(
+                            {"unsubscribe_url": {"DataType": "String", "StringValue": message.unsubscribe_url}}
+                            if message.unsubscribe_url
+                            else {}
+                        ),
                     },
                 )
             except botocore.exceptions.ClientError as exc:

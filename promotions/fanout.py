@@ -91,8 +91,11 @@ def promo_fan_out_batch(*, promo_id: int, now: datetime, batch_size: int | None 
         cursor.execute(
             f"""
             WITH batch AS (
-                SELECT id FROM {_SUBSCRIPTION} WHERE product_id = %(product)s AND id > %(after)s ORDER BY id
-                 LIMIT %(size)s
+                SELECT id FROM {_SUBSCRIPTION}
+                 WHERE product_id = %(product)s AND id > %(after)s
+                   -- Consent (promotions.consent): only addresses that confirmed and did not unsubscribe.
+                   AND confirmed_at IS NOT NULL AND unsubscribed_at IS NULL
+                 ORDER BY id LIMIT %(size)s
             ), written AS (
                 INSERT INTO {_NOTIFICATION}
                        (promo_id, subscription_id, channel, status, attempts, next_attempt_at, last_error,

@@ -103,18 +103,36 @@ class FlashPromo(models.Model):
 
 
 class Subscription(models.Model):
+    """An address's wish to hear of a product's promos. Double opt-in (``promotions.consent``): it is notified
+    only once confirmed through the link mailed to it, and not after it unsubscribed."""
+
     product = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="subscriptions")
     email = models.EmailField()
     created_at = models.DateTimeField(auto_now_add=True)
+    #: When the address confirmed (clicked the link mailed to it); NULL: never, and it is never notified.
+    confirmed_at = models.DateTimeField(null=True, blank=True)
+    #: When it unsubscribed; NULL: it did not. Set, nothing more is sent to it, pending messages included.
+    unsubscribed_at = models.DateTimeField(null=True, blank=True)
+    #: When the last confirmation request was mailed: one address gets at most one per
+    #: ``SUBSCRIPTION_CONFIRM_RESEND_INTERVAL_SECONDS``.
+    confirmation_sent_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["id"]
         constraints = [models.UniqueConstraint(fields=["product", "email"], name="subscription_unique_email")]
-        # The fan-out's keyset walk (product_id = ? AND id > ? ORDER BY id LIMIT n) reads each batch in order.
-        indexes = [models.Index(fields=["product", "id"], name="subscription_product_walk")]
+        indexes = [
+            # The fan-out's keyset walk (product_id = ? AND id > ? ORDER BY id LIMIT n) reads each batch in order.
+            models.Index(fields=["product", "id"], name="subscription_product_walk"),
+            # The resend bound looks an address up across products; the unique key leads with the product.
+            models.Index(fields=["email"], name="subscription_email"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.email} -> product {self.product_id}"
+
+    @property
+    def notifiable(self) -> bool:
+        return self.confirmed_at is not None and self.unsubscribed_at is None
 
 
 class Channel(models.TextChoices):

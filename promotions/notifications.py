@@ -24,6 +24,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from observability.backoff import backoff_seconds
+from promotions import consent
 from promotions.channels import DeliveryFailure, OutgoingMessage, get_backend
 from promotions.models import (
     FlashPromo,
@@ -215,20 +216,27 @@ def _claim(*, now: datetime, token: uuid.UUID, limit: int) -> list[OutgoingMessa
                    FOR UPDATE OF n SKIP LOCKED
             )
             UPDATE {_NOTIFICATION} n
-               SET status = 'sending', attempts = n.attempts + 1,
-                   claim_token = %(token)s, lease_expires_at = %(lease_until)s
+               -- A row whose subscriber unsubscribed after the fan-out wrote it is given up on, never sent.
+               SET status = CASE WHEN s.unsubscribed_at IS NULL THEN 'sending' ELSE 'failed' END,
+                   attempts = n.attempts + (s.unsubscribed_at IS NULL)::int,
+                   failed_at = CASE WHEN s.unsubscribed_at IS NULL THEN NULL ELSE %(now)s END,
+                   last_error = CASE WHEN s.unsubscribed_at IS NULL THEN n.last_error ELSE %(unsubscribed)s END,
+                   claim_token = CASE WHEN s.unsubscribed_at IS NULL THEN %(token)s::uuid END,
+                   lease_expires_at = CASE WHEN s.unsubscribed_at IS NULL THEN %(lease_until)s::timestamptz END
               FROM due, {_SUBSCRIPTION} s, {_PROMO} p, {_PRODUCT} pr
              WHERE n.id = due.id AND s.id = n.subscription_id AND p.id = n.promo_id AND pr.id = p.product_id
-            RETURNING n.id, n.idempotency_key, s.email, p.title, p.discount_percent, pr.name, p.ends_at
+            RETURNING n.id, n.status, n.idempotency_key, s.id, s.email, p.title, p.discount_percent, pr.name,
+                      p.ends_at
             """,  # noqa: S608
             {
                 "now": now,
                 "limit": limit,
                 "token": token,
                 "lease_until": now + timedelta(seconds=settings.NOTIFICATION_LEASE_SECONDS),
+                "unsubscribed": consent.UNSUBSCRIBED,
             },
         )
-        rows = cursor.fetchall()
+        rows = [row for row in cursor.fetchall() if row[1] == NotificationStatus.SENDING]
     return [
         OutgoingMessage(
             notification_id=pk,
@@ -236,9 +244,11 @@ def _claim(*, now: datetime, token: uuid.UUID, limit: int) -> list[OutgoingMessa
             recipient=email,
             # One line: a line break in a header is refused by Django's email and by SNS (older rows may hold one).
             subject=" ".join(f"{discount}% off {product}: {title}".split()),
-            body=f"{title}: {product} is {discount}% off until {ends_at:%Y-%m-%d %H:%M} UTC.",
+            body=f"{title}: {product} is {discount}% off until {ends_at:%Y-%m-%d %H:%M} UTC.\n\nUnsubscribe: {url}",
+            unsubscribe_url=url,
         )
-        for pk, key, email, title, discount, product, ends_at in rows
+        for pk, _, key, subscription_id, email, title, discount, product, ends_at in rows
+        for url in [consent.unsubscribe_url(subscription_id=subscription_id)]
     ]
 
 

@@ -73,9 +73,16 @@ def product_create(*, name: str, price: Decimal) -> Product:
     return Product.objects.create(name=name, price=price)
 
 
-def subscription_create(*, product: Product, email: str) -> tuple[Subscription, bool]:
-    """Subscribe ``email`` to ``product``; repeating it returns the existing row and ``created=False``."""
-    return Subscription.objects.get_or_create(product=product, email=email.strip().lower())
+def subscription_create(
+    *, product: Product, email: str, confirmed_at: datetime | None = None
+) -> tuple[Subscription, bool]:
+    """Subscribe ``email`` to ``product`` without asking the address - for addresses that gave their consent
+    elsewhere (the demo's example.com ones): with ``confirmed_at`` it is notified from then on. Repeating it
+    returns the existing row, unchanged, and ``created=False``. The public path, which asks the address first,
+    is ``consent.subscription_request``."""
+    return Subscription.objects.get_or_create(
+        product=product, email=email.strip().lower(), defaults={"confirmed_at": confirmed_at}
+    )
 
 
 def promo_validate_schedule(*, starts_at: datetime, ends_at: datetime, now: datetime, start_moved: bool = True) -> None:

@@ -23,7 +23,7 @@ from kombu.exceptions import OperationalError
 
 from observability import telemetry
 from observability.task import ObservableTask
-from promotions import fanout, notifications, selectors, services
+from promotions import consent, fanout, notifications, selectors, services
 from promotions.services import PromoSyncResult
 
 __all__ = [
@@ -33,7 +33,9 @@ __all__ = [
     "process_notification_queue",
     "publish_sweep",
     "queue_promo_notifications",
+    "request_confirmation",
     "schedule_promptly",
+    "send_subscription_confirmation",
     "sync_promo",
 ]
 
@@ -141,6 +143,19 @@ def deliver_notification_batch() -> dict[str, int]:
 def cleanup_expired_promos() -> dict[str, int]:
     """Delete promos finished longer than the retention period ago, in bounded batches."""
     return services.promos_cleanup_finished(now=timezone.now())
+
+
+@shared_task(ignore_result=True)
+def send_subscription_confirmation(subscription_id: int) -> dict[str, int]:
+    """Mail the confirmation request of a subscription (published by ``request_confirmation``)."""
+    return consent.subscription_send_confirmation(subscription_id=subscription_id)
+
+
+def request_confirmation(subscription_id: int) -> None:
+    """After the transaction that claimed a confirmation request commits, publish its mail: the request thread
+    never talks to the mail provider. With the broker down the subscription stands, unconfirmed; subscribing
+    again after the resend interval asks again (hence ``robust``)."""
+    transaction.on_commit(lambda: send_subscription_confirmation.delay(subscription_id), robust=True)
 
 
 def schedule_promptly() -> None:

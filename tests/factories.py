@@ -8,7 +8,7 @@ from typing import Any
 
 import factory.django
 from django.utils import timezone
-from factory.declarations import LazyAttribute, LazyFunction, Sequence, SubFactory
+from factory.declarations import LazyAttribute, LazyFunction, Sequence, SubFactory, Trait
 
 from promotions.models import FlashPromo, Product, Subscription
 
@@ -38,6 +38,12 @@ class SubscriptionFactory(factory.django.DjangoModelFactory[Subscription]):
 
     product = SubFactory(ProductFactory)
     email = Sequence(lambda n: f"shopper{n}@example.com")
+    #: Confirmed by default (double opt-in done): the tests of promos and delivery are about notified subscribers.
+    confirmed_at = LazyFunction(timezone.now)
+
+    class Params:
+        #: ``SubscriptionFactory(unconfirmed=True)``: subscribed through the API, the link not clicked yet.
+        unconfirmed = Trait(confirmed_at=None)
 
 
 #: What the API's writes and full reads ask of a staff user (``promotions.api.permissions``).

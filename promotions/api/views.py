@@ -2,11 +2,11 @@
 
 Writes to products and promos need a staff user's bearer token and the model permission the admin would
 ask for (401 without a valid token, 403 for a non-staff user or a missing permission:
-``promotions.api.permissions``); subscribing is public. Reads of promos are public too, but only staff with the
-view permission see scheduled, ended and cancelled promos and notification counts; anyone else sees active
-promos. Public endpoints are throttled (``promotions.api.throttles``: 429 with ``Retry-After``). Invalid input
-gets 400 with errors by field, a change the promo's status does not allow 409, and every error a JSON body
-(``promotions.api.errors``).
+``promotions.api.permissions``); subscribing is public and double opt-in (``promotions.consent``; its links:
+``promotions.api.consent``). Reads of promos are public too, but only staff with the view permission see
+scheduled, ended and cancelled promos and notification counts; anyone else sees active promos. Public endpoints
+are throttled (``promotions.api.throttles``: 429 with ``Retry-After``). Invalid input gets 400 with errors by
+field, a change the promo's status does not allow 409, and every error a JSON body (``promotions.api.errors``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from rest_framework.response import Response
 from rest_framework.serializers import Serializer
 from rest_framework.views import APIView
 
-from promotions import selectors, services, tasks
+from promotions import consent, selectors, services, tasks
 from promotions.api import serializers
 from promotions.api.permissions import StaffWithModelPermission, sees_everything
 from promotions.api.throttles import AnonymousReadThrottle, SubscribeClientThrottle, SubscribeEmailThrottle
@@ -49,11 +49,19 @@ class SubscriptionCreateView(APIView):
         if product is None:
             raise NotFound("No product with this id.")
         data = _validated(serializers.SubscriptionInput, request)
-        subscription, created = services.subscription_create(product=product, email=data["email"])
-        return Response(
-            {"id": subscription.pk, "product_id": product.pk, "created": created},
-            status=status.HTTP_201_CREATED,
-        )
+        result = consent.subscription_request(product=product, email=data["email"], now=timezone.now())
+        if result.confirmation_requested:
+            tasks.request_confirmation(result.subscription_id)
+        # One answer whatever the address's state (new, awaiting confirmation, confirmed, unsubscribed): it
+        # must not tell who is subscribed.
+        return Response(SUBSCRIBE_ANSWER, status=status.HTTP_202_ACCEPTED)
+
+
+#: The body of every accepted subscribe request.
+SUBSCRIBE_ANSWER = {
+    "detail": "Accepted. Unless this address is subscribed already, it gets a message with a link to confirm; "
+    "nothing else is sent to it before it confirms."
+}
 
 
 class PromoCollectionView(APIView):

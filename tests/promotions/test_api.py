@@ -20,6 +20,7 @@ from rest_framework.test import APIClient
 
 from marketplace.celery import app as celery_app
 from promotions import tasks
+from promotions.api.views import SUBSCRIBE_ANSWER
 from promotions.models import FlashPromo, Notification, Product, PromoStatus, Subscription
 from tests.factories import API_PERMISSIONS, ProductFactory, PromoFactory, SubscriptionFactory, grant
 
@@ -217,30 +218,30 @@ def test_api_token_command_refuses_non_staff_users_and_issues_no_token(shopper_u
 
 
 def test_anyone_can_subscribe_to_a_product(anonymous):
-    """Given a product and no token, when an email subscribes, then 201 returns the new subscription."""
+    """Given a product and no token, when an email subscribes, then 202 (accepted: it must confirm first) and
+    the subscription is stored unconfirmed - the consent rules are ``test_consent.py``'s."""
     product = ProductFactory()
 
     response = anonymous.post(f"/api/products/{product.pk}/subscriptions", {"email": "ann@example.com"}, format="json")
 
-    assert response.status_code == 201
+    assert response.status_code == 202
+    assert response.json() == SUBSCRIBE_ANSWER
     subscription = Subscription.objects.get()
-    assert response.json() == {"id": subscription.pk, "product_id": product.pk, "created": True}
     assert (subscription.product_id, subscription.email) == (product.pk, "ann@example.com")
+    assert subscription.confirmed_at is None
 
 
 def test_subscribing_again_in_another_case_adds_nothing(anonymous):
     """Given a subscription, when the same address subscribes again in another case and with padding, then
-    the answer names the same subscription with ``created`` false and one lower-case row exists."""
+    the answer is the same and one lower-case row exists."""
     product = ProductFactory()
     url = f"/api/products/{product.pk}/subscriptions"
 
     first = anonymous.post(url, {"email": "Ann.Lee@Example.COM"}, format="json")
     second = anonymous.post(url, {"email": "  ann.lee@example.com "}, format="json")
 
-    assert first.status_code == 201
-    assert first.json()["created"] is True
-    assert second.status_code in {200, 201}
-    assert second.json() == {"id": first.json()["id"], "product_id": product.pk, "created": False}
+    assert (first.status_code, second.status_code) == (202, 202)
+    assert first.json() == second.json() == SUBSCRIBE_ANSWER
     assert list(Subscription.objects.values_list("email", flat=True)) == ["ann.lee@example.com"]
 
 
@@ -252,8 +253,7 @@ def test_one_address_may_subscribe_to_several_products(anonymous):
         response = anonymous.post(
             f"/api/products/{product.pk}/subscriptions", {"email": "ann@example.com"}, format="json"
         )
-        assert response.status_code == 201
-        assert response.json()["created"] is True
+        assert response.status_code == 202
 
     assert sorted(Subscription.objects.values_list("product_id", flat=True)) == [p.pk for p in products]
 

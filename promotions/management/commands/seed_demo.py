@@ -56,7 +56,9 @@ class Command(BaseCommand):
         products = [services.product_create(name=name, price=Decimal(price)) for name, price in _PRODUCTS]
         for product in products:
             for n in range(subscribers):
-                services.subscription_create(product=product, email=f"shopper{n}@example.com")
+                # Confirmed as created: example.com is nobody's mailbox (RFC 2606), and the demo is there to
+                # show notifications going out. Real addresses subscribe through the API and confirm.
+                services.subscription_create(product=product, email=f"shopper{n}@example.com", confirmed_at=now)
         for n in range(promos):
             starts_at = now + timedelta(seconds=15 + n * every)
             promo = services.promo_create(
