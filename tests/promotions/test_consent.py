@@ -312,3 +312,33 @@ def test_notifications_pending_when_a_subscriber_unsubscribes_are_never_sent(sin
     assert Notification.objects.get(subscription=stays).status == NotificationStatus.SENT
     with sink.lock:
         assert [str(m["To"]) for m in sink.messages] == [stays.email]
+
+
+def test_an_sns_notification_carries_its_unsubscribe_link_as_a_message_attribute(settings):
+    """SNS has no headers: the link rides as the ``unsubscribe_url`` message attribute, for the topic's
+    subscribers to deliver (checked at the SDK's boundary with botocore's Stubber: no AWS call is made)."""
+    from botocore.stub import Stubber
+
+    from promotions.channels import OutgoingMessage, SnsBackend
+
+    settings.SNS_TOPIC_ARN = "arn:aws:sns:us-east-1:000000000000:flash-promos"
+    backend = SnsBackend()
+    link = "https://promos.example.com/api/subscriptions/unsubscribe/7:abc"
+    message = OutgoingMessage(1, "key-1", "ann@example.com", "20% off", "body", unsubscribe_url=link)
+    with Stubber(backend._client) as stub:
+        stub.add_response(
+            "publish",
+            {"MessageId": "m-1"},
+            {
+                "TopicArn": settings.SNS_TOPIC_ARN,
+                "Subject": "20% off",
+                "Message": "body",
+                "MessageAttributes": {
+                    "recipient": {"DataType": "String", "StringValue": "ann@example.com"},
+                    "idempotency_key": {"DataType": "String", "StringValue": "key-1"},
+                    "unsubscribe_url": {"DataType": "String", "StringValue": link},
+                },
+            },
+        )
+        assert list(backend.send([message])) == [(1, None)]
+        stub.assert_no_pending_responses()
