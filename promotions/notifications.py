@@ -236,7 +236,10 @@ def _claim(*, now: datetime, token: uuid.UUID, limit: int) -> list[OutgoingMessa
                 "unsubscribed": consent.UNSUBSCRIBED,
             },
         )
-        rows = [row for row in cursor.fetchall() if row[1] == NotificationStatus.SENDING]
+        claimed = cursor.fetchall()
+    rows = [row for row in claimed if row[1] == NotificationStatus.SENDING]
+    if len(rows) < len(claimed):
+        log.info("notifications.unsubscribed_skipped", count=len(claimed) - len(rows))
     return [
         OutgoingMessage(
             notification_id=pk,
