@@ -38,6 +38,8 @@ __all__ = [
     "confirm_url",
     "notifications_cancel_for_subscription",
     "subscription_confirm",
+    "subscription_of_confirm_link",
+    "subscription_of_unsubscribe_link",
     "subscription_request",
     "subscription_request_confirmation",
     "subscription_send_confirmation",
@@ -161,9 +163,8 @@ def subscription_send_confirmation(*, subscription_id: int) -> dict[str, int]:
     return {"sent": 1}
 
 
-def subscription_confirm(*, token: str, now: datetime) -> Subscription:
-    """Confirm the subscription of a confirmation link; confirming again changes nothing. Raises
-    ``InvalidLinkError`` (nothing changed) for a tampered, expired or superseded link."""
+def _confirm_payload(token: str) -> tuple[int, int]:
+    """The subscription id and issue time (microseconds) a confirmation link carries, or ``InvalidLinkError``."""
     try:
         payload = signing.loads(token, salt=_CONFIRM_SALT, max_age=settings.SUBSCRIPTION_CONFIRM_MAX_AGE_SECONDS)
     except signing.SignatureExpired:
@@ -172,15 +173,36 @@ def subscription_confirm(*, token: str, now: datetime) -> Subscription:
         raise InvalidLinkError("This confirmation link is not valid.") from None
     if not (isinstance(payload, dict) and isinstance(payload.get("s"), int) and isinstance(payload.get("t"), int)):
         raise InvalidLinkError("This confirmation link is not valid.")
+    return payload["s"], payload["t"]
+
+
+def _unless_superseded(subscription: Subscription | None, issued_at: int) -> Subscription:
+    """``subscription``, unless it is gone or unsubscribed after the link was issued (``InvalidLinkError``)."""
+    if subscription is None:
+        raise InvalidLinkError("This subscription no longer exists.")
+    unsubscribed_at = subscription.unsubscribed_at
+    if not subscription.notifiable and unsubscribed_at is not None and issued_at < _microseconds(unsubscribed_at):
+        raise InvalidLinkError("This link was sent before you unsubscribed: subscribe again to get a new one.")
+    return subscription
+
+
+def subscription_of_confirm_link(*, token: str) -> Subscription:
+    """The subscription (with its product) a confirmation link would confirm, changing nothing: what the link's
+    page shows before its button is pressed. Raises ``InvalidLinkError`` as ``subscription_confirm`` would."""
+    subscription_id, issued_at = _confirm_payload(token)
+    subscription = Subscription.objects.select_related("product").filter(pk=subscription_id).first()
+    return _unless_superseded(subscription, issued_at)
+
+
+def subscription_confirm(*, token: str, now: datetime) -> Subscription:
+    """Confirm the subscription of a confirmation link; confirming again changes nothing. Raises
+    ``InvalidLinkError`` (nothing changed) for a tampered, expired or superseded link."""
+    subscription_id, issued_at = _confirm_payload(token)
     with transaction.atomic():
-        subscription = Subscription.objects.select_for_update().filter(pk=payload["s"]).first()
-        if subscription is None:
-            raise InvalidLinkError("This subscription no longer exists.")
+        locked = Subscription.objects.select_for_update().filter(pk=subscription_id).first()
+        subscription = _unless_superseded(locked, issued_at)
         if subscription.notifiable:
             return subscription
-        unsubscribed_at = subscription.unsubscribed_at
-        if unsubscribed_at is not None and payload["t"] < _microseconds(unsubscribed_at):
-            raise InvalidLinkError("This link was sent before you unsubscribed: subscribe again to get a new one.")
         subscription.confirmed_at, subscription.unsubscribed_at = now, None
         subscription.save(update_fields=["confirmed_at", "unsubscribed_at"])
     log.info("subscription.confirmed", subscription_id=subscription.pk, product_id=subscription.product_id)
@@ -191,10 +213,7 @@ def subscription_unsubscribe(*, token: str, now: datetime) -> int:
     """Unsubscribe the subscription of an unsubscribe link and give up on its pending notifications, in one
     transaction; repeating it changes nothing. Returns the subscription id. Raises ``InvalidLinkError`` for a
     tampered link. A notification already handed to the channel (``sending``) may still go out."""
-    try:
-        subscription_id = int(signing.Signer(salt=_UNSUBSCRIBE_SALT).unsign(token))
-    except (signing.BadSignature, ValueError):
-        raise InvalidLinkError("This unsubscribe link is not valid.") from None
+    subscription_id = _unsubscribe_id(token)
     with transaction.atomic():
         changed = Subscription.objects.filter(pk=subscription_id, unsubscribed_at__isnull=True).update(
             unsubscribed_at=now
@@ -203,6 +222,20 @@ def subscription_unsubscribe(*, token: str, now: datetime) -> int:
     if changed:
         log.info("subscription.unsubscribed", subscription_id=subscription_id, pending_cancelled=cancelled)
     return subscription_id
+
+
+def _unsubscribe_id(token: str) -> int:
+    try:
+        return int(signing.Signer(salt=_UNSUBSCRIBE_SALT).unsign(token))
+    except (signing.BadSignature, ValueError):
+        raise InvalidLinkError("This unsubscribe link is not valid.") from None
+
+
+def subscription_of_unsubscribe_link(*, token: str) -> Subscription | None:
+    """The subscription (with its product) an unsubscribe link would unsubscribe, changing nothing - ``None``
+    when it was deleted since (unsubscribing it then is a no-op, answered as done). Raises ``InvalidLinkError``
+    for a tampered link."""
+    return Subscription.objects.select_related("product").filter(pk=_unsubscribe_id(token)).first()
 
 
 def notifications_cancel_for_subscription(*, subscription_id: int, now: datetime) -> int:

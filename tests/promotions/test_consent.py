@@ -19,16 +19,20 @@ from urllib.parse import urlparse
 import pytest
 from django.core import signing
 from django.core.management import call_command
+from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from promotions import consent
+from promotions.api.consent import CONTENT_SECURITY_POLICY
 from promotions.api.views import SUBSCRIBE_ANSWER
 from promotions.models import Notification, NotificationStatus, Subscription
 from promotions.tasks import check_active_promos, deliver_notification_batch
 from tests.conftest import RESULT_TIMEOUT, wait_for
 from tests.factories import ProductFactory, PromoFactory, SubscriptionFactory
 
+#: What a browser sends when a person opens a link or submits a form.
+_BROWSER = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
 _LINK = re.compile(r"https?://\S+/api/subscriptions/(?:confirm|unsubscribe)/\S+")
 
 
@@ -110,38 +114,96 @@ def test_an_address_is_asked_to_confirm_once_per_resend_interval_whatever_it_sub
 
 
 @pytest.mark.django_db
-def test_confirming_is_idempotent_and_unsubscribing_too():
-    """Given an unconfirmed subscription, when its confirmation link is opened twice, then both answer 200 and
-    it is confirmed once; when its unsubscribe link is POSTed twice (RFC 8058 one-click), both answer 200."""
-    subscription = SubscriptionFactory(unconfirmed=True, confirmation_sent_at=timezone.now())
-    client = APIClient()
-    link = consent.confirm_url(subscription_id=subscription.pk, issued_at=subscription.confirmation_sent_at)
+def test_opening_either_link_changes_nothing_and_shows_a_one_button_form():
+    """Mail scanners open links in received mail before anyone does. Given an unconfirmed subscription and a
+    confirmed one, when their confirmation and unsubscribe links are fetched with GET and HEAD (several times),
+    then the first stays unconfirmed and the second subscribed; each GET is 200 with a page holding one form that
+    POSTs to the same address, the product's name escaped, behind a CSP that loads nothing."""
+    product = ProductFactory(name="<b>Tea & co</b>")
+    pending = SubscriptionFactory(product=product, unconfirmed=True, confirmation_sent_at=timezone.now())
+    subscribed = SubscriptionFactory(product=product)
+    client = Client()
+    confirm = _path(consent.confirm_url(subscription_id=pending.pk, issued_at=pending.confirmation_sent_at))
+    unsubscribe = _path(consent.unsubscribe_url(subscription_id=subscribed.pk))
 
-    first, second = client.get(_path(link)), client.get(_path(link))
+    pages = {
+        link: [client.get(link, headers={"accept": _BROWSER}), client.get(link)] for link in (confirm, unsubscribe)
+    }
+    heads = [client.head(link) for link in (confirm, unsubscribe)]
+
+    pending.refresh_from_db()
+    subscribed.refresh_from_db()
+    assert (pending.confirmed_at, pending.unsubscribed_at) == (None, None)
+    assert (subscribed.unsubscribed_at, subscribed.notifiable) == (None, True)
+    assert [response.status_code for response in heads] == [200, 200]
+    assert all(response.content == b"" for response in heads)
+    for answers in pages.values():
+        for response in answers:
+            assert response.status_code == 200
+            assert response["Content-Type"].startswith("text/html")
+            assert response["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+            assert response["Referrer-Policy"] == "no-referrer"
+            html = response.content.decode()
+            assert html.count("<form") == 1 and '<form method="post">' in html  # no action: the same address
+            assert html.count("<button") == 1
+            assert "&lt;b&gt;Tea &amp; co&lt;/b&gt;" in html and "<b>" not in html
+            assert "<script" not in html and "src=" not in html and "href=" not in html
+    assert 'name="List-Unsubscribe" value="One-Click"' in pages[unsubscribe][0].content.decode()
+
+
+@pytest.mark.django_db
+def test_posting_acts_idempotently_json_for_clients_a_page_for_the_browser_form():
+    """Given an unconfirmed subscription, when its confirmation link is POSTed twice, then both answer 200 and
+    it is confirmed once; the browser's form post (``Accept: text/html``, a client that enforces CSRF, no token)
+    gets a page, an API client ``{"detail"}``. When its unsubscribe link gets RFC 8058's one-click POST twice
+    (form-encoded ``List-Unsubscribe=One-Click``, no ``Accept``), both answer 200 JSON and it is unsubscribed."""
+    subscription = SubscriptionFactory(unconfirmed=True, confirmation_sent_at=timezone.now())
+    link = _path(consent.confirm_url(subscription_id=subscription.pk, issued_at=subscription.confirmation_sent_at))
+    browser = Client(enforce_csrf_checks=True)
+
+    first = browser.post(link, headers={"accept": _BROWSER})
+    second = Client().post(link)
 
     assert (first.status_code, second.status_code) == (200, 200)
+    assert first["Content-Type"].startswith("text/html") and "Subscription confirmed" in first.content.decode()
+    assert first["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+    assert set(second.json()) == {"detail"} and "confirmed" in second.json()["detail"]
     subscription.refresh_from_db()
     confirmed_at = subscription.confirmed_at
     assert confirmed_at is not None and subscription.notifiable
 
     unsubscribe = _path(consent.unsubscribe_url(subscription_id=subscription.pk))
     one_click = {"data": "List-Unsubscribe=One-Click", "content_type": "application/x-www-form-urlencoded"}
-    answers = [client.post(unsubscribe, **one_click), client.post(unsubscribe, **one_click)]
+    answers = [browser.post(unsubscribe, **one_click), browser.post(unsubscribe, **one_click)]
 
     assert [response.status_code for response in answers] == [200, 200]
+    assert all(response.json() == answers[0].json() for response in answers)
     subscription.refresh_from_db()
     assert subscription.unsubscribed_at is not None and not subscription.notifiable
-    assert client.get(unsubscribe).status_code == 200  # the body link: a GET unsubscribes too, idempotently
+    assert subscription.confirmed_at == confirmed_at
+    page = browser.get(unsubscribe, headers={"accept": _BROWSER})
+    assert page.status_code == 200 and "already unsubscribed" in page.content.decode()
+
+
+@pytest.mark.django_db
+def test_another_method_on_a_link_is_a_json_405():
+    subscription = SubscriptionFactory()
+    response = Client().put(_path(consent.unsubscribe_url(subscription_id=subscription.pk)))
+
+    assert response.status_code == 405 and set(response.json()) == {"detail"}
+    assert set(response["Allow"].split(", ")) == {"GET", "HEAD", "POST", "OPTIONS"}
+    assert Subscription.objects.get(pk=subscription.pk).notifiable
 
 
 @pytest.mark.django_db
 def test_expired_tampered_and_superseded_links_are_400_and_change_nothing(monkeypatch, settings):
     """A confirmation link older than ``SUBSCRIPTION_CONFIRM_MAX_AGE_SECONDS``, one with its signature altered,
     one forged for another subscription, an unsubscribe link altered, and a confirmation link issued before the
-    subscriber unsubscribed: each is 400 with a ``detail`` saying why, and no subscription changes."""
+    subscriber unsubscribed: each is 400 with a ``detail`` saying why, on GET and on POST (a page saying it to a
+    browser), and no subscription changes."""
     subscription = SubscriptionFactory(unconfirmed=True, confirmation_sent_at=timezone.now())
     other = SubscriptionFactory(unconfirmed=True)
-    client = APIClient()
+    client = Client()
     with monkeypatch.context() as patch:
         old = int(time.time()) - settings.SUBSCRIPTION_CONFIRM_MAX_AGE_SECONDS - 60
         patch.setattr(signing.TimestampSigner, "timestamp", lambda self: signing.b62_encode(old))
@@ -150,26 +212,32 @@ def test_expired_tampered_and_superseded_links_are_400_and_change_nothing(monkey
     tampered = valid[:-2] + ("AA" if not valid.endswith("AA") else "BB")
     forged = signing.dumps({"s": other.pk, "t": 0}, salt="wrong salt")
     unsubscribe = consent.unsubscribe_url(subscription_id=subscription.pk)
-
-    answers = {
-        "expired": client.get(_path(expired)),
-        "tampered": client.get(_path(tampered)),
-        "forged": client.get(f"/api/subscriptions/confirm/{forged}"),
-        "unsubscribe tampered": client.post(_path(unsubscribe).replace(":", ":x", 1)),
-        "unsubscribe of another id": client.post(_path(unsubscribe).replace(f"/{subscription.pk}:", f"/{other.pk}:")),
+    links = {
+        "expired": _path(expired),
+        "tampered": _path(tampered),
+        "forged": f"/api/subscriptions/confirm/{forged}",
+        "unsubscribe tampered": _path(unsubscribe).replace(":", ":x", 1),
+        "unsubscribe of another id": _path(unsubscribe).replace(f"/{subscription.pk}:", f"/{other.pk}:"),
     }
 
-    assert {name: response.status_code for name, response in answers.items()} == dict.fromkeys(answers, 400)
-    assert "expired" in answers["expired"].json()["detail"]
-    assert all(set(response.json()) == {"detail"} for response in answers.values())
+    for method in (client.get, client.post):
+        answers = {name: method(link) for name, link in links.items()}
+        assert {name: response.status_code for name, response in answers.items()} == dict.fromkeys(answers, 400)
+        assert "expired" in answers["expired"].json()["detail"]
+        assert all(set(response.json()) == {"detail"} for response in answers.values())
+        page = method(links["expired"], headers={"accept": _BROWSER})
+        assert page.status_code == 400 and "This confirmation link has expired" in page.content.decode()
+        assert "<form" not in page.content.decode()
+    assert client.head(links["tampered"]).status_code == 400
     assert not Subscription.objects.filter(confirmed_at__isnull=False).exists()
     assert not Subscription.objects.filter(unsubscribed_at__isnull=False).exists()
 
-    # A link mailed before an unsubscribe does not undo it.
-    client.get(_path(valid))
-    client.post(_path(unsubscribe))
-    superseded = client.get(_path(valid))
-    assert superseded.status_code == 400 and "unsubscribed" in superseded.json()["detail"]
+    # A link mailed before an unsubscribe does not undo it, and its page says so.
+    assert client.post(_path(valid)).status_code == 200
+    assert client.post(_path(unsubscribe)).status_code == 200
+    for method in (client.get, client.post):
+        superseded = method(_path(valid))
+        assert superseded.status_code == 400 and "unsubscribed" in superseded.json()["detail"]
     assert Subscription.objects.get(pk=subscription.pk).unsubscribed_at is not None
 
 
@@ -267,7 +335,10 @@ def test_a_subscriber_is_notified_after_confirming_and_every_email_can_be_unsubs
     (confirm,) = _LINK.findall(_body(request))
     assert "List-Unsubscribe" not in request  # it is not subscribed yet: nothing to leave
 
-    assert client.get(_path(confirm)).status_code == 200
+    page = client.get(_path(confirm), headers={"accept": _BROWSER})  # what a link scanner does too
+    assert page.status_code == 200 and '<form method="post">' in page.content.decode()
+    assert not Subscription.objects.get(email="ann@example.net").notifiable
+    assert client.post(_path(confirm), headers={"accept": _BROWSER}).status_code == 200  # its button
     promo = PromoFactory(product=product, starts_at=timezone.now() - timedelta(seconds=1))
     check_active_promos.delay().get(timeout=RESULT_TIMEOUT)
     wait_for(lambda: len(_messages_to(sink, "ann@example.net")) == 2, what="the promo's email")
@@ -280,6 +351,8 @@ def test_a_subscriber_is_notified_after_confirming_and_every_email_can_be_unsubs
     assert _LINK.findall(_body(email)) == [unsubscribe[1:-1]]
     assert Notification.objects.get(promo=promo).status == NotificationStatus.SENT
 
+    assert client.get(_path(unsubscribe[1:-1])).status_code == 200  # a scanner following the body link
+    assert Subscription.objects.get(email="ann@example.net").notifiable
     response = client.post(
         _path(unsubscribe[1:-1]), data="List-Unsubscribe=One-Click", content_type="application/x-www-form-urlencoded"
     )
