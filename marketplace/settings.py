@@ -304,6 +304,8 @@ CELERY_TASK_ROUTES = {
     "promotions.tasks.queue_promo_notifications": {"queue": FANOUT_QUEUE},
     "promotions.tasks.process_notification_queue": {"queue": FANOUT_QUEUE},
     "promotions.tasks.deliver_notification_batch": {"queue": DELIVERIES_QUEUE},
+    # One message each, to someone who just subscribed and waits for it: not behind a flood's delivery batches.
+    "promotions.tasks.send_subscription_confirmation": {"queue": FANOUT_QUEUE},
     "promotions.tasks.cleanup_expired_promos": {"queue": MAINTENANCE_QUEUE},
     "observability.deadletters.tasks.purge_expired_dead_letters": {"queue": MAINTENANCE_QUEUE},
     "observability.record_dead_letter": {"queue": DEADLETTERS_QUEUE},

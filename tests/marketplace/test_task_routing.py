@@ -24,7 +24,11 @@ from tests.net import free_port
 #: Each task published by the script below, by the queue role it must land in.
 EXPECTED = {
     "promos": ["promotions.tasks.check_active_promos", "promotions.tasks.sync_promo"],
-    "fanout": ["promotions.tasks.process_notification_queue", "promotions.tasks.queue_promo_notifications"],
+    "fanout": [
+        "promotions.tasks.process_notification_queue",
+        "promotions.tasks.queue_promo_notifications",
+        "promotions.tasks.send_subscription_confirmation",
+    ],
     "deliveries": ["promotions.tasks.deliver_notification_batch"],
     "maintenance": [
         "observability.deadletters.tasks.purge_expired_dead_letters",
@@ -50,6 +54,7 @@ tasks.sync_promo.delay(1)
 tasks.queue_promo_notifications.delay([1])
 tasks.process_notification_queue.delay()
 tasks.deliver_notification_batch.delay()
+tasks.send_subscription_confirmation.delay(1)
 tasks.cleanup_expired_promos.delay()
 purge_expired_dead_letters.delay()
 current_app.send_task("tests.unrouted")
