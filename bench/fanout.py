@@ -89,8 +89,8 @@ def fan_out_at_scale(subscribers: int, sink: Sink, batch_size: int | None = None
     broker().flushdb()
     _execute("INSERT INTO promotions_product (name, price, created_at) VALUES ('bench fan-out', 10, now())")
     _execute(
-        "INSERT INTO promotions_subscription (product_id, email, created_at) "
-        "SELECT 1, 'user' || g || '@bench.example', now() FROM generate_series(1, %(n)s) g",
+        "INSERT INTO promotions_subscription (product_id, email, created_at, confirmed_at) "
+        "SELECT 1, 'user' || g || '@bench.example', now(), now() FROM generate_series(1, %(n)s) g",
         {"n": subscribers},
     )
     _execute("VACUUM ANALYZE promotions_subscription")

@@ -118,13 +118,13 @@ def _insert(flood: int, promos: int, spread: float) -> None:
         {"n": promos + 1},
     )
     _execute(
-        "INSERT INTO promotions_subscription (product_id, email, created_at) "
-        "SELECT 1, 'user' || g || '@bench.example', now() FROM generate_series(1, %(n)s) g",
+        "INSERT INTO promotions_subscription (product_id, email, created_at, confirmed_at) "
+        "SELECT 1, 'user' || g || '@bench.example', now(), now() FROM generate_series(1, %(n)s) g",
         {"n": flood},
     )
     _execute(
-        "INSERT INTO promotions_subscription (product_id, email, created_at) "
-        "SELECT p.id, 'other' || p.id || '@bench.example', now() FROM promotions_product p WHERE p.id > 1"
+        "INSERT INTO promotions_subscription (product_id, email, created_at, confirmed_at) "
+        "SELECT p.id, 'other' || p.id || '@bench.example', now(), now() FROM promotions_product p WHERE p.id > 1"
     )
     now = timezone.now()
     _execute(

@@ -75,8 +75,8 @@ def _backlog(count: int) -> None:
     with connection.cursor() as cursor:
         cursor.execute("INSERT INTO promotions_product (name, price, created_at) VALUES ('bench', 10, now())")
         cursor.execute(
-            "INSERT INTO promotions_subscription (product_id, email, created_at) "
-            "SELECT 1, 'user' || g || '@bench.example', now() FROM generate_series(1, %(n)s) g",
+            "INSERT INTO promotions_subscription (product_id, email, created_at, confirmed_at) "
+            "SELECT 1, 'user' || g || '@bench.example', now(), now() FROM generate_series(1, %(n)s) g",
             {"n": count},
         )
         cursor.execute(

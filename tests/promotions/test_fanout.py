@@ -25,7 +25,8 @@ def _live_promo(subscribers: int, **fields: object) -> FlashPromo:
     """An active promo whose product has ``subscribers`` subscriptions (and another product's, never notified)."""
     product = ProductFactory.create()
     Subscription.objects.bulk_create(
-        Subscription(product=product, email=f"s{n}@example.com") for n in range(subscribers)
+        Subscription(product=product, email=f"s{n}@example.com", confirmed_at=timezone.now())
+        for n in range(subscribers)
     )
     SubscriptionFactory.create_batch(2)  # other products' subscribers, interleaved ids
     now = timezone.now()
