@@ -131,7 +131,7 @@ def stop_process(process: subprocess.Popen[Any], *, sig: int = signal.SIGTERM, t
     process.wait()
 
 
-#: Queue role -> the variable naming its queue (marketplace/settings.py, "Queues").
+#: Queue role -> the variable naming its queue (marketplace/settings/broker.py, "Queues").
 QUEUE_VARIABLES = {
     "promos": "CELERY_PROMOS_QUEUE",
     "fanout": "CELERY_FANOUT_QUEUE",

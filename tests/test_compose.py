@@ -5,7 +5,8 @@ The file validates against the official Compose Specification schema (vendored i
 seed's Celery services and commands; every service has a healthcheck or says why it cannot, and starts only
 once what it needs is healthy, started or finished; the app roles share one image; the broker cannot lose
 messages; Flower and Grafana need a password, and whatever has no authentication is reachable from this
-machine only; .env.example documents every variable the file interpolates and every one settings.py reads.
+machine only; .env.example documents every variable the file interpolates and every one the settings
+(marketplace/settings/) read.
 The OpenTelemetry Collector takes OTLP from the app and hands metrics to Prometheus and traces to Tempo;
 Prometheus scrapes it, keeps its labels and exemplars and passes `promtool check config`; Grafana's data
 sources link an exemplar's trace id to Tempo.
@@ -31,7 +32,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
-SETTINGS_FILE = ROOT / "marketplace" / "settings.py"
+#: The settings package: each of its modules reads its own variables.
+SETTINGS_DIR = ROOT / "marketplace" / "settings"
 DOCKERFILE = ROOT / "Dockerfile"
 PROCFILE = ROOT / "Procfile"
 README = ROOT / "README.md"
@@ -146,17 +148,18 @@ def env_docs(env_entries: list[tuple[str, str]]) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def settings_reads() -> dict[str, bool]:
-    """Variables settings.py reads through ``marketplace.env``, each mapped to True when some read has no
-    default. Parsed, not imported: importing settings would need the very variables it checks."""
+    """Variables the settings modules read through ``marketplace.env``, each mapped to True when some read has
+    no default. Parsed, not imported: importing settings would need the very variables it checks."""
     reads: dict[str, bool] = {}
-    for node in ast.walk(ast.parse(SETTINGS_FILE.read_text())):
+    nodes = (node for path in sorted(SETTINGS_DIR.glob("*.py")) for node in ast.walk(ast.parse(path.read_text())))
+    for node in nodes:
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id.startswith("env_"):
             name = node.args[0]
             assert isinstance(name, ast.Constant), f"line {node.lineno}: variable name is not a literal"
             assert isinstance(name.value, str), f"line {node.lineno}: variable name is not a string"
             has_default = len(node.args) > 1 or any(keyword.arg == "default" for keyword in node.keywords)
             reads[name.value] = reads.get(name.value, False) or not has_default
-    assert "DATABASE_URL" in reads, "no env_*() read found in settings.py"
+    assert "DATABASE_URL" in reads, "no env_*() read found in marketplace/settings/"
     return reads
 
 
@@ -944,14 +947,14 @@ def test_variables_required_by_compose_are_documented_as_required(
 
 
 def test_every_variable_settings_reads_is_documented(settings_reads: dict[str, bool], env_docs: dict[str, str]) -> None:
-    """Every variable settings.py reads has an entry in .env.example."""
+    """Every variable the settings read has an entry in .env.example."""
     assert settings_reads.keys() - env_docs.keys() == set()
 
 
 def test_variables_settings_require_are_documented_as_required(
     settings_reads: dict[str, bool], env_docs: dict[str, str]
 ) -> None:
-    """A variable settings.py reads without a default says "Required" in .env.example."""
+    """A variable the settings read without a default says "Required" in .env.example."""
     required = [name for name, no_default in settings_reads.items() if no_default]
     assert [name for name in required if "Required" not in env_docs[name]] == []
 
