@@ -15,7 +15,13 @@ from typing import Any
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension, OpenApiViewExtension
 from drf_spectacular.generators import SchemaGenerator
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+    extend_schema_view,
+    inline_serializer,
+)
 from rest_framework import serializers as fields
 from rest_framework.views import APIView
 
@@ -53,17 +59,36 @@ ERROR_COMPONENTS: dict[str, dict[str, Any]] = {
     },
 }
 
-#: Answers any operation can give: a refused token, and the throttle.
-_ALWAYS = {
-    401: OpenApiResponse(_ERROR, description="The bearer token is unknown or malformed."),
-    429: OpenApiResponse(_ERROR, description="Too many requests: retry after `Retry-After` seconds."),
+#: The answer any operation can give: a refused token (the token is checked wherever one is sent).
+_ALWAYS = {401: OpenApiResponse(_ERROR, description="The bearer token is unknown, expired or malformed.")}
+#: The answer of a throttled operation (``promotions.api.throttles``); ``add_error_components`` documents its
+#: ``Retry-After`` header. Writes are not throttled: they need a staff token.
+_THROTTLED = {
+    429: OpenApiResponse(
+        _ERROR,
+        description="Too many requests from this client (or for this address): retry after `Retry-After` seconds.",
+    )
 }
 #: Answers of an operation that takes a JSON body.
 _BODY = {
     400: OpenApiResponse(_INVALID, description="Invalid JSON, a body nested too deep, or refused fields."),
     415: OpenApiResponse(_ERROR, description="The body is not `application/json`."),
 }
-_STAFF = {403: OpenApiResponse(_ERROR, description="The token's user may not make this change.")}
+#: Writes: no token, or a refused one, is a 401; a token whose user is not staff or lacks the model
+#: permission the admin would ask for (``promotions.api.permissions``) is a 403.
+_STAFF = {
+    401: OpenApiResponse(_ERROR, description="No bearer token, or one unknown, expired or malformed."),
+    403: OpenApiResponse(
+        _ERROR,
+        description="The token's user is not staff or lacks the model permission this "
+        "change needs (the `detail` names it).",
+    ),
+}
+#: Who may call a write: a bearer token only. Reads and subscribing: a token or none (``{}``), which
+#: drf-spectacular cannot infer from the views' own permission class.
+#: (``Any``: extend_schema's stub types ``auth`` as names, but drf-spectacular writes it as the security list.)
+_TOKEN: Any = [{"tokenAuth": []}]
+_TOKEN_OR_NONE: Any = [{"tokenAuth": []}, {}]
 _NO_PROMO = {404: OpenApiResponse(_ERROR, description="No promo with this id.")}
 _CONFLICTS = {409: OpenApiResponse(_CONFLICT, description="The promo's status does not allow this change.")}
 
@@ -75,10 +100,26 @@ _PRODUCT = inline_serializer(
         "price": fields.DecimalField(max_digits=10, decimal_places=2, coerce_to_string=True),
     },
 )
-_SUBSCRIPTION = inline_serializer(
-    "Subscription",
-    {"id": fields.IntegerField(), "product_id": fields.IntegerField(), "created": fields.BooleanField()},
+_SUBSCRIBE_ACCEPTED = inline_serializer(
+    "SubscriptionAccepted",
+    {"detail": fields.CharField(help_text="The same for every address, subscribed or not.")},
 )
+#: Who gets which shape of a promo (``promotions.api.permissions.sees_everything``).
+_AS_SEEN = (
+    "Staff with the `promotions.view_flashpromo` permission get `PromoOutput` (promos in every status, with "
+    "notification counts); anyone else - anonymous or another token - gets `PublicPromoOutput` (active promos "
+    "only, no counts; any other promo is a 404, as one that does not exist)."
+)
+_AS_SEEN_IN_LIST = _AS_SEEN.replace("; any other promo is a 404, as one that does not exist", "")
+
+
+def _promo_as_seen(*, many: bool) -> PolymorphicProxySerializer:
+    return PolymorphicProxySerializer(
+        component_name="PromoAsSeen",  # the item of the list too
+        serializers=[serializers.PublicPromoOutput, serializers.PromoOutput],
+        resource_type_field_name=None,  # no field tells them apart: the caller's permission does
+        many=many,
+    )
 
 
 def _answers(*groups: dict[int, Any]) -> dict[int, Any]:
@@ -89,9 +130,26 @@ def _answers(*groups: dict[int, Any]) -> dict[int, Any]:
 
 def add_error_components(result: dict[str, Any], generator: SchemaGenerator, **kwargs: Any) -> dict[str, Any]:
     """drf-spectacular post-processing hook (``SPECTACULAR_SETTINGS["POSTPROCESSING_HOOKS"]``): adds the error
-    shapes the responses above refer to."""
-    result.setdefault("components", {}).setdefault("schemas", {}).update(ERROR_COMPONENTS)
+    shapes the responses above refer to, closes the public promo's shape, and gives every 429 its
+    ``Retry-After`` header (``OpenApiResponse`` takes no headers)."""
+    schemas = result.setdefault("components", {}).setdefault("schemas", {})
+    schemas.update(ERROR_COMPONENTS)
+    # The public shape has nothing more: a full promo is not one (the oneOf of the reads tells them apart).
+    if "PublicPromoOutput" in schemas:
+        schemas["PublicPromoOutput"]["additionalProperties"] = False
+    for item in result.get("paths", {}).values():
+        for operation in item.values():
+            throttled = operation.get("responses", {}).get("429") if isinstance(operation, dict) else None
+            if throttled is not None:
+                throttled["headers"] = {"Retry-After": _RETRY_AFTER}
     return result
+
+
+_RETRY_AFTER = {
+    "description": "Seconds until the client's window closes and requests are counted afresh.",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 0},
+}
 
 
 def _describe(view: str, **operations: Any) -> None:
@@ -113,19 +171,28 @@ _describe(
     "promotions.api.views.ProductCreateView",
     post=extend_schema(
         summary="Create a product",
+        auth=_TOKEN,
         request=serializers.ProductInput,
-        responses=_answers({201: _PRODUCT}, _BODY, _ALWAYS, _STAFF),
+        responses=_answers({201: _PRODUCT}, _BODY, _STAFF),
     ),
 )
 _describe(
     "promotions.api.views.SubscriptionCreateView",
     post=extend_schema(
-        summary="Subscribe an address to a product's promos",
+        summary="Subscribe an address to a product's promos (double opt-in)",
+        description=(
+            "Always 202 with the same body, whatever the address's state: unless it is subscribed already, the "
+            "address is sent a link to confirm, and nothing else before it confirms. The links in that message "
+            "(`/api/subscriptions/confirm/{token}`, `/api/subscriptions/unsubscribe/{token}`) are pages for a "
+            "person, outside this document."
+        ),
+        auth=_TOKEN_OR_NONE,
         request=serializers.SubscriptionInput,
         responses=_answers(
-            {201: _SUBSCRIPTION, 404: OpenApiResponse(_ERROR, description="No product with this id.")},
+            {202: _SUBSCRIBE_ACCEPTED, 404: OpenApiResponse(_ERROR, description="No product with this id.")},
             _BODY,
             _ALWAYS,
+            _THROTTLED,
         ),
     ),
 )
@@ -133,39 +200,58 @@ _describe(
     "promotions.api.views.PromoCollectionView",
     get=extend_schema(
         summary="List promos, soonest start first",
+        operation_id="promos_list",  # the answer is no list serializer, from which drf-spectacular would infer it
+        description=_AS_SEEN_IN_LIST,
+        auth=_TOKEN_OR_NONE,
         parameters=[serializers.PromoListQuery],
         responses=_answers(
             {
-                200: serializers.PromoOutput(many=True),
+                200: OpenApiResponse(_promo_as_seen(many=True), description=_AS_SEEN_IN_LIST),
                 400: OpenApiResponse(_INVALID, description="A refused query parameter."),
             },
             _ALWAYS,
+            _THROTTLED,
         ),
     ),
     post=extend_schema(
         summary="Create a promo",
+        auth=_TOKEN,
         request=serializers.PromoInput,
-        responses=_answers({201: serializers.PromoOutput}, _BODY, _ALWAYS, _STAFF),
+        responses=_answers({201: serializers.PromoOutput}, _BODY, _STAFF),
     ),
 )
 _describe(
     "promotions.api.views.PromoDetailView",
-    get=extend_schema(summary="Read a promo", responses=_answers({200: serializers.PromoOutput}, _NO_PROMO, _ALWAYS)),
+    get=extend_schema(
+        summary="Read a promo",
+        description=_AS_SEEN,
+        auth=_TOKEN_OR_NONE,
+        responses=_answers(
+            {200: OpenApiResponse(_promo_as_seen(many=False), description=_AS_SEEN)},
+            {404: OpenApiResponse(_ERROR, description="No promo with this id that the caller may see.")},
+            _ALWAYS,
+            _THROTTLED,
+        ),
+    ),
     patch=extend_schema(
         summary="Change a scheduled promo",
+        auth=_TOKEN,
         request=serializers.PromoUpdate,
-        responses=_answers({200: serializers.PromoOutput}, _BODY, _ALWAYS, _STAFF, _NO_PROMO, _CONFLICTS),
+        responses=_answers({200: serializers.PromoOutput}, _BODY, _STAFF, _NO_PROMO, _CONFLICTS),
     ),
 )
 _describe(
     "promotions.api.views.PromoCancelView",
     post=extend_schema(
         summary="Cancel a promo (repeating it answers 200 again)",
+        auth=_TOKEN,
         request=None,
-        responses=_answers({200: serializers.PromoOutput}, _BODY, _ALWAYS, _STAFF, _NO_PROMO, _CONFLICTS),
+        responses=_answers({200: serializers.PromoOutput}, _BODY, _STAFF, _NO_PROMO, _CONFLICTS),
     ),
 )
-# UnknownEndpointView (the catch-all JSON 404) defines no method: it is in no path of the document.
+# UnknownEndpointView (the catch-all JSON 404) defines no method: it is in no path of the document. Nor are the
+# consent links (promotions.api.consent): plain Django views answering an HTML page or JSON, which
+# drf-spectacular describes only through a DRF wrapper they do not have; the README's API table lists them.
 
 
 class _BearerTokenScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]  # registers itself, untyped

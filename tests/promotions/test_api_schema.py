@@ -1,5 +1,7 @@
 """The API's OpenAPI document: generated from the code without a warning, valid, equal to the committed
-``docs/openapi.yaml``, naming every field of the serializers, and served to anyone at ``/api/schema``."""
+``docs/openapi.yaml``, naming every field of the serializers, saying who may call what and what each caller
+gets (the API as ``promotions.api.permissions``, ``throttles`` and ``consent`` make it), and served to anyone
+at ``/api/schema``."""
 
 from __future__ import annotations
 
@@ -51,6 +53,7 @@ def test_the_committed_document_is_the_generated_one(generated):
         ("PromoInputRequest", serializers.PromoInput),
         ("PatchedPromoUpdateRequest", serializers.PromoUpdate),
         ("PromoOutput", serializers.PromoOutput),
+        ("PublicPromoOutput", serializers.PublicPromoOutput),
     ],
 )
 def test_every_serializer_field_is_in_the_document(generated, component, serializer):
@@ -78,13 +81,25 @@ def _every_operation(document: dict[str, Any]) -> list[tuple[str, str, dict[str,
     ]
 
 
+#: The operations with a throttle (``promotions.api.throttles``); writes have none.
+THROTTLED = {
+    ("/api/products/{product_id}/subscriptions", "post"),
+    ("/api/promos", "get"),
+    ("/api/promos/{promo_id}", "get"),
+}
+
+
 def test_every_operation_documents_its_errors_in_the_json_error_shape(generated):
-    """A client reads every error of every operation from the document: 401 (a refused token) and 429 (the
-    throttle) everywhere, 400/415 where a body is taken, 403 where a permission is needed."""
+    """A client reads every error of every operation from the document: 401 (a refused token) everywhere, 429
+    (the throttle, with ``Retry-After``) where a throttle counts, 400/415 where a body is taken, 403 where a
+    permission is needed."""
     document = yaml.safe_load(generated)
     for path, method, operation in _every_operation(document):
         codes = set(operation["responses"])
-        assert {"401", "429"} <= codes, (method, path)
+        assert "401" in codes, (method, path)
+        assert ("429" in codes) == ((path, method) in THROTTLED), (method, path)
+        if "429" in codes:
+            assert operation["responses"]["429"]["headers"]["Retry-After"]["required"] is True
         if "requestBody" in operation:
             assert {"400", "415"} <= codes, (method, path)
         if {} not in operation.get("security", [{}]):
@@ -92,6 +107,45 @@ def test_every_operation_documents_its_errors_in_the_json_error_shape(generated)
         for code, answer in operation["responses"].items():
             if code.startswith("4"):
                 assert answer["content"]["application/json"]["schema"]["$ref"].startswith("#/components/"), code
+
+
+def test_anyone_may_read_promos_and_subscribe_and_only_a_token_may_write(generated):
+    """The security of each operation is who the permission class lets in: reads and subscribing take a token
+    or none (``{}``), every write a token."""
+    document = yaml.safe_load(generated)
+    public = {
+        ("/api/products/{product_id}/subscriptions", "post"),
+        ("/api/promos", "get"),
+        ("/api/promos/{promo_id}", "get"),
+    }
+    for path, method, operation in _every_operation(document):
+        expected = [{"tokenAuth": []}, {}] if (path, method) in public else [{"tokenAuth": []}]
+        assert operation["security"] == expected, (method, path)
+
+
+def test_a_promo_read_documents_both_shapes_and_who_gets_which(generated):
+    """Staff with the view permission get ``PromoOutput``, anyone else ``PublicPromoOutput``: the answer is one
+    of them (the public one allows no other property, so a full promo is not both)."""
+    document = yaml.safe_load(generated)
+    shapes = {"$ref": "#/components/schemas/PromoAsSeen"}
+    listed = document["paths"]["/api/promos"]["get"]["responses"]["200"]
+    one = document["paths"]["/api/promos/{promo_id}"]["get"]["responses"]["200"]
+    assert listed["content"]["application/json"]["schema"] == {"type": "array", "items": shapes}
+    assert one["content"]["application/json"]["schema"] == shapes
+    assert document["components"]["schemas"]["PromoAsSeen"]["oneOf"] == [
+        {"$ref": "#/components/schemas/PublicPromoOutput"},
+        {"$ref": "#/components/schemas/PromoOutput"},
+    ]
+    assert document["components"]["schemas"]["PublicPromoOutput"]["additionalProperties"] is False
+    for answer in (listed, one):
+        assert "promotions.view_flashpromo" in answer["description"] and "PublicPromoOutput" in answer["description"]
+
+
+def test_subscribing_is_documented_as_the_202_it_always_is(generated):
+    operation = yaml.safe_load(generated)["paths"]["/api/products/{product_id}/subscriptions"]["post"]
+    assert {code for code in operation["responses"] if code.startswith("2")} == {"202"}
+    accepted = operation["responses"]["202"]["content"]["application/json"]["schema"]["$ref"].rpartition("/")[2]
+    assert yaml.safe_load(generated)["components"]["schemas"][accepted]["required"] == ["detail"]
 
 
 @pytest.mark.django_db
