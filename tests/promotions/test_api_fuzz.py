@@ -4,8 +4,11 @@ headers, body - is one the document describes.
 
 The operations come from the document drf-spectacular generates, so a new endpoint is fuzzed once it is
 documented. Requests go to the Django app in-process (WSGI), inside the test's transaction: nothing the API
-defers to a commit (a sweep's publish, a message) runs. Deterministic: a fixed seed, derandomized, no example
-database; a failure prints the reproducing request.
+defers to a commit runs - neither a sweep's publish nor the confirmation request of a fuzzed subscription
+(``tasks.request_confirmation``), so nothing is published, even to the run's own Redis database, and nobody is
+mailed (``_nothing_published`` checks it). The throttles are off while fuzzing (a 429 would answer most
+requests after the first minute's worth and hide the views behind it); one test shows the 429 is documented.
+Deterministic: a fixed seed, derandomized, no example database; a failure prints the reproducing request.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 import pytest
 import schemathesis
 from django.core.signals import request_finished, request_started
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 from django.utils import timezone
 from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.renderers import OpenApiJsonRenderer
@@ -76,6 +79,30 @@ def _connection_kept_across_requests() -> Iterator[None]:
     request_finished.connect(close_old_connections)
 
 
+@pytest.fixture(autouse=True)
+def rates(settings):
+    """Every throttle off (a rate of None: ``promotions.api.throttles`` neither counts nor refuses); the
+    returned function sets some back for one test, as ``rates(anon_read="1/minute")``."""
+
+    def set_rates(**scopes: str | None) -> None:
+        framework = dict(settings.REST_FRAMEWORK)
+        framework["DEFAULT_THROTTLE_RATES"] = {**framework["DEFAULT_THROTTLE_RATES"], **scopes}
+        settings.REST_FRAMEWORK = framework
+
+    set_rates(**dict.fromkeys(settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]))
+    return set_rates
+
+
+@pytest.fixture
+def _nothing_published(redis_client) -> Iterator[None]:
+    """The subscriptions fuzzing creates ask for confirmation on commit; the test's transaction never commits,
+    so no confirmation is published - not even to the run's Redis database (the broker and the cache), which
+    stays empty - and the callbacks are still pending, never run, when the test ends."""
+    yield
+    assert connection.in_atomic_block, "the requests ran outside the test's transaction: on_commit would run"
+    assert redis_client.keys("*") == [], "something was published or cached while fuzzing"
+
+
 @pytest.fixture
 def rows():
     """A product and a promo in each status, so that generated ids reach the views' logic, not only 404s."""
@@ -114,8 +141,31 @@ def _aim_at_rows(case: schemathesis.Case[Any], rows: dict[str, list[int]]) -> No
     database=None,  # the same requests every run: no examples replayed from an earlier one
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
+@pytest.mark.usefixtures("_nothing_published")
 def test_every_answer_is_documented_and_none_is_a_server_error(case, rows, caller_headers):
     """Given any request the document allows (and the near misses schemathesis derives from it), anonymous
     or with every write permission, the answer is never a 500 and conforms to the document."""
     _aim_at_rows(case, rows)
     case.call_and_validate(base_url=BASE_URL, headers=caller_headers)
+
+
+@pytest.mark.parametrize(
+    ("scope", "path", "method", "body"),
+    [
+        ("anon_read", "/api/promos", "GET", None),
+        ("subscribe", "/api/products/{product_id}/subscriptions", "POST", {"email": "fuzz@example.com"}),
+    ],
+)
+def test_a_throttled_answer_is_the_documented_429_with_retry_after(
+    rates, rows, redis_client, scope, path, method, body
+):
+    """Given a throttle allowing one request, the second is a 429 with ``Retry-After`` and the JSON error body,
+    as the document says (schemathesis' checks of status, headers and body)."""
+    rates(**{scope: "1/hour"})
+    params = {"product_id": rows["product_id"][0]} if "{product_id}" in path else {}
+    case = schema[path][method].Case(path_parameters=params, **({} if body is None else {"body": body}))
+    first = case.call_and_validate(base_url=BASE_URL)
+    throttled = case.call_and_validate(base_url=BASE_URL)
+    assert (first.status_code, throttled.status_code) == (200 if method == "GET" else 202, 429)
+    retry_after = {name.lower(): values for name, values in throttled.headers.items()}["retry-after"]
+    assert 0 < int(retry_after[0]) <= 3600
