@@ -241,6 +241,59 @@ def test_expired_tampered_and_superseded_links_are_400_and_change_nothing(monkey
     assert Subscription.objects.get(pk=subscription.pk).unsubscribed_at is not None
 
 
+#: Tokens nobody was mailed: not signed, signed by another key's shape, huge, not ASCII, control characters,
+#: percent-encoded bytes that are no UTF-8, what a path converter might choke on.
+HOSTILE_TOKENS = [
+    "x",
+    ":",
+    "::::",
+    "1:",
+    ":1",
+    "a" * 5000,
+    "9" * 400 + ":" + "A" * 43,
+    "%00",
+    "%ff%fe",
+    "%C3%BC%E2%80%AE",
+    "..",
+    "%2e%2e",
+    "%0d%0aSet-Cookie:%20x=1",
+    "eyJzIjoxfQ:1abc:def",
+    ".eJyrVkrOzytJzSsBAA",
+    "{}",
+    "%22%3Cscript%3E",
+]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("route", ["confirm", "unsubscribe"])
+def test_hostile_tokens_on_either_link_are_400_never_a_500(route):
+    """The links are plain Django views outside the OpenAPI document (schemathesis does not fuzz them): any
+    token in their address, however malformed, is a 400 with the JSON error (or the page), on every method the
+    link serves, and changes nothing. A token signed with the real key naming an id no row can have (beyond
+    bigint) is no 500 either: the confirmation link a 400, the unsubscribe link the 200 of an address that is
+    not subscribed (as for a deleted subscription)."""
+    subscription = SubscriptionFactory(unconfirmed=True, confirmation_sent_at=timezone.now())
+    out_of_range = (
+        consent.confirm_url(subscription_id=10**30, issued_at=timezone.now())
+        if route == "confirm"
+        else consent.unsubscribe_url(subscription_id=10**30)
+    )
+    client = Client(raise_request_exception=False)
+    for token in [*HOSTILE_TOKENS, _path(out_of_range).rpartition("/")[2]]:
+        link = f"/api/subscriptions/{route}/{token}"
+        answers = {
+            "GET": client.get(link),
+            "HEAD": client.head(link),
+            "POST": client.post(link),
+            "page": client.get(link, headers={"accept": _BROWSER}),
+        }
+        expected = 200 if token not in HOSTILE_TOKENS and route == "unsubscribe" else 400
+        assert {name: answer.status_code for name, answer in answers.items()} == dict.fromkeys(answers, expected)
+        assert set(answers["POST"].json()) == {"detail"}, token
+    refreshed = Subscription.objects.get(pk=subscription.pk)
+    assert (refreshed.confirmed_at, refreshed.unsubscribed_at) == (None, None)
+
+
 @pytest.mark.django_db
 def test_only_confirmed_subscriptions_still_subscribed_are_queued():
     """Given a promo's product with a confirmed, an unconfirmed and an unsubscribed subscription, when its
