@@ -1,6 +1,9 @@
 """The admin login's throttle: django-axes' backend, which counts failed logins per username and address and
 refuses a locked-out pair. ``authenticate()`` without a request (a shell, a management command) has no client
-to throttle: axes would raise ``ValueError`` there, this backend steps aside and ``ModelBackend`` answers."""
+to throttle: axes would raise ``ValueError`` there, this backend steps aside and ``ModelBackend`` answers.
+
+The address it counts is the one the API's throttles count (``client_address``): REMOTE_ADDR, or behind
+``API_NUM_PROXIES`` proxies the address the first of them saw in X-Forwarded-For."""
 
 from __future__ import annotations
 
@@ -8,8 +11,16 @@ from typing import Any
 
 from axes.backends import AxesStandaloneBackend
 from django.http import HttpRequest
+from rest_framework.throttling import BaseThrottle
 
-__all__ = ["LoginThrottleBackend"]
+__all__ = ["LoginThrottleBackend", "client_address"]
+
+
+def client_address(request: HttpRequest) -> str:
+    """DRF's client identity (``NUM_PROXIES``), so the admin's login and the API agree on who a client is.
+    Axes' own proxy support needs django-ipware, which the project does not install: without this callable it
+    counts REMOTE_ADDR, the proxy's address behind one - one attacker would lock an account out for everyone."""
+    return str(BaseThrottle().get_ident(request))  # type: ignore[arg-type]  # reads only request.META
 
 
 class LoginThrottleBackend(AxesStandaloneBackend):  # type: ignore[misc]

@@ -72,6 +72,8 @@ REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {
 # Proxies in front of the web app that append to X-Forwarded-For: the client address is the one the proxy
 # clients connect to recorded. 0 (default): REMOTE_ADDR; X-Forwarded-For - anyone's to write - is ignored.
 REST_FRAMEWORK["NUM_PROXIES"] = env_int("API_NUM_PROXIES", 0, minimum=0)
+# The admin's login throttle (django-axes) counts failures by the same client address (see its callable).
+AXES_CLIENT_IP_CALLABLE = "marketplace.login_throttle.client_address"
 
 # --- API schema and hostile input (drf-spectacular; promotions.api.parsers) --------------------------------
 # Request bodies nesting objects/arrays deeper than this get a 400 (the deepest valid body is 2 levels).

@@ -4,6 +4,8 @@ one address, that pair is locked out - the right password included - and the loc
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from axes.signals import user_locked_out
 from django.contrib.auth.models import User
@@ -15,11 +17,12 @@ pytestmark = pytest.mark.django_db
 PASSWORD = "the-right-password-1"
 
 
-def _login(client: Client, password: str, *, address: str = "203.0.113.7"):
+def _login(client: Client, password: str, *, address: str = "203.0.113.7", forwarded_for: str = ""):
+    extra: dict[str, Any] = {"REMOTE_ADDR": address}
+    if forwarded_for:
+        extra["HTTP_X_FORWARDED_FOR"] = forwarded_for
     return client.post(
-        reverse("admin:login"),
-        {"username": "ops", "password": password, "next": reverse("admin:index")},
-        REMOTE_ADDR=address,
+        reverse("admin:login"), {"username": "ops", "password": password, "next": reverse("admin:index")}, **extra
     )
 
 
@@ -69,3 +72,24 @@ def test_a_lockout_is_per_address(staff, settings):
     assert _login(attacker, PASSWORD).status_code == 429
 
     assert _login(Client(), PASSWORD, address="198.51.100.2").status_code == 302
+
+
+def test_behind_a_proxy_each_client_is_counted_by_its_forwarded_address(staff, settings):
+    """Given one proxy appending X-Forwarded-For (``API_NUM_PROXIES=1``), when one client behind it is locked out,
+    then another client behind the same proxy still logs in: the count is not the proxy's address."""
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}
+    proxy = "10.0.0.2"
+    attacker, colleague = Client(), Client()
+    for n in range(settings.AXES_FAILURE_LIMIT):
+        _login(attacker, f"wrong-{n}", address=proxy, forwarded_for="198.51.100.9")
+    assert _login(attacker, PASSWORD, address=proxy, forwarded_for="198.51.100.9").status_code == 429
+
+    assert _login(colleague, PASSWORD, address=proxy, forwarded_for="192.0.2.44").status_code == 302
+
+
+def test_without_proxies_a_forged_forwarded_address_escapes_nothing(staff, settings):
+    """With no proxy configured (the default), X-Forwarded-For is anyone's to write: it is ignored."""
+    client = Client()
+    for n in range(settings.AXES_FAILURE_LIMIT):
+        _login(client, f"wrong-{n}", forwarded_for=f"198.51.100.{n}")
+    assert _login(client, PASSWORD, forwarded_for="192.0.2.44").status_code == 429
