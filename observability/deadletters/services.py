@@ -22,7 +22,9 @@ from django.db import IntegrityError, close_old_connections, transaction
 from django.db.models import F, QuerySet
 from django.db.models.functions import Greatest
 from django.utils import timezone
+from kombu.exceptions import KombuError
 from kombu.exceptions import OperationalError as BrokerOperationalError
+from redis.exceptions import RedisError
 
 from observability import sentry, telemetry
 from observability.deadletters.models import DeadLetter, DeadLetterReplay, DeadLetterStatus
@@ -234,8 +236,10 @@ def dead_letters_replay(
                         pacer.wait()  # where a throttled replay spends its time, Ctrl-C too
                     if new_id is not None:
                         replays.append(_publish(entry, new_id=new_id, queue=queue, operator=operator))
-                except (BrokerOperationalError, OSError, *backend_errors, KeyboardInterrupt) as exc:
-                    # kombu gave up reconnecting (every later entry would fail the same), or the operator stops.
+                except BaseException as exc:  # noqa: BLE001 - re-raised below, once what was published is committed
+                    # kombu gave up reconnecting (every later entry would fail the same), the operator stops - or
+                    # anything else: whatever stops the loop, the entries published before it are recorded
+                    # (rolled back, they would stay pending and the next replay would publish them again).
                     stopped_by = exc
                     break
                 result.published.append((entry.pk, new_id))
@@ -256,6 +260,8 @@ def dead_letters_replay(
             log.info("dead_letter.replayed", dead_letter_id=entry_id, new_task_id=new_id, operator=operator)
     if stopped_by is not None:
         log.error("dead_letters.replay_stopped", published=len(result.published), error=repr(stopped_by))
+        if not isinstance(stopped_by, (KombuError, RedisError, OSError, *backend_errors, KeyboardInterrupt)):
+            raise stopped_by  # not the broker nor the operator: a defect, with its traceback
         raise ReplayStoppedError(result, stopped_by) from stopped_by
     return result
 

@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from marketplace.celery import app as celery_app
 from observability.deadletters.models import DeadLetter, DeadLetterReplay
-from observability.deadletters.services import REPLAY_OF_HEADER, _TokenBucket
+from observability.deadletters.services import REPLAY_OF_HEADER, _TokenBucket, dead_letters_replay
 from observability.errors import PermanentError
 from observability.failure import Failure
 from tests import tasks
@@ -444,9 +444,9 @@ class TestReplay:
 
         messages = [json.loads(m)["headers"] for m in redis_client.lrange(queue, 0, -1)]
         sent = {m[REPLAY_OF_HEADER]: m["id"] for m in messages}
-        assert 3 <= len(sent) == len(messages) < len(entries)
+        assert 3 <= len(sent) == len(messages) < len(entries), err
         replays = dict(DeadLetterReplay.objects.values_list("dead_letter_id", "new_task_id"))
-        assert replays == sent
+        assert replays == sent, err  # the command's stderr says what stopped it
         assert dict(DeadLetter.objects.values_list("id", "status")) == {
             e.pk: "replayed" if e.pk in sent else "pending" for e in entries
         }
@@ -472,6 +472,28 @@ class TestReplay:
         published = Counter(json.loads(m)["headers"][REPLAY_OF_HEADER] for m in redis_client.lrange(queue, 0, -1))
         assert published == {e.pk: 1 for e in entries}
         assert DeadLetterReplay.objects.count() == len(entries)
+
+    def test_an_unexpected_error_mid_replay_keeps_what_was_published_and_raises_it(self, redis_client, monkeypatch):
+        """A publish that fails for a reason that is neither the broker nor the operator (a defect, here injected
+        into the third publish) stops the replay with that exception, traceback and all - after committing the
+        two entries published before it, which stay replayed: the next replay does not publish them again."""
+        queue = f"defect-{token()}"
+        _entries(5, queue=queue)
+        app = celery_app._get_current_object() if hasattr(celery_app, "_get_current_object") else celery_app
+        real, calls = app.send_task, itertools.count()
+
+        def send_task(*args, **kwargs):
+            if next(calls) == 2:
+                raise RuntimeError("a defect in the publish path")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(app, "send_task", send_task)
+        with pytest.raises(RuntimeError, match="a defect in the publish path"):
+            dead_letters_replay(DeadLetter.objects.filter(queue=queue), operator="test")
+
+        assert DeadLetter.objects.filter(queue=queue, status="replayed").count() == 2
+        assert DeadLetterReplay.objects.filter(dead_letter__queue=queue).count() == 2
+        assert redis_client.llen(queue) == 2
 
     def test_a_limited_replay_locks_no_more_than_it_publishes(self, redis_client, worker_env, start_command):
         """``replay --all --limit 2`` (throttled, so it is still running) alongside a ``replay --all``: the
