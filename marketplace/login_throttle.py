@@ -16,11 +16,13 @@ from rest_framework.throttling import BaseThrottle
 __all__ = ["LoginThrottleBackend", "client_address"]
 
 
-def client_address(request: HttpRequest) -> str:
+def client_address(request: HttpRequest) -> str | None:
     """DRF's client identity (``NUM_PROXIES``), so the admin's login and the API agree on who a client is.
     Axes' own proxy support needs django-ipware, which the project does not install: without this callable it
     counts REMOTE_ADDR, the proxy's address behind one - one attacker would lock an account out for everyone."""
-    return str(BaseThrottle().get_ident(request))  # type: ignore[arg-type]  # reads only request.META
+    ident = BaseThrottle().get_ident(request)  # type: ignore[arg-type]  # reads only request.META
+    # None without an address (``Client.login()`` builds a request without one): axes then counts no address.
+    return str(ident) if ident else None
 
 
 class LoginThrottleBackend(AxesStandaloneBackend):  # type: ignore[misc]
