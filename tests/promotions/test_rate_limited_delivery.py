@@ -28,7 +28,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 QUEUE = "rate-limited"
 RATE, BURST, PROCESSES, BATCH = 40, 1, 4, 20
-PAUSE = 0.5
+PAUSE = 1.0
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def limited_workers(start_module_worker) -> None:
         "NOTIFICATION_RATE_LIMIT_BURST": str(BURST),
         "NOTIFICATION_BATCH_SIZE": str(BATCH),
         "NOTIFICATION_THROTTLE_PAUSE_SECONDS": str(PAUSE),
-        "NOTIFICATION_THROTTLE_PAUSE_MAX_SECONDS": "1",
+        "NOTIFICATION_THROTTLE_PAUSE_MAX_SECONDS": "2",
         **one_queue(QUEUE),
     }
     for _ in range(PROCESSES // 2):
@@ -106,4 +106,6 @@ def test_a_throttling_answer_pauses_the_channel_for_every_worker_and_loses_nothi
     assert Notification.objects.aggregate(Max("attempts"))["attempts__max"] == 1
     first = smtp_sink.throttled_at[0]
     during_pause = [at for at in smtp_sink.received_at if first < at < first + PAUSE * 0.9]
-    assert len(during_pause) <= PROCESSES, during_pause
+    # Unpaused, 36 would arrive in that window. Paused: the sends already granted (one per process) and what the
+    # others are granted while the throttled worker is still reading its answer (up to 0.25 s on a loaded machine).
+    assert len(during_pause) <= PROCESSES + RATE * 0.25, during_pause
