@@ -20,8 +20,8 @@ from bench.harness import RESULTS, Sink, Summary, setup_django
 from bench.report import Row, cpu_ticks, fmt, machine, render, steal_percent
 
 SECTIONS = (
-    "child_path", "throughput", "latency", "sweep", "notifications", "fanout", "lag", "dead_letters", "memory",
-    "flood", "ratelimit",
+    "child_path", "throughput", "publish", "latency", "sweep", "notifications", "fanout", "lag", "dead_letters",
+    "memory", "flood", "ratelimit",
 )  # fmt: skip
 
 
@@ -36,6 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="A/B repeats of each task benchmark (default 3).")
     parser.add_argument("--child-tasks", type=int, help="Tasks per in-process child run (default 10000; quick 2000).")
     parser.add_argument("--tasks", type=int, help="Messages per throughput run (default 10000; quick 2000).")
+    parser.add_argument("--publish-count", type=int, help="Messages per publish-only run (default 10000; quick 2000).")
     parser.add_argument("--latency-rate", type=float, default=200.0, help="Tasks per second (default 200).")
     parser.add_argument("--latency-seconds", type=float, help="Seconds of publishing per run (default 10; quick 3).")
     parser.add_argument("--promos", help="Comma-separated promo table sizes (default 10000,100000; 1000000 works).")
@@ -74,6 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults: dict[str, Any] = {
         "child_tasks": 2000 if quick else 10000,
         "tasks": 2000 if quick else 10000,
+        "publish_count": 2000 if quick else 10000,
         "latency_seconds": 3.0 if quick else 10.0,
         "promos": "10000" if quick else "10000,100000",
         "notifications": 10000 if quick else 100000,
@@ -230,6 +232,29 @@ def bench_throughput(args: argparse.Namespace, sink: Sink, rows: list[Row], out:
             Row("2. publish .delay()/s, contrib reference", fmt(pub["contrib"]), "", None),
             Row("2. publish ratio contrib/bare (issue: 0.75-0.81)", fmt(pub_ratio["contrib"], digits=2), "", None),
         ]
+
+
+def bench_publish(args: argparse.Namespace, sink: Sink, rows: list[Row], out: dict[str, Any]) -> None:
+    from bench.throughput import publish_run
+
+    # The producer alone, no worker: the price of the publish path (producer span, headers, counters) without a
+    # worker's drain taking the same two cores. The throughput section's publish rows come from its pre-fill.
+    variants = ("bare", "observable", "contrib") if args.contrib_e2e else ("bare", "observable")
+    runs = _alternate(args.repeats, lambda v, tag: publish_run(v, sink, args.publish_count), variants)
+    pub = {v: Summary.of(runs[v]) for v in runs}
+    ratio = {v: Summary.of([o / b for b, o in _pairs(runs, v)]) for v in variants[1:]}
+    out["publish"] = {
+        "messages_per_run": args.publish_count,
+        "publish_per_second": {v: s.to_json() for v, s in pub.items()},
+        "publish_ratio": {v: s.to_json() for v, s in ratio.items()},
+    }
+    rows += [
+        Row("2b. publish-only .delay()/s, bare", fmt(pub["bare"]), "", None),
+        Row("2b. publish-only .delay()/s, instrumented", fmt(pub["observable"]), "", None),
+        Row("2b. publish-only ratio", fmt(ratio["observable"], digits=2), ">= 0.90", ratio["observable"].median >= 0.9),
+    ]
+    if "contrib" in runs:
+        rows.append(Row("2b. publish-only ratio contrib/bare", fmt(ratio["contrib"], digits=2), "", None))
 
 
 def bench_latency(args: argparse.Namespace, sink: Sink, rows: list[Row], out: dict[str, Any]) -> None:
@@ -401,6 +426,7 @@ def bench_ratelimit(args: argparse.Namespace, sink: Sink, rows: list[Row], out: 
 BENCHMARKS: dict[str, Callable[[argparse.Namespace, Sink, list[Row], dict[str, Any]], None]] = {
     "child_path": bench_child_path,
     "throughput": bench_throughput,
+    "publish": bench_publish,
     "latency": bench_latency,
     "sweep": bench_sweep,
     "notifications": bench_notifications,

@@ -66,6 +66,15 @@ def publish(variant: str, env: Mapping[str, str], count: int, *, rate: float = 0
     return float(json.loads(done.stdout)["per_second"])
 
 
+def publish_run(variant: str, sink: Sink, count: int) -> float:
+    """Publish ``count`` messages into an emptied broker database, no worker running; returns ``.delay()``/s."""
+    broker().flushdb()
+    try:
+        return publish(variant, variant_env(variant, sink), count)
+    finally:
+        broker().flushdb()
+
+
 def ping(worker: Worker, timeout: float = 60.0) -> None:
     from marketplace.celery import app
 
