@@ -1,10 +1,11 @@
-"""``python -m bench.hooks``: what each piece of a task run's telemetry costs, in-process (timeit).
+"""``python -m bench.hooks``: what each piece of a task run's and a publish's telemetry costs, in-process (timeit).
 
 Complements ``bench.profile`` (where a real worker child's CPU goes) with reproducible per-piece figures: the
-metric records, the span, the summary log line (JSON to a file), the log context, and the OTLP encoding of a
-batch of task spans (the export thread's work). Telemetry is set up as in a worker child, exporting to a
-local ``Sink``. Figures are CPU microseconds on this machine, in a warm process: a worker child pays more
-(cache misses, the main process on the same cores), so compare them with each other, not with ``bench.run``.
+metric records, the spans (run and publish), the summary log line (JSON to a file), the log context, and the
+OTLP encoding of a batch of task spans (the export thread's work). Telemetry is set up as in a worker child,
+exporting to a local ``Sink``. Figures are CPU microseconds on this machine, in a warm process: a worker child
+pays more (cache misses, the main process on the same cores), so compare them with each other, not with
+``bench.run``.
 """
 
 from __future__ import annotations
@@ -73,6 +74,16 @@ def main(argv: list[str] | None = None) -> None:
         run.set_attribute("celery.outcome", "succeeded")
         run.end()
 
+    def publish_hooks() -> None:
+        publish = telemetry.publish_started(TASK)
+        telemetry.on_publish({"id": "6f1c2d3e-0000-4000-8000-000000000001"}, TASK, "celery")
+        telemetry.publish_finished(publish)
+
+    def send_span() -> None:
+        send = task_spans.start_send(TASK)
+        task_spans.set_destination(send, TASK, "celery", str(uuid.uuid4()))
+        send.end()
+
     def context() -> None:
         bind_task_context(task_name=TASK, task_id="id", retries=0)
         clear_task_context()
@@ -85,16 +96,24 @@ def main(argv: list[str] | None = None) -> None:
             "task_started + task_finished (wall: the export thread and the receiver run meanwhile)",
             _per_call_us(run_hooks, n),
         ),
+        (
+            "publish_started + on_publish + publish_finished (wall: the export thread and the receiver run meanwhile)",
+            _per_call_us(publish_hooks, n),
+        ),
+        ("publish span start_send + set_destination + end", _per_call_us(send_span, n)),
         ("counter add", _per_call_us(lambda: instruments.started.add(1, attributes), n)),
         ("histogram record", _per_call_us(lambda: instruments.queue_wait.record(0.001, attributes), n)),
         ("task span start + end (observability.telemetry.task_spans)", _per_call_us(span, n)),
         ("summary line (JSON to a file)", _per_call_us(summary_line, n)),
         ("bind + clear log context", _per_call_us(context, n)),
     ]
-    batch = spans[-512:]
+    sends = [s for s in spans if s.template.kind == s.template.SpanKind.SPAN_KIND_PRODUCER][-512:]
+    batch = [s for s in spans if s.template.kind != s.template.SpanKind.SPAN_KIND_PRODUCER][-512:]
     exporter = TaskSpanExporter(provider.resource, scope=telemetry.METER, endpoint=sink.otlp_endpoint)
     encode_us = _per_call_us(lambda: exporter.encode(batch).SerializePartialToString(), 20) / len(batch)
     rows.append((f"OTLP encoding per task span (batch of {len(batch)})", encode_us))
+    encode_us = _per_call_us(lambda: exporter.encode(sends).SerializePartialToString(), 20) / len(sends)
+    rows.append((f"OTLP encoding per publish span (batch of {len(sends)})", encode_us))
     for label, us in rows:
         print(f"{us:8.1f} us  {label}")
     telemetry.shutdown()

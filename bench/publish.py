@@ -1,8 +1,9 @@
 """Producer process of the task benchmarks: ``python -m bench.publish`` prints one JSON object.
 
 Run as a subprocess so bare and instrumented producers start equal: the instrumented one sets up telemetry
-(``observability.telemetry.setup("bench")``, OTLP endpoint in its environment) so ``before_task_publish``
-injects the trace headers; the bare one disconnects the project's publish hook altogether, and the contrib one
+(``observability.telemetry.setup("bench")``, OTLP endpoint in its environment) so each publish is a producer
+span, timed and counted, whose context ``before_task_publish`` injects; the bare one disconnects the project's
+publish hook and publishes through Celery's own ``send_task`` (not ``ObservableCelery``'s), and the contrib one
 does too, then runs under the contrib instrumentation (``bench.contrib``).
 """
 
@@ -12,6 +13,7 @@ import argparse
 import json
 import sys
 import time
+from types import MethodType
 
 from bench.harness import setup_django
 
@@ -25,14 +27,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     setup_django()
-    from celery import signals
+    from celery import Celery, signals
 
     from bench import contrib
     from bench.tasks import bare_noop, observable_noop
+    from marketplace.celery import app
     from observability import telemetry, wiring
 
     if args.variant in ("bare", "contrib"):
         signals.before_task_publish.disconnect(wiring._before_publish)
+        app.send_task = MethodType(Celery.send_task, app)  # type: ignore[method-assign]
         task = bare_noop
         if args.variant == "contrib":
             contrib.instrument()

@@ -2,6 +2,7 @@
 
 At the top - the failure policy every task runs under:
     task.py          ``ObservableTask``, the app's ``task_cls``: retries, time limits, acks_late, singletons
+    publishing.py    ``ObservableCelery``, the app's class: every publish a PRODUCER span, timed and counted
     errors.py        the error taxonomy: which failures are retried, which give up at once
     backoff.py       exponential backoff with jitter (task retries, notification redelivery)
     failure.py       ``Failure``: the one description of a failed message, made storable
@@ -17,9 +18,9 @@ Rooms:
     logs/            structlog + stdlib logging, line formats, redaction
     sentry/          Sentry set-up, final-failure reports, Crons check-ins, alert rules
 
-Imports run one way: ``wiring`` -> ``control`` -> ``logs``; ``wiring`` ->
-``task`` -> ``messaging`` -> ``deadletters`` -> ``sentry`` and ``telemetry``
--> ``logs``; ``errors``, ``backoff`` and ``failure`` import no other module of the app. Nothing here imports
-``marketplace`` or ``promotions``. ``models.py``, ``admin.py`` and ``management/commands/`` stay where Django
-looks for them and point into ``deadletters`` and ``sentry``.
+Imports run one way: ``wiring`` -> ``control`` -> ``logs``; ``wiring`` -> ``task`` -> ``messaging`` ->
+``deadletters`` -> ``sentry`` and ``telemetry`` -> ``logs``; ``publishing`` -> ``telemetry``; ``errors``,
+``backoff`` and ``failure`` import no other module of the app. Nothing here imports ``marketplace`` or
+``promotions``. ``models.py``, ``admin.py`` and ``management/commands/`` stay where Django looks for them and
+point into ``deadletters`` and ``sentry``.
 """

@@ -8,7 +8,8 @@ process's start. Imported by ``marketplace.celery`` (every role) and ``marketpla
              each pool child at worker_process_init (after fork): its own providers, psycopg
              instrumented; flushed at worker_process_shutdown, so recycled children lose nothing
     beat     at beat_init
-    producer before_task_publish: trace context and publish time go into the message headers
+    producer every publish is a PRODUCER span (``observability.publishing``, the app class); before_task_publish
+             names it and puts its trace context and the publish time into the message headers
 """
 
 from __future__ import annotations
@@ -66,11 +67,18 @@ def _configure_logging(loglevel: Any = None, **kwargs: Any) -> None:
     obs_logging.configure_logging(level=loglevel or None)
 
 
+#: The worker's node name (``celery@host``): the spans' ``messaging.client.id`` in the worker and, inherited at
+#: fork, in its pool children.
+_nodename: str | None = None
+
+
 @signals.worker_init.connect
-def _worker_main_process(**kwargs: Any) -> None:
+def _worker_main_process(sender: Any = None, **kwargs: Any) -> None:
+    global _nodename
+    _nodename = getattr(sender, "hostname", None)
     sentry.init_sentry(role="worker")
     gauges = [import_string(path) for path in settings.TELEMETRY_GAUGES]
-    telemetry.setup("worker", fork_safe_metrics=True, gauges=gauges)
+    telemetry.setup("worker", fork_safe_metrics=True, gauges=gauges, nodename=_nodename)
     # Imported here, before the pool forks, so every child - a new one each max_tasks_per_child tasks -
     # inherits the loaded modules: importing them after fork was 72-90 ms of CPU per child, about 80 us per
     # task at the default 1,000 tasks per child (docs/performance.md).
@@ -90,7 +98,7 @@ def _worker_main_process(**kwargs: Any) -> None:
 def _worker_child(**kwargs: Any) -> None:
     sentry.init_sentry(role="worker")
     # SQL only: a span per Redis call (kombu's publishes included) cost 7% of a task's CPU in the benchmark.
-    telemetry.setup("worker", instrument=_instrument_sql)
+    telemetry.setup("worker", instrument=_instrument_sql, nodename=_nodename)
 
 
 @signals.worker_process_shutdown.connect

@@ -36,6 +36,8 @@ class Span:
     resource: dict[str, Any]
     links: list[tuple[str, str]]
     status_code: int
+    #: (name, attributes) of each span event, e.g. ``exception``
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
 
 @dataclass
@@ -108,6 +110,7 @@ class OtlpReceiver(LocalServer):
                 resource=_attributes(resource_spans.resource.attributes),
                 links=[(link.trace_id.hex(), link.span_id.hex()) for link in span.links],
                 status_code=span.status.code,
+                events=[(event.name, _attributes(event.attributes)) for event in span.events],
             )
             for resource_spans in request.resource_spans
             for scope in resource_spans.scope_spans

@@ -99,6 +99,12 @@ def echo(token: str) -> str:
     return token
 
 
+@shared_task(name="tests.publishes_echo")
+def publishes_echo(token: str, queue: str) -> str:
+    """Publish ``echo(token)`` to ``queue`` from inside this run (a sub-task); returns its id."""
+    return str(echo.apply_async((token,), queue=queue, ignore_result=True).id)
+
+
 @shared_task(base=ObservableTask, name="tests.overlapping", singleton=True)
 def overlapping(token: str, seconds: float) -> str:
     _record_run(token)

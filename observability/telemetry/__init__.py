@@ -1,9 +1,10 @@
 """Telemetry: OpenTelemetry traces and metrics of every process, and the one list of metric names.
 
 Owns: this process's providers (``providers``: set up per process, after fork in each pool child, flushed
-within a bound at exit), the span and metrics of each publish and task run (``runs``), the counters of the
-project's events (``events``), the instruments (``instruments``), the span processor (``span_processor``)
-and the metric names the dashboards and alerts use (``metric_names``).
+within a bound at exit), the span and metrics of each publish (``publishes``) and task run (``runs``), the
+broker and client as the spans name them (``broker``), the counters of the project's events (``events``), the
+instruments (``instruments``), the span processor (``span_processor``) and the metric names the dashboards and
+alerts use (``metric_names``).
 
 May import: ``observability.logs`` (a run's log context). Must not import the base task, the message path,
 the dead-letter store or Sentry: they call into it. Other rooms import from this package's face below.
@@ -19,11 +20,16 @@ from observability.telemetry.events import (
     promos_synced,
 )
 from observability.telemetry.providers import METER, Telemetry, current, setup, shutdown
-from observability.telemetry.runs import (
+from observability.telemetry.publishes import (
     PUBLISHED_AT_HEADER,
+    Publish,
+    on_publish,
+    publish_finished,
+    publish_started,
+)
+from observability.telemetry.runs import (
     REPLAY_TRACEPARENT_HEADER,
     TaskRun,
-    on_publish,
     task_finished,
     task_outcome_in_main,
     task_result_unstored,
@@ -34,6 +40,7 @@ __all__ = [
     "METER",
     "PUBLISHED_AT_HEADER",
     "REPLAY_TRACEPARENT_HEADER",
+    "Publish",
     "TaskRun",
     "Telemetry",
     "current",
@@ -45,6 +52,8 @@ __all__ = [
     "notifications_throttled",
     "on_publish",
     "promos_synced",
+    "publish_finished",
+    "publish_started",
     "setup",
     "shutdown",
     "task_finished",

@@ -20,12 +20,14 @@ __all__ = ["Instruments", "TaskHistograms", "views"]
 
 _SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+# A publish to a local Redis takes 0.2-1 ms; a broker that does not answer, the retry policy's seconds.
+_PUBLISH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 
 
 @dataclass
 class TaskHistograms:
-    """The two histograms every task run records, summed in-process and added to each metrics export."""
+    """The histograms of every task run and every publish, summed in-process and added to each metrics export."""
 
     duration: InProcessHistogram = field(
         default_factory=lambda: InProcessHistogram(
@@ -37,6 +39,14 @@ class TaskHistograms:
             m.TASK_QUEUE_WAIT, unit="s", description="Publish (or ETA) to start", bounds=_WAIT_BUCKETS
         )
     )
+    publish_duration: InProcessHistogram = field(
+        default_factory=lambda: InProcessHistogram(
+            m.TASK_PUBLISH_DURATION, unit="s", description="Task publish duration, by outcome", bounds=_PUBLISH_BUCKETS
+        )
+    )
+
+    def all(self) -> list[InProcessHistogram]:
+        return [self.duration, self.queue_wait, self.publish_duration]
 
 
 class _TaskCounter(Protocol):
@@ -62,6 +72,8 @@ class _Discard:
 @dataclass
 class Instruments:
     published: _TaskCounter
+    publish_failed: _TaskCounter
+    publish_duration: _TaskHistogram
     started: _TaskCounter
     finished: _TaskCounter
     duration: _TaskHistogram
@@ -84,22 +96,31 @@ class Instruments:
         None."""
         counter, histogram = meter.create_counter, meter.create_histogram
         published: _TaskCounter
+        publish_failed: _TaskCounter
         started: _TaskCounter
         finished: _TaskCounter
         duration: _TaskHistogram
         queue_wait: _TaskHistogram
+        publish_duration: _TaskHistogram
         if histograms is None:
-            published = started = finished = duration = queue_wait = _Discard()
+            published = publish_failed = started = finished = _Discard()
+            duration = queue_wait = publish_duration = _Discard()
         else:
             # Every publish counts too: the SDK counter took ~30 us of a ~1 ms .delay() (py-spy, bench.publish).
             published = InProcessCounter(meter, m.TASKS_PUBLISHED, unit="{task}", description="Task messages published")
+            publish_failed = InProcessCounter(
+                meter, m.TASKS_PUBLISH_FAILED, unit="{task}", description="Task publishes that raised, by error type"
+            )
             started = InProcessCounter(meter, m.TASKS_STARTED, unit="{task}", description="Task runs started")
             finished = InProcessCounter(
                 meter, m.TASKS_FINISHED, unit="{task}", description="Task runs finished, by outcome"
             )
             duration, queue_wait = histograms.duration, histograms.queue_wait
+            publish_duration = histograms.publish_duration
         return cls(
             published=published,
+            publish_failed=publish_failed,
+            publish_duration=publish_duration,
             started=started,
             finished=finished,
             duration=duration,

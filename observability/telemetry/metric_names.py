@@ -28,15 +28,19 @@ __all__ = [
     "QUEUE_BACKLOG",
     "TASKS_FINISHED",
     "TASKS_PUBLISHED",
+    "TASKS_PUBLISH_FAILED",
     "TASKS_STARTED",
     "TASK_DURATION",
+    "TASK_PUBLISH_DURATION",
     "TASK_QUEUE_WAIT",
     "TASK_RESULTS_UNSTORED",
     "WORKER_HEARTBEAT",
 ]
 
 # Tasks: labels task, queue (+ outcome, error_type where stated). Never task ids or host names.
-TASKS_PUBLISHED = "celery.tasks.published"  # counter; task, queue
+TASKS_PUBLISHED = "celery.tasks.published"  # counter; task, queue (sent: the broker took it)
+TASKS_PUBLISH_FAILED = "celery.tasks.publish_failed"  # counter; task, queue, error_type
+TASK_PUBLISH_DURATION = "celery.task.publish_duration"  # histogram, s; task, queue, outcome (sent, failed)
 TASKS_STARTED = "celery.tasks.started"  # counter; task, queue
 TASKS_FINISHED = "celery.tasks.finished"  # counter; task, queue, outcome, error_type
 TASK_DURATION = "celery.task.duration"  # histogram, s; task, queue, outcome

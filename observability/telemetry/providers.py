@@ -32,6 +32,7 @@ from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetr
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
+from observability.telemetry.broker import broker_of, client_id
 from observability.telemetry.in_process_metrics import OTLPMetricExporterWithHistograms
 from observability.telemetry.instruments import Instruments, TaskHistograms, views
 from observability.telemetry.span_processor import HandOffSpanProcessor
@@ -100,10 +101,12 @@ def setup(
     fork_safe_metrics: bool = False,
     gauges: Iterable[Callable[[Meter], None]] = (),
     instrument: Callable[[TracerProvider], None] | None = None,
+    nodename: str | None = None,
 ) -> Telemetry:
     """Build this process's providers (again after a fork). ``fork_safe_metrics`` for a process that
     forks children later (the worker's main process); ``gauges`` register observable gauges;
-    ``instrument`` installs library instrumentations against the tracer provider."""
+    ``instrument`` installs library instrumentations against the tracer provider; ``nodename``, a worker's, is
+    the spans' ``messaging.client.id``."""
     global _current
     endpoint = settings.OTEL_EXPORTER_OTLP_ENDPOINT or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     if not endpoint:
@@ -119,9 +122,7 @@ def setup(
     )
     tracer_provider.add_span_processor(span_processor)
     histograms = TaskHistograms()
-    exporter = OTLPMetricExporterWithHistograms(
-        [histograms.duration, histograms.queue_wait], resource=resource, scope=METER
-    )
+    exporter = OTLPMetricExporterWithHistograms(histograms.all(), resource=resource, scope=METER)
     reader_cls = _SilentInForkedChildReader if fork_safe_metrics else PeriodicExportingMetricReader
     reader: MetricReader = reader_cls(exporter, export_interval_millis=settings.OTEL_METRIC_EXPORT_INTERVAL_MILLIS)
     meter_provider = MeterProvider(resource=resource, metric_readers=[reader], views=views(), shutdown_on_exit=False)
@@ -133,7 +134,14 @@ def setup(
     _current = Telemetry(
         pid=os.getpid(),
         role=role,
-        task_spans=TaskSpans(tracer_provider, span_processor),
+        task_spans=TaskSpans(
+            tracer_provider,
+            span_processor,
+            {
+                **broker_of(settings.CELERY_BROKER_URL).attributes(),
+                "messaging.client.id": client_id(role, nodename),
+            },
+        ),
         instruments=Instruments.create(meter, histograms),
         providers=[tracer_provider, meter_provider],
     )

@@ -1,6 +1,6 @@
-"""What each task message and each run records: the producer's headers (trace context, publish time), the
-run's CONSUMER span, its counters and histograms, its summary log line - in a worker child - and the outcomes
-the worker's main process decides for runs its child could not report.
+"""What each task run records: the run's CONSUMER span, its counters and histograms, its summary log line - in a
+worker child - and the outcomes the worker's main process decides for runs its child could not report. (What a
+publish records is ``observability.telemetry.publishes``.)
 """
 
 from __future__ import annotations
@@ -14,17 +14,17 @@ from typing import Any
 import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.propagate import extract, inject
+from opentelemetry.propagate import extract
 from opentelemetry.trace import Link, Status, StatusCode
 
 from observability.logs import bind_task_context, clear_task_context
 from observability.telemetry.providers import current
+from observability.telemetry.publishes import PUBLISHED_AT_HEADER
+from observability.telemetry.task_spans import qualified_type
 
 __all__ = [
-    "PUBLISHED_AT_HEADER",
     "REPLAY_TRACEPARENT_HEADER",
     "TaskRun",
-    "on_publish",
     "task_finished",
     "task_outcome_in_main",
     "task_result_unstored",
@@ -33,20 +33,8 @@ __all__ = [
 
 log = structlog.get_logger("observability.task")
 
-#: Header the producer sets: publish time (unix seconds), for the queue-wait histogram.
-PUBLISHED_AT_HEADER = "x-published-at"
 #: Header of a replayed dead letter: the ``traceparent`` of the failed message, for a span link.
 REPLAY_TRACEPARENT_HEADER = "x-dead-letter-traceparent"
-
-
-# --- Producer --------------------------------------------------------------------------------------------------
-def on_publish(headers: dict[str, Any], task_name: str, queue: str) -> None:
-    """Before a task message leaves: propagate the current trace and stamp the publish time."""
-    state = current()
-    headers[PUBLISHED_AT_HEADER] = time.time()
-    if state.task_spans is not None:
-        inject(headers)
-    state.instruments.published.add(1, {"task": task_name, "queue": queue})
 
 
 # --- Task runs (worker child) ------------------------------------------------------------------------------------
@@ -155,8 +143,9 @@ def task_finished(run: TaskRun, outcome: str, error: BaseException | None = None
     clear_task_context()
     if run.token is not None:
         run.span.set_attribute("celery.outcome", outcome)
+        # A retried run is no failure of the message (its retry is published): no error.type, no ERROR status.
         if error is not None and outcome != "retried":
-            run.span.set_attribute("error.type", error_type)
+            run.span.set_attribute("error.type", qualified_type(error))
             run.span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
         run.span.end()
         otel_context.detach(run.token)  # type: ignore[arg-type]

@@ -1,20 +1,22 @@
-"""Task run spans on a lean path: the OTLP data of an SDK span, for a fraction of a worker child's CPU.
+"""Task spans on a lean path: the OTLP data of an SDK span, for a fraction of a worker child's CPU.
 
-A task run's span (``run/<task>``, kind CONSUMER, OpenTelemetry messaging attributes) is the span every task
-run produces, thousands per second per worker. The SDK's general path costs about 60 us per span in-process
-(start and end 22 us, OTLP encoding 40 us; 2-core Intel Xeon, ``python -m bench.hooks``) and a worker child
-about twice that; this path about 15 us (start and end 7.5, encoding 7.7):
+Two spans per task message, with the OpenTelemetry messaging attributes: its publish (``send <queue>``, kind
+PRODUCER, in every producer) and each run (``run <queue>``, kind CONSUMER, in a worker child), thousands per second
+per process. The SDK's general path costs about 60 us per span in-process (start and end 22 us, OTLP encoding
+40 us; 2-core Intel Xeon, ``python -m bench.hooks``) and a worker child about twice that; this path about 15 us
+(start and end 7.5, encoding 7.7):
 
-- ``TaskSpans.start`` returns a ``TaskSpan``, an API span (``opentelemetry.trace.Span``) made current for the
-  run, so child spans (SQL), log lines, metric exemplars and published messages see its context. Its ids come
-  from the tracer provider's id generator and the provider's sampler decides, as for any span; an unsampled run
-  gets a non-recording span that still propagates its ids.
+- ``TaskSpans.start`` (a run) and ``TaskSpans.start_send`` (a publish) return a ``TaskSpan``, an API span
+  (``opentelemetry.trace.Span``) made current by the caller, so child spans (SQL, Redis), log lines, metric
+  exemplars and the messages it publishes see its context. Its ids come from the tracer provider's id generator
+  and the provider's sampler decides, as for any span; an unsampled one is a non-recording span that still
+  propagates its ids.
 - Attributes, events, links and status set during the run are kept (types as the API allows; other values
   are dropped, like the SDK does). Span limits are not applied: task spans carry a fixed, small set.
 - Ended, a ``TaskSpan`` goes to the provider's batch span processor (``observability.telemetry.span_processor``) with
   the SDK's spans (bounded queue, export thread, flush at shutdown), and ``TaskSpanExporter`` encodes it by
-  copying a protobuf template made once per (task, queue) - name, kind and the constant attributes - and
-  setting what varies. The batch's SDK spans are encoded by the SDK, and the whole batch leaves in one request
+  copying a protobuf template made once per (operation, task, queue) - name, kind and the constant attributes -
+  and setting what varies. The batch's SDK spans are encoded by the SDK, and the whole batch leaves in one request
   through the SDK's HTTP client.
 """
 
@@ -41,7 +43,7 @@ from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.util import types
 
-__all__ = ["TaskSpan", "TaskSpanExporter", "TaskSpans"]
+__all__ = ["TaskSpan", "TaskSpanExporter", "TaskSpans", "qualified_type"]
 
 _logger = logging.getLogger(__name__)
 
@@ -122,10 +124,8 @@ class TaskSpan(trace.Span):
         timestamp: int | None = None,
         escaped: bool = False,
     ) -> None:
-        kind = type(exception)
-        qualified = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
         event: dict[str, types.AnyValue] = {
-            "exception.type": qualified,
+            "exception.type": qualified_type(exception),
             "exception.message": str(exception),
             "exception.stacktrace": "".join(traceback.format_exception(exception)),
             "exception.escaped": str(escaped),
@@ -141,6 +141,13 @@ class TaskSpan(trace.Span):
         self._processor.on_end(self)  # type: ignore[arg-type]
 
 
+def qualified_type(error: BaseException) -> str:
+    """The canonical class name of ``error`` (``kombu.exceptions.OperationalError``; ``ValueError`` for builtins):
+    the spans' ``error.type`` and their exception events' ``exception.type``."""
+    kind = type(error)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
 def _is_valid(value: object) -> bool:
     if isinstance(value, _SCALARS):
         return True
@@ -151,13 +158,17 @@ def _is_valid(value: object) -> bool:
 
 
 class TaskSpans:
-    """Starts task spans for one tracer provider (its sampler, id generator and span processor)."""
+    """Starts task spans for one tracer provider (its sampler, id generator and span processor); ``constant``
+    attributes (the broker's, the client id) go on every one."""
 
-    def __init__(self, provider: TracerProvider, processor: SpanProcessor) -> None:
+    def __init__(
+        self, provider: TracerProvider, processor: SpanProcessor, constant: Mapping[str, types.AnyValue] | None = None
+    ) -> None:
         self._sampler = provider.sampler
         self._ids = provider.id_generator
         self._processor = processor
-        self._templates: dict[tuple[str, str], Span] = {}
+        self._constant = dict(constant or {})
+        self._templates: dict[tuple[str, str, str], Span] = {}
 
     def start(
         self,
@@ -175,23 +186,15 @@ class TaskSpans:
         if parent_context is not None and not parent_context.is_valid:
             parent_context = None
         trace_id = parent_context.trace_id if parent_context else self._ids.generate_trace_id()
-        name = f"run/{task_name}"
-        sampling = self._sampler.should_sample(parent, trace_id, name, SpanKind.CONSUMER, None, links)
-        sampled = sampling.decision is Decision.RECORD_AND_SAMPLE
-        context = SpanContext(
-            trace_id,
-            self._ids.generate_span_id(),
-            is_remote=False,
-            trace_flags=TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT),
-            trace_state=sampling.trace_state,
-        )
-        if not sampled:
+        sampling = self._sampler.should_sample(parent, trace_id, f"run {queue}", SpanKind.CONSUMER, None, links)
+        context = self._context(trace_id, sampling)
+        if not context.trace_flags.sampled:
             return trace.NonRecordingSpan(context)
         attributes: dict[str, types.AnyValue] = {"messaging.message.id": message_id, "celery.retries": retries}
         if sampling.attributes:
             attributes.update(sampling.attributes)
         return TaskSpan(
-            template=self._template(task_name, queue),
+            template=self._template("run", task_name, queue),
             context=context,
             parent=parent_context,
             attributes=attributes,
@@ -199,26 +202,76 @@ class TaskSpans:
             processor=self._processor,
         )
 
-    def _template(self, task_name: str, queue: str) -> Span:
-        template = self._templates.get((task_name, queue))
+    def start_send(self, task_name: str) -> trace.Span:
+        """The span of a publish of ``task_name``, child of the current span if there is one; not made current
+        here. Its queue is known only once Celery has routed the message: ``set_destination`` names it (the
+        sampler sees the name ``send``)."""
+        parent_context: SpanContext | None = trace.get_current_span().get_span_context()
+        if parent_context is not None and not parent_context.is_valid:
+            parent_context = None
+        trace_id = parent_context.trace_id if parent_context else self._ids.generate_trace_id()
+        sampling = self._sampler.should_sample(None, trace_id, "send", SpanKind.PRODUCER, None, ())
+        context = self._context(trace_id, sampling)
+        if not context.trace_flags.sampled:
+            return trace.NonRecordingSpan(context)
+        return TaskSpan(
+            template=self._template("send", task_name, ""),
+            context=context,
+            parent=parent_context,
+            attributes=dict(sampling.attributes) if sampling.attributes else {},
+            links=(),
+            processor=self._processor,
+        )
+
+    def set_destination(self, span: trace.Span, task_name: str, queue: str, message_id: str | None) -> None:
+        """Name the queue and message of a publish's span (``start_send``)."""
+        if isinstance(span, TaskSpan) and not span.end_time:
+            span.template = self._template("send", task_name, queue)
+            if message_id:
+                span.attributes["messaging.message.id"] = message_id
+
+    def _context(self, trace_id: int, sampling: Any) -> SpanContext:
+        sampled = sampling.decision is Decision.RECORD_AND_SAMPLE
+        return SpanContext(
+            trace_id,
+            self._ids.generate_span_id(),
+            is_remote=False,
+            trace_flags=TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT),
+            trace_state=sampling.trace_state,
+        )
+
+    def _template(self, operation: str, task_name: str, queue: str) -> Span:
+        key = (operation, task_name, queue)
+        template = self._templates.get(key)
         if template is None:
             if len(self._templates) > 1024:  # task names and queues are few; bound the odd dynamic ones
                 self._templates.clear()
-            template = Span(name=f"run/{task_name}", kind=Span.SpanKind.SPAN_KIND_CONSUMER)
-            template.status.SetInParent()  # an unset status is sent as an empty one, as the SDK does
-            _add_attributes(
-                template,
-                {
-                    "messaging.system": "celery",
-                    "messaging.operation.type": "process",
-                    "messaging.operation.name": "run",
-                    "messaging.destination.name": queue,
-                    "celery.action": "run",
-                    "celery.task_name": task_name,
-                },
-            )
-            self._templates[(task_name, queue)] = template
+            template = _template(operation, task_name, queue, self._constant)
+            self._templates[key] = template
         return template
+
+
+def _template(operation: str, task_name: str, queue: str, constant: Mapping[str, types.AnyValue]) -> Span:
+    """The protobuf of a span's constant part. Named ``{messaging.operation.name} {destination}`` as the messaging
+    conventions say (``send promos``, ``run promos``); the task name is ``celery.task_name``."""
+    if operation == "send":
+        kind, operation_type, action = Span.SpanKind.SPAN_KIND_PRODUCER, "send", "apply_async"
+    else:
+        kind, operation_type, action = Span.SpanKind.SPAN_KIND_CONSUMER, "process", "run"
+    template = Span(name=f"{operation} {queue}" if queue else operation, kind=kind)
+    template.status.SetInParent()  # an unset status is sent as an empty one, as the SDK does
+    attributes: dict[str, types.AnyValue] = {
+        "messaging.system": "celery",
+        **constant,
+        "messaging.operation.type": operation_type,
+        "messaging.operation.name": operation,
+    }
+    if queue:
+        attributes["messaging.destination.name"] = queue
+    attributes["celery.action"] = action
+    attributes["celery.task_name"] = task_name
+    _add_attributes(template, attributes)
+    return template
 
 
 class TaskSpanExporter(OTLPSpanExporter):

@@ -151,6 +151,31 @@ def _dlq(env: dict[str, str], *args: str) -> str:
     return result.stdout
 
 
+#: A publish the broker refuses (its port closed), in a process of its own that exports at exit: the failed-publish
+#: counter and the failed outcome of the publish-duration histogram.
+_REFUSED = "\n".join([
+    "import django; django.setup()",
+    "from kombu.exceptions import OperationalError",
+    "from observability import telemetry",
+    "from tests import tasks",
+    "telemetry.setup('cli')",
+    "try:",
+    "    tasks.echo.apply_async(('refused',), queue=sys.argv[1], ignore_result=True)",
+    "except OperationalError:",
+    "    pass",
+    "finally:",
+    "    telemetry.shutdown()",
+])  # fmt: skip
+
+
+def _refused_publish(env: dict[str, str]) -> None:
+    environment = {**env, "DJANGO_SETTINGS_MODULE": "marketplace.settings",
+                   "CELERY_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}  # fmt: skip
+    command = [sys.executable, "-c", "import sys\n" + _REFUSED, QUEUE]
+    result = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def _promotions(waves: int) -> None:
     """A promo going live in each wave, each with three subscribers who get an email and one whose address the
     SMTP server refuses; and a promo that ended. Beat's first sweep schedules each start to the second, so the
@@ -243,6 +268,7 @@ def workload(
             replayed = DeadLetter.objects.filter(task_name="tests.permanent").values_list("id", flat=True)[0]
             assert "Published 1 " in _dlq(env, "replay", str(replayed))
             assert "Deleted 1 " in _dlq(env, "purge", "--status", "replayed", "--yes")
+            _refused_publish(env)
             _wait_until_scraped(prometheus, list(catalogue()))
             _feed_until_every_panel_has_data(prometheus, start, token)
             yield Workload(start=start, end=time.time() + 1)

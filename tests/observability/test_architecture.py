@@ -29,6 +29,7 @@ ALLOWED: dict[str, set[str]] = {
     "sentry": {"failure", "logs"},
     "beat": {"redis_client", "telemetry"},
     "results": {"telemetry"},
+    "publishing": {"telemetry"},
     "task": {"backoff", "errors", "beat", "redis_client", "results", "sentry", "telemetry"},
     "deadletters": {"errors", "failure", "logs", "task", "telemetry", "sentry"},
     "messaging": {"errors", "failure", "deadletters", "redis_client", "telemetry"},

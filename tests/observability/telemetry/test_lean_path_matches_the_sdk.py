@@ -1,5 +1,6 @@
-"""The lean telemetry path pinned to the SDK it stands in for: the same task run's span, and the same stream of
-task metrics, leave as the same OTLP protobuf through both paths - ids and timestamps aside.
+"""The lean telemetry path pinned to the SDK it stands in for: the same task run's span, the same publish's span,
+and the same stream of task metrics, leave as the same OTLP protobuf through both paths - ids and timestamps
+aside.
 
 The lean path (``task_spans``, ``in_process_metrics``) exists because it costs a worker child less than half the
 SDK's CPU per run (docs/performance.md, "The telemetry path: SDK or hand-written"). An SDK upgrade that changes
@@ -43,6 +44,8 @@ TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 REPLAYED = SpanContext(0x1234, 0x5678, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
 MESSAGE_ID = "6f1c2d3e-0000-4000-8000-000000000001"
 BOUNDS = (0.001, 0.01, 0.1, 1.0)
+#: What ``providers.setup`` gives every task span: the broker's attributes and the process's client id.
+CONSTANT = {"server.address": "127.0.0.1", "server.port": 6379, "messaging.client.id": "celery@test"}
 
 
 class _Collect(SpanProcessor):
@@ -57,7 +60,7 @@ class _Collect(SpanProcessor):
 def _a_failed_run(span: trace.Span) -> None:
     """What ``observability.telemetry.runs`` sets on a run's span before ending it, for a final failure."""
     span.set_attribute("celery.outcome", "dead_lettered")
-    span.set_attribute("error.type", "PermanentError")
+    span.set_attribute("error.type", "observability.errors.PermanentError")
     span.set_status(StatusCode.ERROR, "bad input")
     span.end()
 
@@ -82,11 +85,12 @@ def test_a_task_runs_span_leaves_as_the_sdk_tracer_sends_the_same_span():
 
     _a_failed_run(
         provider.get_tracer(SCOPE).start_span(
-            f"run/{TASK}",
+            f"run {QUEUE}",
             context=parent,
             kind=SpanKind.CONSUMER,
             attributes={
                 "messaging.system": "celery",
+                **CONSTANT,
                 "messaging.operation.type": "process",
                 "messaging.operation.name": "run",
                 "messaging.destination.name": QUEUE,
@@ -99,7 +103,7 @@ def test_a_task_runs_span_leaves_as_the_sdk_tracer_sends_the_same_span():
         )
     )
     collected = _Collect()
-    lean = TaskSpans(provider, collected)
+    lean = TaskSpans(provider, collected, CONSTANT)
     _a_failed_run(
         lean.start(
             TASK, QUEUE, parent=parent, message_id="6f1c2d3e-0000-4000-8000-000000000001", retries=2, links=links
@@ -110,6 +114,52 @@ def test_a_task_runs_span_leaves_as_the_sdk_tracer_sends_the_same_span():
     [task_span] = collected.ended
     sdk_request = _without_ids_and_times(encode_spans([sdk_span]))
     lean_request = _without_ids_and_times(TaskSpanExporter(RESOURCE, scope=SCOPE).encode([task_span]))
+    assert lean_request == sdk_request
+
+
+def test_a_failed_publishs_span_leaves_as_the_sdk_tracer_sends_the_same_span():
+    """A publish from inside a run (its parent the current span), routed to a queue, failing with an exception
+    event and an error status: started by the SDK's tracer and by ``TaskSpans.start_send``, the same protobuf."""
+    provider = TracerProvider(resource=RESOURCE, shutdown_on_exit=False)
+    memory = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    run = trace.NonRecordingSpan(SpanContext(0xABC, 0xDEF, is_remote=False, trace_flags=TraceFlags(1)))
+    error = ConnectionRefusedError(111, "Connection refused")
+
+    def failed(span: trace.Span) -> None:
+        span.set_attribute("error.type", "ConnectionRefusedError")
+        span.record_exception(error, timestamp=1)
+        span.set_status(StatusCode.ERROR, "[Errno 111] Connection refused")
+        span.end()
+
+    with trace.use_span(run):
+        failed(
+            provider.get_tracer(SCOPE).start_span(
+                f"send {QUEUE}",
+                kind=SpanKind.PRODUCER,
+                attributes={
+                    "messaging.system": "celery",
+                    **CONSTANT,
+                    "messaging.operation.type": "send",
+                    "messaging.operation.name": "send",
+                    "messaging.destination.name": QUEUE,
+                    "celery.action": "apply_async",
+                    "celery.task_name": TASK,
+                    "messaging.message.id": MESSAGE_ID,
+                },
+            )
+        )
+        collected = _Collect()
+        lean = TaskSpans(provider, collected, CONSTANT)
+        span = lean.start_send(TASK)
+        lean.set_destination(span, TASK, QUEUE, MESSAGE_ID)
+        failed(span)
+
+    [sdk_span] = memory.get_finished_spans()
+    [task_span] = collected.ended
+    sdk_request = _without_ids_and_times(encode_spans([sdk_span]))
+    lean_request = _without_ids_and_times(TaskSpanExporter(RESOURCE, scope=SCOPE).encode([task_span]))
+    assert lean_request.resource_spans[0].scope_spans[0].spans[0].parent_span_id == (0xDEF).to_bytes(8, "big")
     assert lean_request == sdk_request
 
 

@@ -125,7 +125,7 @@ def test_what_the_run_sets_is_kept_and_what_the_api_forbids_is_dropped(caplog: p
         span.set_attribute("bad", {"a": "mapping"})
     span.add_event("batch.done", {"rows": 10})
     span.record_exception(ValueError("bad input"))
-    span.update_name("run/renamed")
+    span.update_name("renamed")
     span.set_status(StatusCode.OK)
     span.set_status(Status(StatusCode.ERROR, "too late"))
     span.end()
@@ -142,7 +142,7 @@ def test_what_the_run_sets_is_kept_and_what_the_api_forbids_is_dropped(caplog: p
     assert [event.name for event in encoded.events] == ["batch.done", "exception"]
     exception = {kv.key: kv.value.string_value for kv in encoded.events[1].attributes}
     assert exception["exception.type"] == "ValueError" and exception["exception.message"] == "bad input"
-    assert encoded.name == "run/renamed"
+    assert encoded.name == "renamed"
     assert encoded.status.code == StatusCode.OK.value
 
 
@@ -161,7 +161,7 @@ def test_task_spans_and_sdk_spans_leave_in_one_request_through_the_sdks_http_cli
     provider.shutdown()
 
     received = wait_for(lambda: otlp_receiver.spans if len(otlp_receiver.spans) == 2 else None, what="both spans")
-    task_span = next(s for s in received if s.name == "run/tests.echo")
+    task_span = next(s for s in received if s.name == "run celery")
     sql_span = next(s for s in received if s.name == "SELECT marketplace")
     assert sql_span.parent_span_id == task_span.span_id and sql_span.trace_id == task_span.trace_id
     assert task_span.resource == sql_span.resource == dict(RESOURCE.attributes)

@@ -21,12 +21,18 @@ from promotions.models import Notification
 from tests import tasks
 from tests.conftest import RESULT_TIMEOUT, ROOT, one_queue, start_process, stop_process, wait_for
 from tests.net import free_port, http_status, promo_create_request
+from tests.otlp_receiver import OtlpReceiver, Span
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 #: Labels a task metric may carry: bounded sets only, never task ids or host names.
 ALLOWED_LABELS = {"task", "queue", "outcome", "error_type", "reason", "status", "priority", "entry", "channel"}
-SERVER, CONSUMER = 2, 5  # opentelemetry.proto.trace.v1.Span.SpanKind values
+SERVER, PRODUCER, CONSUMER = 2, 4, 5  # opentelemetry.proto.trace.v1.Span.SpanKind values
+
+
+def runs_of(otlp: OtlpReceiver, task: str) -> list[Span]:
+    """The CONSUMER spans (``run <queue>``) of ``task``'s runs."""
+    return [s for s in list(otlp.spans) if s.kind == CONSUMER and s.attributes.get("celery.task_name") == task]
 
 
 def traceparent() -> tuple[str, str]:
@@ -70,6 +76,7 @@ def test_a_known_workload_gives_the_expected_metrics_with_bounded_labels(observe
     assert otlp.total("celery.task.duration", task="tests.echo", outcome="succeeded") == 3
     assert otlp.total("celery.task.queue_wait", task="tests.echo") == 3
     assert otlp.total("celery.tasks.published", task="tests.flaky") == 1  # the retry, published by the child
+    assert otlp.total("celery.task.publish_duration", task="tests.flaky", outcome="sent") == 1
     wait_for(lambda: otlp.total("dead_letters.created", task="tests.permanent", reason="non_retryable_error") == 1,
              what="the main process's dead-letter counter")  # fmt: skip
     wait_for(lambda: otlp.total("dead_letters.pending", task="tests.permanent") >= 1, what="the pending gauge")
@@ -82,8 +89,9 @@ def test_a_known_workload_gives_the_expected_metrics_with_bounded_labels(observe
 
 
 def test_spans_follow_the_messaging_conventions_and_join_retries_and_dead_letters(observed_worker, otlp):
-    """The producer's trace continues in the task run; a retry is a child of the failed run; the dead
-    letter stores the same trace id; histogram samples carry it as an exemplar."""
+    """The producer's trace continues in the task run; a retry is published inside the failed run (its
+    producer span the failed run's child, the next run that span's child); the dead letter stores the same trace
+    id; histogram samples carry it as an exemplar."""
     trace_id, parent = traceparent()
     tasks.flaky.apply_async((uuid.uuid4().hex, 1), queue="observed", headers={"traceparent": parent}).get(
         timeout=RESULT_TIMEOUT
@@ -91,23 +99,24 @@ def test_spans_follow_the_messaging_conventions_and_join_retries_and_dead_letter
     failed = tasks.permanent.apply_async((uuid.uuid4().hex,), queue="observed", headers={"traceparent": parent})
 
     def flaky_runs() -> list | None:
-        runs = [s for s in otlp.spans_named("run/tests.flaky") if s.trace_id == trace_id]
+        runs = [s for s in runs_of(otlp, "tests.flaky") if s.trace_id == trace_id]
         return runs if len(runs) == 2 else None
 
     runs = wait_for(flaky_runs, what="both runs of the flaky task in the producer's trace")
     first, second = sorted(runs, key=lambda s: s.attributes["celery.retries"])
     assert first.parent_span_id == parent.split("-")[2]
-    assert second.parent_span_id == first.span_id
-    assert first.kind == CONSUMER
+    retry = wait_for(lambda: [s for s in otlp.spans if s.span_id == second.parent_span_id], what="the retry's publish")
+    assert retry[0].kind == PRODUCER and retry[0].parent_span_id == first.span_id
+    assert first.kind == CONSUMER and first.name == "run observed"
     assert first.attributes["messaging.destination.name"] == "observed"
     assert first.attributes["messaging.operation.type"] == "process"
     assert first.attributes["celery.outcome"] == "retried"
     assert second.attributes["celery.outcome"] == "succeeded"
     entry = wait_for(lambda: DeadLetter.objects.filter(task_id=failed.id).first(), what="the dead letter")
     assert entry.trace_id == trace_id
-    dead = wait_for(lambda: [s for s in otlp.spans_named("run/tests.permanent") if s.trace_id == trace_id],
+    dead = wait_for(lambda: [s for s in runs_of(otlp, "tests.permanent") if s.trace_id == trace_id],
                     what="the failed run's span")  # fmt: skip
-    assert dead[0].attributes["error.type"] == "PermanentError"
+    assert dead[0].attributes["error.type"] == "observability.errors.PermanentError"  # canonical, as semconv says
     wait_for(
         lambda: any(trace_id in p.exemplar_trace_ids for p in otlp.latest("celery.task.duration")),
         what="an exemplar with the trace id",
@@ -121,7 +130,7 @@ def test_a_replayed_dead_letter_links_to_the_original_trace(observed_worker, otl
     entry = wait_for(lambda: DeadLetter.objects.filter(task_id=failed.id).first(), timeout=30, what="the dead letter")
     call_command("dlq", "replay", str(entry.pk))
     replay = wait_for(
-        lambda: [s for s in otlp.spans_named("run/tests.flaky") if any(t == trace_id for t, _ in s.links)],
+        lambda: [s for s in runs_of(otlp, "tests.flaky") if any(t == trace_id for t, _ in s.links)],
         what="the replayed run's span",
     )
     assert replay[0].trace_id != trace_id
@@ -138,9 +147,7 @@ def test_recycled_children_lose_no_spans(start_worker, otlp):
         tasks.echo.apply_async((token,), queue="recycled").get(timeout=RESULT_TIMEOUT)
 
     def recycled_spans() -> list | None:
-        spans = [
-            s for s in otlp.spans_named("run/tests.echo") if s.attributes["messaging.destination.name"] == "recycled"
-        ]
+        spans = [s for s in runs_of(otlp, "tests.echo") if s.attributes["messaging.destination.name"] == "recycled"]
         return spans if len(spans) == 6 else None
 
     # The batch processor would wait 60 s: only the flush at child exit can deliver these in time.
@@ -217,7 +224,8 @@ def test_the_worker_reports_a_heartbeat_per_consumed_queue_and_each_beat_interva
 
 
 def test_one_trace_joins_an_http_request_and_the_task_it_enqueues(otlp, start_worker, worker_env, tmp_path):
-    """``POST /api/promos`` on a real server enqueues a sweep; the worker's run is in the request's trace."""
+    """``POST /api/promos`` on a real server enqueues a sweep: the request's trace holds the publish's PRODUCER
+    span (``send traced``, made by the web process) and, as its child, the worker's run."""
     from django.contrib.auth.models import User
     from knox.models import AuthToken
 
@@ -241,12 +249,17 @@ def test_one_trace_joins_an_http_request_and_the_task_it_enqueues(otlp, start_wo
             server = wait_for(lambda: [s for s in otlp.spans if s.kind == SERVER and "promos" in s.name],
                               what="the request span")  # fmt: skip
             run = wait_for(
-                lambda: [s for s in otlp.spans_named("run/promotions.tasks.check_active_promos")
+                lambda: [s for s in runs_of(otlp, "promotions.tasks.check_active_promos")
                          if s.trace_id == server[0].trace_id],
                 what="the task run in the request's trace",
             )  # fmt: skip
             assert run[0].resource["service.name"] == "marketplace-worker"
             assert server[0].resource["service.name"] == "marketplace-web"
+            [send] = wait_for(lambda: [s for s in otlp.spans if s.span_id == run[0].parent_span_id],
+                              what="the publish's span")  # fmt: skip
+            assert send.kind == PRODUCER and send.name == "send traced" and send.trace_id == server[0].trace_id
+            assert send.resource["service.name"] == "marketplace-web"
+            assert send.attributes["messaging.message.id"] == run[0].attributes["messaging.message.id"]
         finally:
             stop_process(web)
 
