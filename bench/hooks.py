@@ -110,9 +110,9 @@ def main(argv: list[str] | None = None) -> None:
     sends = [s for s in spans if s.template.kind == s.template.SpanKind.SPAN_KIND_PRODUCER][-512:]
     batch = [s for s in spans if s.template.kind != s.template.SpanKind.SPAN_KIND_PRODUCER][-512:]
     exporter = TaskSpanExporter(provider.resource, scope=telemetry.METER, endpoint=sink.otlp_endpoint)
-    encode_us = _per_call_us(lambda: exporter.encode(batch).SerializePartialToString(), 20) / len(batch)
+    encode_us = _per_call_us(lambda: exporter.encode_bytes(batch), 20) / len(batch)
     rows.append((f"OTLP encoding per task span (batch of {len(batch)})", encode_us))
-    encode_us = _per_call_us(lambda: exporter.encode(sends).SerializePartialToString(), 20) / len(sends)
+    encode_us = _per_call_us(lambda: exporter.encode_bytes(sends), 20) / len(sends)
     rows.append((f"OTLP encoding per publish span (batch of {len(sends)})", encode_us))
     for label, us in rows:
         print(f"{us:8.1f} us  {label}")

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from opentelemetry.metrics import Meter
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+from opentelemetry.trace import SpanContext
 
 from observability.telemetry import metric_names as m
 from observability.telemetry.in_process_metrics import InProcessCounter, InProcessHistogram
@@ -54,7 +55,7 @@ class _TaskCounter(Protocol):
 
 
 class _TaskHistogram(Protocol):
-    def record(self, value: float, attributes: Mapping[str, str]) -> None: ...
+    def record(self, value: float, attributes: Mapping[str, str], span_context: SpanContext | None = None) -> None: ...
 
 
 class _Discard:
@@ -65,7 +66,7 @@ class _Discard:
     def add(self, amount: int, attributes: Mapping[str, str]) -> None:
         return None
 
-    def record(self, value: float, attributes: Mapping[str, str]) -> None:
+    def record(self, value: float, attributes: Mapping[str, str], span_context: SpanContext | None = None) -> None:
         return None
 
 

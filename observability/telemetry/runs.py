@@ -18,6 +18,7 @@ from opentelemetry.propagate import extract
 from opentelemetry.trace import Link, Status, StatusCode
 
 from observability.logs import bind_task_context, clear_task_context
+from observability.telemetry.in_process_metrics import AttributeSet
 from observability.telemetry.providers import current
 from observability.telemetry.publishes import PUBLISHED_AT_HEADER
 from observability.telemetry.task_spans import qualified_type
@@ -41,7 +42,7 @@ REPLAY_TRACEPARENT_HEADER = "x-dead-letter-traceparent"
 @dataclass
 class TaskRun:
     task_name: str
-    attributes: dict[str, str]
+    attributes: AttributeSet
     started: float
     queue_wait: float | None
     span: trace.Span
@@ -75,21 +76,21 @@ def _links(request: Any) -> list[Link]:
 
 # Metric attribute sets, built once per (task, queue[, outcome, error type]) and shared by every run: the SDK
 # copies what it keeps. Task names, queues and outcomes are few; a bound keeps odd error types from growing it.
-_attribute_sets: dict[tuple[str, ...], dict[str, str]] = {}
+_attribute_sets: dict[tuple[str, ...], AttributeSet] = {}
 
 
-def _attribute_set(task: str, queue: str, *more: str) -> dict[str, str]:
+def _attribute_set(task: str, queue: str, *more: str) -> AttributeSet:
     key = (task, queue, *more)
     attributes = _attribute_sets.get(key)
     if attributes is None:
         if len(_attribute_sets) > 1024:
             _attribute_sets.clear()
-        attributes = {"task": task, "queue": queue}
+        plain = {"task": task, "queue": queue}
         if more:
-            attributes["outcome"] = more[0]
+            plain["outcome"] = more[0]
         if len(more) > 1:
-            attributes["error_type"] = more[1]
-        _attribute_sets[key] = attributes
+            plain["error_type"] = more[1]
+        attributes = _attribute_sets[key] = AttributeSet(plain)
     return attributes
 
 

@@ -166,3 +166,73 @@ def test_task_spans_and_sdk_spans_leave_in_one_request_through_the_sdks_http_cli
     assert sql_span.parent_span_id == task_span.span_id and sql_span.trace_id == task_span.trace_id
     assert task_span.resource == sql_span.resource == dict(RESOURCE.attributes)
     assert task_span.attributes["messaging.message.id"] == "m-1"
+
+
+class _NotTheDefault(ParentBased):
+    """``ParentBased(ALWAYS_ON)`` under another type: ``TaskSpans`` asks it, as it asks any sampler but the default."""
+
+
+@pytest.mark.parametrize(
+    "parent",
+    [
+        None,
+        SpanContext(TRACE_ID, PARENT_SPAN_ID, is_remote=True, trace_flags=TraceFlags(1)),
+        SpanContext(TRACE_ID, PARENT_SPAN_ID, is_remote=True, trace_flags=TraceFlags(0)),
+        SpanContext(TRACE_ID, PARENT_SPAN_ID, is_remote=False, trace_flags=TraceFlags(1)),
+        SpanContext(TRACE_ID, PARENT_SPAN_ID, is_remote=False, trace_flags=TraceFlags(0)),
+        SpanContext(
+            TRACE_ID, PARENT_SPAN_ID, is_remote=True, trace_flags=TraceFlags(1),
+            trace_state=trace.TraceState([("vendor", "value")]),
+        ),
+    ],
+    ids=["root", "remote-sampled", "remote-unsampled", "local-sampled", "local-unsampled", "trace-state"],
+)  # fmt: skip
+def test_the_default_samplers_shortcut_decides_as_the_sdks_sampler(parent):
+    """The SDK's default sampler is decided without calling it (``TaskSpans._default_context``): for every kind of
+    parent, run and publish spans are sampled, or not, and carry the trace state exactly as the SDK's own
+    ``ParentBased(ALWAYS_ON)`` decides - which also pins the sampler's private delegates the shortcut reads."""
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+
+    from observability.telemetry.task_spans import _is_default_sampler
+
+    default, _ = task_spans()
+    asked, _ = task_spans(sampler=_NotTheDefault(ALWAYS_ON))
+    assert _is_default_sampler(TracerProvider().sampler) and not _is_default_sampler(asked._sampler)
+    context = trace.set_span_in_context(trace.NonRecordingSpan(parent)) if parent is not None else None
+    for spans in (default, asked):
+        run = spans.start("tests.echo", "celery", parent=context, message_id="m", retries=0).get_span_context()
+        with trace.use_span(trace.NonRecordingSpan(parent) if parent is not None else trace.INVALID_SPAN):
+            send = spans.start_send("tests.echo").get_span_context()
+        decided = [(c.trace_flags.sampled, c.trace_state, c.trace_id == TRACE_ID) for c in (run, send)]
+        if spans is default:
+            shortcut = decided
+    assert shortcut == decided
+
+
+def test_a_publishs_traceparent_is_what_the_sdks_propagator_writes():
+    """With the default propagator and no baggage the producer formats ``traceparent``/``tracestate`` itself; the
+    headers are the ones ``inject`` writes, sampled or not. With baggage in the context, ``inject`` writes them (and
+    the baggage). This also pins the composite propagator's private list the shortcut reads."""
+    from opentelemetry import baggage
+    from opentelemetry import context as otel_context
+    from opentelemetry.propagate import inject
+
+    from observability.telemetry.publishes import _inject, _is_default_textmap
+
+    assert _is_default_textmap()
+    for flags, state in ((1, None), (0, None), (1, trace.TraceState([("vendor", "value")]))):
+        span = trace.NonRecordingSpan(SpanContext(TRACE_ID, 0x1234, False, TraceFlags(flags), state))
+        ours: dict[str, object] = {}
+        theirs: dict[str, object] = {}
+        with trace.use_span(span):
+            _inject(ours, span)
+            inject(theirs)
+        assert ours == theirs and "traceparent" in ours
+    token = otel_context.attach(baggage.set_baggage("tenant", "t-1"))
+    try:
+        with_baggage: dict[str, object] = {}
+        with trace.use_span(span):
+            _inject(with_baggage, span)
+        assert with_baggage["baggage"] == "tenant=t-1" and "traceparent" in with_baggage
+    finally:
+        otel_context.detach(token)
