@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from observability import telemetry
     from observability.logs import bind_task_context, clear_task_context, configure_logging
-    from observability.telemetry.task_spans import TaskSpan, TaskSpanExporter, TaskSpans
+    from observability.telemetry.task_span_export import TaskSpanExporter
+    from observability.telemetry.task_spans import TaskSpan, TaskSpans
 
     settings.OTEL_EXPORTER_OTLP_ENDPOINT = sink.otlp_endpoint
     log_file = tempfile.NamedTemporaryFile("w", suffix=".jsonl")  # noqa: SIM115 - closed at the end

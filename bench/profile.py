@@ -23,7 +23,7 @@ from bench.throughput import broker, done_count, loglevel, publish, variant_env
 FRAMES = (
     "_worker_child (observability/wiring.py",
     "BatchProcessor._export (",
-    "TaskSpanExporter.encode (",
+    "TaskSpanExporter.encode_bytes (",
     "encode_spans (",
     "_OTLPHTTPClient.export (",
     "ObservableTask.__call__ (observability/task.py",
@@ -48,7 +48,7 @@ FRAMES = (
 
 #: Each sample counted once, under the first of these found from the innermost frame outwards.
 CATEGORIES = (
-    ("export thread: OTLP encoding of task spans", "TaskSpanExporter.encode ("),
+    ("export thread: OTLP encoding of task spans", "TaskSpanExporter.encode_bytes ("),
     ("export thread: OTLP encoding of other spans", "encode_spans ("),
     ("export thread: HTTP, batching", "BatchProcessor.worker ("),
     ("summary line", "BoundLogger.info (structlog"),

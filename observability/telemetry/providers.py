@@ -36,7 +36,8 @@ from observability.telemetry.broker import broker_of, client_id
 from observability.telemetry.in_process_metrics import OTLPMetricExporterWithHistograms
 from observability.telemetry.instruments import Instruments, TaskHistograms, views
 from observability.telemetry.span_processor import HandOffSpanProcessor
-from observability.telemetry.task_spans import TaskSpanExporter, TaskSpans
+from observability.telemetry.task_span_export import TaskSpanExporter
+from observability.telemetry.task_spans import TaskSpans
 
 __all__ = ["METER", "Telemetry", "current", "setup", "shutdown"]
 

@@ -35,7 +35,8 @@ from observability.telemetry.in_process_metrics import (
     InProcessHistogram,
     OTLPMetricExporterWithHistograms,
 )
-from observability.telemetry.task_spans import TaskSpan, TaskSpanExporter, TaskSpans
+from observability.telemetry.task_span_export import TaskSpanExporter
+from observability.telemetry.task_spans import TaskSpan, TaskSpans
 
 SCOPE = "marketplace"
 RESOURCE = Resource.create({"service.name": "marketplace-worker", "service.instance.id": "test-1"})

@@ -19,7 +19,8 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.util.types import AnyValue
 
-from observability.telemetry.task_spans import TaskSpan, TaskSpanExporter, TaskSpans
+from observability.telemetry.task_span_export import TaskSpanExporter
+from observability.telemetry.task_spans import TaskSpan, TaskSpans
 from tests.conftest import wait_for
 from tests.otlp_receiver import OtlpReceiver
 
