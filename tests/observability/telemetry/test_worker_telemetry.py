@@ -25,7 +25,7 @@ from tests.net import free_port, http_status, promo_create_request
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 #: Labels a task metric may carry: bounded sets only, never task ids or host names.
-ALLOWED_LABELS = {"task", "queue", "outcome", "error_type", "reason", "status", "priority", "entry", "channel"}
+ALLOWED_LABELS = {"task", "queue", "outcome", "error_type", "reason", "status", "priority", "entry", "channel", "state"}
 SERVER, CONSUMER = 2, 5  # opentelemetry.proto.trace.v1.Span.SpanKind values
 
 
