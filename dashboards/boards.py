@@ -50,6 +50,11 @@ QUEUE_WAIT = above(1, 5)
 BACKLOG = above(100, 1000)
 #: Backlog growth in messages per minute, fitted over 10 minutes.
 BACKLOG_GROWTH = above(10, 60)
+#: Oldest waiting message: red at CeleryQueueStalled's 5 minutes (past the 300 s hard time limit); orange at
+#: a minute, far beyond the 5 s queue-wait objective.
+OLDEST_MESSAGE = above(60, 300)
+#: Since a worker's last message: red at CeleryWorkerNotConsuming's 2 minutes (alerting only with work waiting).
+SINCE_RECEIVED = above(60, 120)
 #: Any pending dead letter waits for a human (DeadLettersPending).
 DEAD_LETTERS = above(None, 1)
 #: Oldest pending dead letter: red at DeadLetterOldestPendingTooOld's 3 days, orange after one.
@@ -312,6 +317,7 @@ def _queues() -> tuple[Panel, ...]:
             red="work arrives faster than workers take it. Check *Workers up* and *Run duration*; add workers "
             "or look for stuck runs (`celery -A marketplace inspect active`).",
             alert="CeleryQueueBacklogGrowing",
+            width=8,
         ),
         Panel(
             "Backlog trend",
@@ -324,6 +330,50 @@ def _queues() -> tuple[Panel, ...]:
             red="the backlog has grown steadily for 10 minutes and will not drain by itself. Add workers before "
             "*Queue wait* turns red.",
             alert="CeleryQueueBacklogGrowing",
+            width=8,
+        ),
+        Panel(
+            "Oldest waiting message",
+            "timeseries",
+            (Target(f"max by (queue) ({CELERY.select(q.QUEUE_OLDEST_MESSAGE_AGE)})", "{{queue}}"),),
+            "s",
+            "How long the oldest message waiting in Redis has waited since its publish, per queue (the oldest of "
+            "its priority lists; 0 when empty).",
+            OLDEST_MESSAGE,
+            red="a message has waited 5 minutes: nothing takes from the queue. Check *Since last message received*: "
+            "stuck consumers (CeleryWorkerNotConsuming) or runs that never end (`celery -A marketplace inspect "
+            "active`).",
+            alert="CeleryQueueStalled",
+            width=8,
+        ),
+    )
+
+
+def _workers() -> tuple[Panel, ...]:
+    since = f"time() - max by (instance, queue) ({CELERY.select(q.WORKER_LAST_RECEIVED)})"
+    return (
+        Panel(
+            "Since last message received",
+            "timeseries",
+            (Target(since, "{{instance}} {{queue}}"),),
+            "s",
+            "Per worker (its main process) and queue it consumes: seconds since its consumer last received a task "
+            "message. Unlike the heartbeat, it stops when the consumer is stuck. High is normal for an idle queue.",
+            SINCE_RECEIVED,
+            red="nothing received for 2 minutes: harmless if the queue is empty (*Backlog per queue*); with "
+            "messages waiting and the worker idle, its consumer is stuck - restart it.",
+            alert="CeleryWorkerNotConsuming",
+        ),
+        Panel(
+            "Tasks held by workers",
+            "timeseries",
+            (Target(f"sum by (state) (max by (instance, state) ({CELERY.select(q.WORKER_TASKS)}))", "{{state}}"),),
+            "short",
+            "Task messages the workers hold, summed over workers: active (running in a child), reserved (waiting "
+            "for a free child), scheduled (countdowns and ETAs held until due).",
+            no_threshold="the counts follow the workload and the concurrency; reserved growing while active stays "
+            "at the pool size means the workers are full.",
+            stacked=True,
         ),
     )
 
@@ -382,7 +432,9 @@ def celery_rows(*, one_task: bool) -> tuple[Row, ...]:
         Row("Run duration and queue wait", _latency(one_task=one_task)),
         Row("Queues", _queues()),
     )
-    return rows if one_task else (*rows, Row("Dead letters and beat", _dead_letters_and_beat()))
+    if one_task:
+        return rows
+    return (*rows, Row("Workers", _workers()), Row("Dead letters and beat", _dead_letters_and_beat()))
 
 
 def _count_stat(title: str, metric: q.Metric, shows: str, no_threshold: str) -> Panel:

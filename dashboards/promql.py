@@ -24,6 +24,7 @@ __all__ = [
     "PROMOS_ENDED",
     "PROMO_ACTIVATION_LAG",
     "QUEUE_BACKLOG",
+    "QUEUE_OLDEST_MESSAGE_AGE",
     "RATE_WINDOW",
     "TASKS_FINISHED",
     "TASKS_PUBLISHED",
@@ -31,6 +32,8 @@ __all__ = [
     "TASK_QUEUE_WAIT",
     "USED_METRICS",
     "WORKER_HEARTBEAT",
+    "WORKER_LAST_RECEIVED",
+    "WORKER_TASKS",
     "Metric",
     "Scope",
     "gauge",
@@ -63,9 +66,12 @@ TASKS_FINISHED = _metric("celery_tasks_finished_total", "task", "queue", "outcom
 TASK_DURATION = _metric("celery_task_duration_seconds", "task", "queue", "outcome")
 TASK_QUEUE_WAIT = _metric("celery_task_queue_wait_seconds", "task", "queue")
 QUEUE_BACKLOG = _metric("celery_queue_backlog", "queue", "priority")
+QUEUE_OLDEST_MESSAGE_AGE = _metric("celery_queue_oldest_message_age_seconds", "queue", "priority")
 BEAT_LAST_SUCCESS = _metric("celery_beat_last_success_seconds", "entry")
 BEAT_INTERVAL = _metric("celery_beat_interval_seconds", "entry")
 WORKER_HEARTBEAT = _metric("celery_worker_heartbeat_seconds", "queue")
+WORKER_LAST_RECEIVED = _metric("celery_worker_last_received_seconds", "queue")
+WORKER_TASKS = _metric("celery_worker_tasks", "state")
 DEAD_LETTERS_PENDING = _metric("dead_letters_pending", "task", "reason")
 DEAD_LETTERS_OLDEST_PENDING_AGE = _metric("dead_letters_oldest_pending_age_seconds")
 PROMO_ACTIVATION_LAG = _metric("promotions_activation_lag_seconds")
@@ -83,9 +89,12 @@ USED_METRICS = (
     TASK_DURATION,
     TASK_QUEUE_WAIT,
     QUEUE_BACKLOG,
+    QUEUE_OLDEST_MESSAGE_AGE,
     BEAT_LAST_SUCCESS,
     BEAT_INTERVAL,
     WORKER_HEARTBEAT,
+    WORKER_LAST_RECEIVED,
+    WORKER_TASKS,
     DEAD_LETTERS_PENDING,
     DEAD_LETTERS_OLDEST_PENDING_AGE,
     PROMO_ACTIVATION_LAG,

@@ -42,11 +42,13 @@ class Span:
 
 @dataclass
 class Point:
-    """One data point of one export: counters and gauges carry ``value``, histograms ``count``/``sum``."""
+    """One data point of one export: counters and gauges carry ``value``, histograms ``count``/``sum``.
+    ``export`` numbers the export requests in the order received: the points of one collection share it."""
 
     metric: str
     attributes: dict[str, Any]
     resource: dict[str, Any]
+    export: int = 0
     value: float | None = None
     count: int | None = None
     total: float | None = None
@@ -57,6 +59,7 @@ class OtlpReceiver(LocalServer):
     def __init__(self) -> None:
         self.spans: list[Span] = []
         self.points: list[Point] = []
+        self._exports = 0
         self._lock = threading.Lock()
         receiver = self
 
@@ -123,6 +126,9 @@ class OtlpReceiver(LocalServer):
         self._decoded_metrics(ExportMetricsServiceRequest.FromString(body))
 
     def _decoded_metrics(self, request: ExportMetricsServiceRequest) -> None:
+        with self._lock:
+            self._exports += 1
+            export = self._exports
         points = []
         for resource_metrics in request.resource_metrics:
             resource = _attributes(resource_metrics.resource.attributes)
@@ -130,7 +136,7 @@ class OtlpReceiver(LocalServer):
                 for metric in scope.metrics:
                     kind = metric.WhichOneof("data")
                     for dp in getattr(metric, kind).data_points:
-                        point = Point(metric.name, _attributes(dp.attributes), resource)
+                        point = Point(metric.name, _attributes(dp.attributes), resource, export)
                         if kind == "histogram":
                             point.count, point.total = dp.count, dp.sum
                             point.exemplar_trace_ids = [e.trace_id.hex() for e in dp.exemplars if e.trace_id]

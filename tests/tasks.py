@@ -110,3 +110,16 @@ def overlapping(token: str, seconds: float) -> str:
     _record_run(token)
     time.sleep(seconds)
     return "ran"
+
+
+def release(token: str, runs: int = 1) -> None:
+    """Let ``runs`` runs of ``tests.held`` called with ``token`` return."""
+    _redis().rpush(f"test:release:{token}", *["go"] * runs)
+
+
+@shared_task(name="tests.held")
+def held(token: str) -> str:
+    """Runs until the test calls :func:`release` for ``token`` (or 120 s pass): a task the test holds."""
+    _record_run(token)
+    _redis().blpop([f"test:release:{token}"], timeout=120)
+    return token

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from typing import Any
+from urllib.parse import urlsplit
 
 from tests.net import free_port
 
@@ -90,6 +92,18 @@ class TcpProxy:
                     with contextlib.suppress(OSError):
                         ports.add(flow.sockets[1].getsockname()[1])
             return ports
+
+    def url(self, target_url: str) -> str:
+        """``target_url`` (a ``redis://`` URL of the target) through this proxy."""
+        return urlsplit(target_url)._replace(netloc=f"127.0.0.1:{self.port}").geturl()
+
+    def holds_blocked_brpop(self, redis_client: Any) -> bool:
+        """Whether Redis (the target, seen through ``redis_client``) still holds a BRPOP of a frozen connection: a
+        message pushed meanwhile would be popped for a client that never gets it (kombu holds a message
+        unacknowledged only once it has read it)."""
+        ports = self.frozen_upstream_ports()
+        clients: list[dict[str, str]] = redis_client.client_list()
+        return any(int(c["addr"].rsplit(":", 1)[1]) in ports and "b" in c["flags"] for c in clients)
 
     def _accept(self, listener: socket.socket) -> None:
         while True:

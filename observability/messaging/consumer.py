@@ -2,13 +2,16 @@
 otherwise drop with one log line - an unregistered task, a message without task headers, a body that
 cannot be decoded (celery#6918). The entry is written before the message is acknowledged; if it can be
 neither written nor deferred, the message stays unacknowledged and comes back later.
+
+It also records the arrival of every task message (``gauges.message_received``): the worker's proof that it
+consumes, which its heartbeat is not.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -16,11 +19,13 @@ from typing import Any
 from celery.worker.consumer import Consumer
 from celery.worker.consumer import consumer as celery_consumer
 from kombu.message import Message
+from vine import promise
 
 from observability import telemetry
 from observability.deadletters import services as dead_letters
 from observability.deadletters.models import DeadLetterReason
 from observability.failure import Failure
+from observability.messaging.gauges import message_received
 
 __all__ = ["DeadLetteringConsumer", "failure_from_message"]
 
@@ -98,6 +103,16 @@ def _as_recorded() -> Iterator[None]:
 
 
 class DeadLetteringConsumer(Consumer):
+    def create_task_handler(self, promise: Any = promise) -> Callable[[Message], Any]:
+        # Every task message passes here first, whatever becomes of it (run, dead-lettered, rejected).
+        handle = super().create_task_handler(promise)
+
+        def on_task_received(message: Message) -> Any:
+            message_received(message)
+            return handle(message)
+
+        return on_task_received
+
     def on_unknown_task(self, body: Any, message: Message, exc: Exception) -> None:
         if _record(message, DeadLetterReason.UNREGISTERED_TASK, str(exc), "celery.exceptions.NotRegistered"):
             with _as_recorded():

@@ -26,6 +26,7 @@ __all__ = [
     "PROMOS_ENDED",
     "PROMO_ACTIVATION_LAG",
     "QUEUE_BACKLOG",
+    "QUEUE_OLDEST_MESSAGE_AGE",
     "TASKS_FINISHED",
     "TASKS_PUBLISHED",
     "TASKS_PUBLISH_FAILED",
@@ -35,6 +36,8 @@ __all__ = [
     "TASK_QUEUE_WAIT",
     "TASK_RESULTS_UNSTORED",
     "WORKER_HEARTBEAT",
+    "WORKER_LAST_RECEIVED",
+    "WORKER_TASKS",
 ]
 
 # Tasks: labels task, queue (+ outcome, error_type where stated). Never task ids or host names.
@@ -47,9 +50,12 @@ TASK_DURATION = "celery.task.duration"  # histogram, s; task, queue, outcome
 TASK_QUEUE_WAIT = "celery.task.queue_wait"  # histogram, s; task, queue
 TASK_RESULTS_UNSTORED = "celery.task.results_unstored"  # counter; task, state
 QUEUE_BACKLOG = "celery.queue.backlog"  # gauge; queue, priority
+QUEUE_OLDEST_MESSAGE_AGE = "celery.queue.oldest_message_age"  # gauge, s; queue, priority
 BEAT_LAST_SUCCESS = "celery.beat.last_success"  # gauge, unix time s; entry
 BEAT_INTERVAL = "celery.beat.interval"  # gauge, s; entry
 WORKER_HEARTBEAT = "celery.worker.heartbeat"  # gauge, unix time s; queue
+WORKER_LAST_RECEIVED = "celery.worker.last_received"  # gauge, unix time s; queue
+WORKER_TASKS = "celery.worker.tasks"  # gauge; state (active, reserved, scheduled)
 
 # Dead letters.
 DEAD_LETTERS_CREATED = "dead_letters.created"  # counter; task, reason

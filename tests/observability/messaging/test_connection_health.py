@@ -46,15 +46,7 @@ def proxy():
 
 
 def _through(proxy: TcpProxy) -> str:
-    return urlsplit(TEST_REDIS_URL)._replace(netloc=f"127.0.0.1:{proxy.port}").geturl()
-
-
-def _blocked_behind(proxy: TcpProxy, redis_client: redis.Redis) -> bool:
-    """Whether Redis still holds a BRPOP of a frozen connection: a message pushed meanwhile would be popped
-    for a client that never gets it (kombu holds a message unacknowledged only once it has read it)."""
-    ports = proxy.frozen_upstream_ports()
-    clients: list[dict[str, str]] = redis_client.client_list()  # type: ignore[assignment]  # sync client
-    return any(int(c["addr"].rsplit(":", 1)[1]) in ports and "b" in c["flags"] for c in clients)
+    return proxy.url(TEST_REDIS_URL)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -74,7 +66,7 @@ def test_a_worker_on_a_frozen_broker_connection_consumes_again_within_a_minute(p
     frozen_at = time.monotonic()
     # The BRPOP in flight at the freeze ends on the server within its 1 s timeout; what it pops is lost with
     # the flow (a window no client setting closes). The task is published once Redis no longer serves it.
-    wait_for(lambda: not _blocked_behind(proxy, redis_client), timeout=10, what="the frozen BRPOP to time out")
+    wait_for(lambda: not proxy.holds_blocked_brpop(redis_client), timeout=10, what="the frozen BRPOP to time out")
     second = uuid.uuid4().hex
     tasks.echo.apply_async((second,), queue=queue)  # published by this process, straight to Redis
 

@@ -26,7 +26,7 @@ from tests.otlp_receiver import OtlpReceiver, Span
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 #: Labels a task metric may carry: bounded sets only, never task ids or host names.
-ALLOWED_LABELS = {"task", "queue", "outcome", "error_type", "reason", "status", "priority", "entry", "channel"}
+ALLOWED_LABELS = {"task", "queue", "outcome", "error_type", "reason", "status", "priority", "entry", "channel", "state"}
 SERVER, PRODUCER, CONSUMER = 2, 4, 5  # opentelemetry.proto.trace.v1.Span.SpanKind values
 
 
