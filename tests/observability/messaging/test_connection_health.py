@@ -15,7 +15,6 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -35,14 +34,6 @@ from tests.tcp_proxy import TcpProxy
 
 #: The longest a request may take to answer while its broker connection is frozen.
 WEB_ANSWER_BUDGET_SECONDS = 15.0
-
-
-@pytest.fixture
-def proxy():
-    target = TcpProxy(target_port=urlsplit(TEST_REDIS_URL).port or 6379)
-    target.start()
-    yield target
-    target.cut()
 
 
 def _through(proxy: TcpProxy) -> str:

@@ -17,7 +17,6 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -27,7 +26,6 @@ from observability.telemetry import PUBLISHED_AT_HEADER
 from tests import tasks
 from tests.conftest import RESULT_TIMEOUT, TEST_REDIS_URL, WorkerProcess, wait_for
 from tests.otlp_receiver import OtlpReceiver
-from tests.tcp_proxy import TcpProxy
 
 QUEUE = f"liveness-{uuid.uuid4().hex[:8]}"
 #: Declared by the module's worker (as its maintenance queue) but not consumed by it, nor by any other worker.
@@ -194,14 +192,6 @@ def test_the_oldest_waiting_message_ages_while_no_worker_takes_it(liveness_worke
         lambda c: oldest_age(c, UNCONSUMED, "0") == 0 and oldest_age(c, UNCONSUMED, "9") == 0,
         "ages of 0 once the lists are empty",
     )
-
-
-@pytest.fixture
-def proxy():
-    target = TcpProxy(target_port=urlsplit(TEST_REDIS_URL).port or 6379)
-    target.start()
-    yield target
-    target.cut()
 
 
 @pytest.mark.django_db(transaction=True)
