@@ -6,7 +6,8 @@ process's start. Imported by ``marketplace.celery`` (every role) and ``marketpla
              then what start-up built is frozen out of garbage collection before the pool forks;
              flushed at worker_shutdown
              each pool child at worker_process_init (after fork): its own providers, psycopg
-             instrumented; flushed at worker_process_shutdown, so recycled children lose nothing
+             instrumented, exporting as its pool slot; flushed at worker_process_shutdown, so recycled
+             children lose nothing
     beat     at beat_init
     producer every publish is a PRODUCER span (``observability.publishing``, the app class); before_task_publish
              names it and puts its trace context and the publish time into the message headers
@@ -98,7 +99,8 @@ def _worker_main_process(sender: Any = None, **kwargs: Any) -> None:
 def _worker_child(**kwargs: Any) -> None:
     sentry.init_sentry(role="worker")
     # SQL only: a span per Redis call (kombu's publishes included) cost 7% of a task's CPU in the benchmark.
-    telemetry.setup("worker", instrument=_instrument_sql, nodename=_nodename)
+    # pool_child: exports as its pool slot, going on from the sums of the child it replaced (bounded series).
+    telemetry.setup("worker", instrument=_instrument_sql, nodename=_nodename, pool_child=True)
 
 
 @signals.worker_process_shutdown.connect

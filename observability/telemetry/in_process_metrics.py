@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,15 +155,23 @@ class InProcessHistogram:
 
 class OTLPMetricExporterWithHistograms(OTLPMetricExporter):
     """The OTLP/HTTP metric exporter (configured by the standard ``OTEL_EXPORTER_OTLP_*`` variables) that adds
-    ``histograms`` to every export, under ``scope`` of ``resource`` (the meter provider's)."""
+    ``histograms`` to every export, under ``scope`` of ``resource`` (the meter provider's); ``carry``, a pool
+    child's (``pool_slots.PoolSlot.continued``), continues its slot's sums and histograms in each export."""
 
     def __init__(
-        self, histograms: Sequence[InProcessHistogram], *, resource: Resource, scope: str, **options: Any
+        self,
+        histograms: Sequence[InProcessHistogram],
+        *,
+        resource: Resource,
+        scope: str,
+        carry: Callable[[MetricsData, Resource], MetricsData] | None = None,
+        **options: Any,
     ) -> None:
         super().__init__(**options)
         self._histograms = tuple(histograms)
         self._resource = resource
         self._scope = InstrumentationScope(scope)
+        self._carry = carry
 
     def export(
         self, metrics_data: MetricsData, timeout_millis: float | None = 10_000, **kwargs: Any
@@ -171,6 +179,8 @@ class OTLPMetricExporterWithHistograms(OTLPMetricExporter):
         ours = [metric for metric in (h.collect() for h in self._histograms) if metric is not None]
         if ours:
             metrics_data = self._with(metrics_data, ours)
+        if self._carry is not None:
+            metrics_data = self._carry(metrics_data, self._resource)
         return super().export(metrics_data, timeout_millis, **kwargs)
 
     def _with(self, metrics_data: MetricsData, metrics: list[Metric]) -> MetricsData:

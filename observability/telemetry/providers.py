@@ -1,7 +1,9 @@
 """This process's OpenTelemetry providers: built per process, correct under prefork, flushed within a bound.
 
 - ``setup(role)`` builds the providers with a resource naming the role (web, worker, beat, cli) and a
-  per-process ``service.instance.id``; export goes over OTLP, configured by the standard ``OTEL_*`` variables.
+  per-process ``service.instance.id`` - except a worker's pool child (``pool_child``), which exports as its pool
+  slot and goes on from its predecessor's sums (``pool_slots``); export goes over OTLP, configured by the
+  standard ``OTEL_*`` variables.
   Without ``OTEL_EXPORTER_OTLP_ENDPOINT`` nothing is installed and every hook is a no-op.
 - Worker children call it after fork (``worker_process_init``) and ``shutdown()`` flushes before a child exits
   (``worker_process_shutdown``), so nothing is lost when ``max_tasks_per_child`` recycles it - unless the
@@ -22,6 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -35,6 +38,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from observability.telemetry.broker import broker_of, client_id
 from observability.telemetry.in_process_metrics import OTLPMetricExporterWithHistograms
 from observability.telemetry.instruments import Instruments, TaskHistograms, views
+from observability.telemetry.pool_slots import PoolSlot, forget_node, node_dir, remove_node_dir, slot_index
 from observability.telemetry.span_processor import HandOffSpanProcessor
 from observability.telemetry.task_span_export import TaskSpanExporter
 from observability.telemetry.task_spans import TaskSpans
@@ -66,6 +70,8 @@ class Telemetry:
     task_spans: TaskSpans | None
     instruments: Instruments
     providers: list[Any] = field(default_factory=list)
+    #: The worker main process's folder of its pool slots' files, removed when it stops
+    pool_slots_dir: Path | None = None
 
 
 _current: Telemetry | None = None
@@ -83,13 +89,13 @@ class _Resource(Resource):
         return self._hash
 
 
-def _resource(role: str) -> Resource:
+def _resource(role: str, instance_id: str | None = None) -> Resource:
     resource = Resource.create(
         {
             "service.name": os.environ.get("OTEL_SERVICE_NAME") or f"marketplace-{role}",
             "service.namespace": "marketplace",
-            # Unique per process: each prefork child is a separate source of cumulative series.
-            "service.instance.id": f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}",
+            # A source of cumulative series: unique per process, or a pool slot's (one child at a time).
+            "service.instance.id": instance_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}",
             "deployment.environment.name": settings.SENTRY_ENVIRONMENT,
         }
     )
@@ -103,18 +109,22 @@ def setup(
     gauges: Iterable[Callable[[Meter], None]] = (),
     instrument: Callable[[TracerProvider], None] | None = None,
     nodename: str | None = None,
+    pool_child: bool = False,
 ) -> Telemetry:
     """Build this process's providers (again after a fork). ``fork_safe_metrics`` for a process that
     forks children later (the worker's main process); ``gauges`` register observable gauges;
     ``instrument`` installs library instrumentations against the tracer provider; ``nodename``, a worker's, is
-    the spans' ``messaging.client.id``."""
+    the spans' ``messaging.client.id``; ``pool_child`` for a worker's pool child, which exports as
+    ``<nodename>-slot<N>`` and continues its slot's sums (``pool_slots``)."""
     global _current
     endpoint = settings.OTEL_EXPORTER_OTLP_ENDPOINT or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     if not endpoint:
         _current = _off(role)
         return _current
 
-    resource = _resource(role)
+    slot = _pool_slot(nodename) if pool_child else None
+    slots_dir = forget_node(nodename) if fork_safe_metrics and nodename else None
+    resource = _resource(role, slot.instance_id if slot is not None else None)
     # shutdown_on_exit=False: this module's ``shutdown`` runs at exit instead, bounded (the SDK's waits out the
     # exporters' retries, ~10 s each with the collector down).
     tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
@@ -123,7 +133,9 @@ def setup(
     )
     tracer_provider.add_span_processor(span_processor)
     histograms = TaskHistograms()
-    exporter = OTLPMetricExporterWithHistograms(histograms.all(), resource=resource, scope=METER)
+    exporter = OTLPMetricExporterWithHistograms(
+        histograms.all(), resource=resource, scope=METER, carry=slot.continued if slot is not None else None
+    )
     reader_cls = _SilentInForkedChildReader if fork_safe_metrics else PeriodicExportingMetricReader
     reader: MetricReader = reader_cls(exporter, export_interval_millis=settings.OTEL_METRIC_EXPORT_INTERVAL_MILLIS)
     meter_provider = MeterProvider(resource=resource, metric_readers=[reader], views=views(), shutdown_on_exit=False)
@@ -145,8 +157,18 @@ def setup(
         ),
         instruments=Instruments.create(meter, histograms),
         providers=[tracer_provider, meter_provider],
+        pool_slots_dir=slots_dir,
     )
     return _current
+
+
+def _pool_slot(nodename: str | None) -> PoolSlot | None:
+    """This pool child's slot; None (a source of its own) outside a billiard pool or without a private folder."""
+    index = slot_index()
+    folder = node_dir(nodename) if nodename and index is not None else None
+    if nodename is None or index is None or folder is None:
+        return None
+    return PoolSlot(folder, nodename, index)
 
 
 def current() -> Telemetry:
@@ -199,6 +221,8 @@ def shutdown() -> None:
     for thread in stopping:
         thread.join(max(0.0, deadline - time.monotonic()))
     unfinished = [thread.name for thread in stopping if thread.is_alive()]
+    if state.pool_slots_dir is not None:
+        remove_node_dir(state.pool_slots_dir)  # the worker's main process: its children have exited
     if unfinished:
         log.warning(
             "telemetry.shutdown_timed_out",

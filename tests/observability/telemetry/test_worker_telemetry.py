@@ -138,7 +138,7 @@ def test_a_replayed_dead_letter_links_to_the_original_trace(observed_worker, otl
 
 def test_recycled_children_lose_no_spans(start_worker, otlp):
     """With max_tasks_per_child=1 every child exits after one task; each flushes its spans on the way out."""
-    start_worker(
+    worker = start_worker(
         "-Q", "recycled", "--max-tasks-per-child=1",
         env={"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "60000"},
     )  # fmt: skip
@@ -152,7 +152,9 @@ def test_recycled_children_lose_no_spans(start_worker, otlp):
 
     # The batch processor would wait 60 s: only the flush at child exit can deliver these in time.
     spans = wait_for(recycled_spans, timeout=30, what="the spans of six recycled children")
-    assert len({s.resource["service.instance.id"] for s in spans}) == 6
+    # Six children, in the pool's two slots: each exports as its slot (observability.telemetry.pool_slots).
+    assert len({s.attributes["messaging.message.id"] for s in spans}) == 6
+    assert {s.resource["service.instance.id"] for s in spans} <= {f"{worker.name}-slot0", f"{worker.name}-slot1"}
 
 
 def test_an_unreachable_collector_does_not_hold_up_recycled_children(start_worker):
