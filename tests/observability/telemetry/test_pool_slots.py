@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
+import tempfile
 from collections import defaultdict
 from collections.abc import Callable
 from itertools import pairwise
+from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -92,3 +96,9 @@ def test_a_killed_child_is_continued_from_its_last_export(start_worker, otlp_rec
     sources = worker_sources(otlp_receiver)
     assert f"{worker.name}-slot0" in sources and len(sources) == 2  # the slot and the main process
     assert resets(otlp_receiver, "celery.tasks.finished") == []
+
+    # The slot's state is this user's alone, and goes when the worker stops.
+    folder = Path(tempfile.gettempdir()) / f"marketplace-pool-slots-{os.getuid()}" / quote(worker.name, safe="")
+    assert stat.S_IMODE((folder / "slot0.json").stat().st_mode) == 0o600
+    worker.stop()
+    assert not folder.exists()
