@@ -21,7 +21,7 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -437,3 +437,29 @@ def test_the_bridge_names_metrics_as_the_collector_does():
 def test_prometheus_holds_exactly_the_catalogued_names(workload: Workload, bridge: PrometheusBridge):
     """What the worker, beat and the CLI exported is what docs/metrics.md promises, no more, no less."""
     assert bridge.names == set(catalogue())
+
+
+# --- bounded series ----------------------------------------------------------------------------------------
+def test_recycled_children_are_one_series_per_slot_that_never_resets(
+    prometheus: Prometheus, bridge: PrometheusBridge, start_worker: Callable[..., WorkerProcess]
+):
+    """100 tasks through 2 slots, 5 per child (20 children): Prometheus holds one series per slot, whose
+    ``resets()`` is 0 and whose sum is exactly 100 (``observability.telemetry.pool_slots``). Prometheus scrapes
+    between each batch of 20, so a replacement child starting from zero would be seen falling."""
+    queue = "e2e-slots"
+    worker = start_worker(
+        "-Q", queue, "--max-tasks-per-child=5",
+        env={"OTEL_EXPORTER_OTLP_ENDPOINT": bridge.endpoint, "OTEL_METRIC_EXPORT_INTERVAL": "200"},
+    )  # fmt: skip
+    finished = f'celery_tasks_finished_total{{queue="{queue}", task="tests.pid"}}'
+
+    def scraped(total: int) -> Callable[[], bool]:
+        return lambda: sum(float(s["value"][1]) for s in prometheus.query(finished)) == total
+
+    for done in range(20, 101, 20):
+        for result in [tasks.pid.apply_async(queue=queue) for _ in range(20)]:
+            result.get(timeout=30)
+        wait_for(scraped(done), timeout=30, what=f"Prometheus to scrape {done} runs")
+    instances = {s["metric"]["instance"] for s in prometheus.query(finished)}
+    assert instances == {f"{worker.name}-slot0", f"{worker.name}-slot1"}
+    assert [s["value"][1] for s in prometheus.query(f"sum(resets({finished}[5m]))")] == ["0"]
