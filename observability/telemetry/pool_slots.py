@@ -197,23 +197,23 @@ class PoolSlot:
     def _load(self) -> dict[_MetricKey, _Metric]:
         try:
             raw = json.loads(self._path.read_text())
+            if raw.get("version") != STATE_VERSION:
+                return {}
+            return {
+                (m["scope"], m["name"]): _Metric(
+                    m["kind"],
+                    m["unit"],
+                    m["description"],
+                    {_key(point.attributes): point for point in (_decode(m["kind"], p) for p in m["points"])},
+                )
+                for m in raw["metrics"]
+            }
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError) as error:
-            log.warning("telemetry.pool_slot_unreadable", path=str(self._path), error=str(error),
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:  # unreadable, or not our shape
+            log.warning("telemetry.pool_slot_unreadable", path=str(self._path), error=repr(error),
                         detail="this slot's sums start from zero: its series show a counter reset")  # fmt: skip
             return {}
-        if raw.get("version") != STATE_VERSION:
-            return {}
-        return {
-            (m["scope"], m["name"]): _Metric(
-                m["kind"],
-                m["unit"],
-                m["description"],
-                {_key(point.attributes): point for point in (_decode(m["kind"], p) for p in m["points"])},
-            )
-            for m in raw["metrics"]
-        }
 
     def continued(self, metrics_data: MetricsData, resource: Resource) -> MetricsData:
         """``metrics_data`` with the predecessors' counts added to each monotonic sum and histogram, and their

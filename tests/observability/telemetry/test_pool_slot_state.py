@@ -78,11 +78,12 @@ def test_a_replacement_child_goes_on_from_its_predecessors_last_export(tmp_path:
 
 def test_an_unreadable_slot_file_starts_the_slot_from_zero(tmp_path: Path):
     """A damaged file (a disk full mid-write of something else) is said in one line, and the child counts on."""
-    (tmp_path / "slot1.json").write_text("{not json")
-    with capture_logs() as logs:
-        data = PoolSlot(tmp_path, "celery@host", 1).continued(export({"echo": 4}, [0.05]), RESOURCE)
-    assert [e["event"] for e in logs] == ["telemetry.pool_slot_unreadable"]
-    assert points(data, "celery.tasks.finished")["echo"].value == 4  # type: ignore[attr-defined]
+    for damaged in ("{not json", '{"version": 1, "metrics": [{"scope": "marketplace"}]}', "[]"):
+        (tmp_path / "slot1.json").write_text(damaged)
+        with capture_logs() as logs:
+            data = PoolSlot(tmp_path, "celery@host", 1).continued(export({"echo": 4}, [0.05]), RESOURCE)
+        assert [e["event"] for e in logs] == ["telemetry.pool_slot_unreadable"], damaged
+        assert points(data, "celery.tasks.finished")["echo"].value == 4  # type: ignore[attr-defined]
 
 
 def test_the_slot_files_live_in_a_folder_of_this_user_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
