@@ -4,19 +4,17 @@ thread into dropping spans. Real SDK tracer provider, real export thread."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from bench.span_drops import BATCH, busy_thread_ends_spans
 from observability.telemetry.span_processor import HandOffSpanProcessor
-
-BATCH = 64
 
 
 @pytest.fixture(autouse=True)
@@ -58,46 +56,11 @@ def test_the_span_that_fills_a_batch_returns_once_the_batch_is_exported(
     assert len(exporter.get_finished_spans()) == BATCH
 
 
-def _busy_thread_ends_spans(processor: Callable[[SpanExporter], SpanProcessor], batches: int) -> tuple[int, int]:
-    """(spans ended, spans exported) when this thread ends ``batches`` batches of spans back to back through a
-    fresh ``processor``, with a short system call (a task's summary line's write) after each: it releases the GIL
-    at every write and takes it back at once."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(processor(exporter))
-    tracer = provider.get_tracer("tests")
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        for index in range(batches * BATCH):
-            tracer.start_span(f"span-{index}").end()
-            os.write(devnull, b'{"event": "task.finished"}\n')
-    finally:
-        os.close(devnull)
-        provider.shutdown()
-    return batches * BATCH, len(exporter.get_finished_spans())
-
-
-def test_the_sdks_own_batch_processor_still_drops_the_spans_of_a_busy_thread():
-    """What ``HandOffSpanProcessor`` works around, pinned to the installed SDK: its ``BatchSpanProcessor``, fed by
-    a thread that makes a system call after each span, drops spans although the export keeps up in principle -
-    the woken export thread loses the GIL to the busy thread (in about 6 runs of 10 here). The starvation is a
-    matter of scheduling, so up to 20 runs are tried; one drop is the proof.
-
-    When this fails, the SDK no longer starves its export thread: delete ``HandOffSpanProcessor`` and use
-    ``BatchSpanProcessor`` (``observability/telemetry/providers.py``)."""
-    runs = []
-    for _ in range(20):
-        ended, exported = _busy_thread_ends_spans(BatchSpanProcessor, batches=100)
-        runs.append(exported)
-        if exported < ended:
-            break
-    assert min(runs) < 100 * BATCH, f"the SDK exported every span in {len(runs)} runs: {runs}"
-
-
 def test_a_busy_thread_making_system_calls_loses_no_span():
-    """The same workload through the hand-off: every span of 100 batches is exported, none dropped, although the
-    queue holds only four batches."""
-    ended, exported = _busy_thread_ends_spans(
+    """A thread that makes a system call after each span (what the SDK's own processor drops spans of on an idle
+    machine: ``python -m bench.span_drops`` measures it) loses none through the hand-off: every span of 100
+    batches is exported, although the queue holds only four batches."""
+    ended, exported = busy_thread_ends_spans(
         lambda exporter: HandOffSpanProcessor(exporter, hand_off_timeout_seconds=10), batches=100
     )
     assert exported == ended
