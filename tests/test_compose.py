@@ -70,6 +70,7 @@ PUBLIC_SERVICES = {"web"}
 OBSERVABILITY_IMAGES = {
     "otel-collector": "otel/opentelemetry-collector-contrib",
     "prometheus": "prom/prometheus",
+    "alertmanager": "prom/alertmanager",
     "tempo": "grafana/tempo",
     "grafana": "grafana/grafana",
 }
@@ -485,10 +486,10 @@ def test_nothing_waits_for_a_service_that_cannot_report_health(services: Service
 
 def test_observability_services_start_in_order(services: Services) -> None:
     """Tempo starts once its data volume is handed over; the Collector after Tempo, Prometheus after the
-    Collector; Grafana once Prometheus answers and Tempo runs."""
+    Collector and Alertmanager (started: Prometheus evaluates its rules without it); Grafana once Prometheus answers and Tempo runs."""
     assert _depends_on(services["tempo"]) == {"tempo-init": "service_completed_successfully"}
     assert _depends_on(services["otel-collector"]) == {"tempo": "service_started"}
-    assert _depends_on(services["prometheus"]) == {"otel-collector": "service_started"}
+    assert _depends_on(services["prometheus"]) == {"otel-collector": "service_started", "alertmanager": "service_started"}
     assert _depends_on(services["grafana"]) == {"prometheus": "service_healthy", "tempo": "service_started"}
 
 
@@ -806,6 +807,41 @@ def test_job_label_is_the_service_name(prometheus_config: dict[str, Any], export
         if match := re.fullmatch(rule.get("regex", "(.*)"), value):
             value = match.expand(rule.get("replacement", "$1").replace("$", "\\"))
     assert value == stored
+
+
+def test_prometheus_sends_its_alerts_to_the_stacks_alertmanager(
+    services: Services, prometheus_config: dict[str, Any]
+) -> None:
+    """Prometheus's one Alertmanager target is the compose service, on the port it listens on."""
+    (alertmanager,) = prometheus_config["alerting"]["alertmanagers"]
+    (target,) = [target for config in alertmanager["static_configs"] for target in config["targets"]]
+    host, _, port = target.partition(":")
+    assert host == "alertmanager" and host in services
+    assert "wget -qO- http://localhost:9093/-/ready" in _healthcheck_command(services["alertmanager"])
+    assert int(port) == 9093
+
+
+def test_alertmanager_runs_the_repository_routing_tree_with_its_secrets_from_the_environment(
+    services: Services,
+) -> None:
+    """The container renders dashboards/alertmanager.yml with the two webhook URLs of the environment (never
+    committed, never required) into a private copy and runs Alertmanager on it, keeping its state in a
+    volume; its port is published on loopback only (anyone reaching it can add silences)."""
+    alertmanager = services["alertmanager"]
+    mounts = _bind_mounts(alertmanager)
+    (script,) = alertmanager["command"]
+    render, _, run = script.partition("&&")
+    assert _argv(render) == [
+        mounts["dashboards/alertmanager-config.sh"], mounts["dashboards/alertmanager.yml"], "/tmp/alertmanager.yml"
+    ]  # fmt: skip
+    assert _argv(run)[:2] == ["exec", "/bin/alertmanager"]
+    assert _flags(run)["config.file"] == "/tmp/alertmanager.yml"
+    assert _flags(run)["storage.path"] == dict(_volume_mounts(alertmanager))["alertmanager-data"]
+    assert _environment(alertmanager) == {
+        "ALERTMANAGER_PAGE_WEBHOOK_URL": "${ALERTMANAGER_PAGE_WEBHOOK_URL:-}",
+        "ALERTMANAGER_TICKET_WEBHOOK_URL": "${ALERTMANAGER_TICKET_WEBHOOK_URL:-}",
+    }
+    assert _published_host_ips(alertmanager) == ["127.0.0.1"]
 
 
 def _promtool(config: Path) -> subprocess.CompletedProcess[str]:

@@ -14,17 +14,13 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import shutil
 import subprocess
 import sys
 import time
-import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,10 +29,11 @@ from django.utils import timezone
 
 from marketplace.celery import app as celery_app
 from tests import tasks
-from tests.conftest import ROOT, WorkerProcess, one_queue, running_beat, start_process, stop_process, wait_for
+from tests.conftest import ROOT, WorkerProcess, one_queue, running_beat, wait_for
 from tests.metrics_catalogue import catalogue
 from tests.net import free_port
 from tests.otlp_prometheus import PrometheusBridge, translate_name
+from tests.prometheus_server import ALERT_FILES, Prometheus, running_prometheus
 from tests.smtp import REFUSED_PREFIX, SmtpSink
 
 # Transactional: the worker must see the workload's rows. The marker also makes pytest-django create the
@@ -44,7 +41,6 @@ from tests.smtp import REFUSED_PREFIX, SmtpSink
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 DASHBOARDS = sorted((ROOT / "dashboards" / "grafana" / "json").glob("*.json"))
-ALERT_FILES = sorted((ROOT / "dashboards" / "alerts").glob("*.yml"))
 QUEUE = "e2e"
 #: The queue of the workload's worker without a result backend.
 BACKENDLESS_QUEUE = "e2e-backendless"
@@ -57,43 +53,6 @@ BUILTINS = {"$__rate_interval": "10s", "$__interval": "1s", "$__range": "5m", "$
 
 
 # --- Prometheus --------------------------------------------------------------------------------------------
-@dataclass
-class Prometheus:
-    url: str
-
-    def api(self, path: str, **params: str) -> Any:
-        query = urllib.parse.urlencode(params)
-        with urllib.request.urlopen(f"{self.url}/api/v1/{path}?{query}", timeout=10) as response:
-            body = json.load(response)
-        assert body["status"] == "success", body
-        return body["data"]
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        return list(self.api("query", query=expr)["result"])
-
-    def numbers(self, expr: str, start: float, end: float) -> list[float]:
-        """Every non-NaN value ``expr`` takes between ``start`` and ``end`` (1 s steps)."""
-        data = self.api("query_range", query=expr, start=str(start), end=str(end), step="1")
-        values = [float(v) for series in data["result"] for _, v in series["values"]]
-        return [v for v in values if v == v]
-
-
-def _prometheus_config(bridge: PrometheusBridge, tmp_path: Path) -> Path:
-    """dashboards/prometheus.yml with its collector target replaced by the bridge, 1 s intervals, and the
-    rule files by absolute path; everything else (honor_labels, metrics path...) as shipped."""
-    config = yaml.safe_load((ROOT / "dashboards" / "prometheus.yml").read_text())
-    config["global"] = {**config.get("global", {}), "scrape_interval": "1s", "evaluation_interval": "1s"}
-    (job,) = [job for job in config["scrape_configs"] if "otel-collector" in json.dumps(job)]
-    job["static_configs"] = [{"targets": [bridge.endpoint.removeprefix("http://")]}]
-    job["scrape_interval"] = "1s"
-    config["scrape_configs"] = [job]
-    config["rule_files"] = [str(path) for path in ALERT_FILES]
-    config.pop("alerting", None)
-    path = tmp_path / "prometheus.yml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 @pytest.fixture(scope="module")
 def bridge() -> Iterator[PrometheusBridge]:
     receiver = PrometheusBridge()
@@ -104,31 +63,8 @@ def bridge() -> Iterator[PrometheusBridge]:
 
 @pytest.fixture(scope="module")
 def prometheus(bridge: PrometheusBridge, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.fail("prometheus not found: install Debian's package (apt-get install prometheus); make test does")
-    tmp_path = tmp_path_factory.mktemp("prometheus")
-    port = free_port()
-    log = (tmp_path / "prometheus.log").open("w")
-    process = start_process(
-        [binary, f"--config.file={_prometheus_config(bridge, tmp_path)}", f"--storage.tsdb.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--enable-feature=exemplar-storage", "--log.level=warn"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    server = Prometheus(f"http://127.0.0.1:{port}")
-
-    def ready() -> bool:
-        if process.poll() is not None:
-            pytest.fail(f"prometheus exited with {process.returncode}:\n{(tmp_path / 'prometheus.log').read_text()}")
-        try:
-            return server.query("up") != []
-        except OSError:
-            return False
-
-    wait_for(ready, timeout=30, what="prometheus to start and scrape the bridge")
-    yield server
-    stop_process(process)
-    log.close()
+    with running_prometheus(bridge, tmp_path_factory.mktemp("prometheus")) as server:
+        yield server
 
 
 # --- the workload ------------------------------------------------------------------------------------------
