@@ -35,17 +35,19 @@ setup: $(VENV)/.synced
 	@echo "make: wrote .env (local defaults and a new DJANGO_SECRET_KEY; edit it to change them)"
 
 # Debian packages the tests use: Prometheus (its server and promtool) for the alert rules and the dashboards'
-# end-to-end test - required; Chromium for the admin browser tests - optional (they skip without it).
+# end-to-end test, and Alertmanager (its server and amtool) for the routing tree - required; Chromium for the
+# admin browser tests - optional (they skip without it).
 # Installed when missing if we can (root with apt-get); otherwise named in one line.
 system-deps:
 	@need=""; want=""; \
-	for cmd in prometheus promtool; do command -v $$cmd >/dev/null || need="prometheus"; done; \
+	for cmd in prometheus promtool; do command -v $$cmd >/dev/null || need=" prometheus"; done; \
+	for cmd in prometheus-alertmanager amtool; do command -v $$cmd >/dev/null || need="$$need prometheus-alertmanager"; done; \
 	command -v chromium >/dev/null || want="chromium"; \
 	if [ -n "$$need$$want" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "make: installing $$need $$want from Debian"; \
 		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$need $$want >/dev/null; \
 	elif [ -n "$$need" ]; then \
-		echo "make: the tests need Debian's prometheus package: sudo apt-get install prometheus"; exit 1; \
+		echo "make: the tests need Debian's packages:$$need (sudo apt-get install$$need)"; exit 1; \
 	elif [ -n "$$want" ]; then \
 		echo "make: chromium not installed: the admin browser tests will skip (sudo apt-get install chromium)"; \
 	fi
