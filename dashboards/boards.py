@@ -394,7 +394,7 @@ def _dead_letters_and_beat() -> tuple[Panel, ...]:
             red="this task failed for good. `manage.py dlq list --task NAME`, `dlq show ID`; fix, then replay "
             "(docs/dead-letters.md).",
             alert="DeadLettersPending",
-            width=8,
+            width=6,
             task_links=True,
         ),
         Panel(
@@ -407,7 +407,7 @@ def _dead_letters_and_beat() -> tuple[Panel, ...]:
             red="the entry missed three runs: beat is down or its runs fail. Run exactly one `celery -A "
             "marketplace beat`; check the entry's task on the per-task dashboard.",
             alert="CeleryBeatEntryMissed",
-            width=8,
+            width=6,
             min=0,
             max=4,
         ),
@@ -419,7 +419,18 @@ def _dead_letters_and_beat() -> tuple[Panel, ...]:
             "When each beat entry last ran successfully.",
             no_threshold="intervals differ per entry (30 s to a day); *Beat: intervals since last success* "
             "carries the red.",
-            width=8,
+            width=6,
+        ),
+        Panel(
+            "Beat: sends by outcome",
+            "timeseries",
+            (Target(q.rate_sum(CELERY, q.BEAT_TICKS, by=("entry", "outcome")), "{{entry}} {{outcome}}"),),
+            "ops",
+            "Entries beat sent per second, by entry and outcome: `sent`, or `failed` when the publish raised (the "
+            "broker unreachable: beat sends again at the entry's next run). Each send is a `beat <entry>` trace.",
+            no_threshold="a failed send is tried again at the entry's next run; *Beat: intervals since last "
+            "success* carries the red.",
+            width=6,
         ),
     )
 

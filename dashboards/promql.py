@@ -69,6 +69,7 @@ QUEUE_BACKLOG = _metric("celery_queue_backlog", "queue", "priority")
 QUEUE_OLDEST_MESSAGE_AGE = _metric("celery_queue_oldest_message_age_seconds", "queue", "priority")
 BEAT_LAST_SUCCESS = _metric("celery_beat_last_success_seconds", "entry")
 BEAT_INTERVAL = _metric("celery_beat_interval_seconds", "entry")
+BEAT_TICKS = _metric("celery_beat_ticks_total", "entry", "outcome")
 WORKER_HEARTBEAT = _metric("celery_worker_heartbeat_seconds", "queue")
 WORKER_LAST_RECEIVED = _metric("celery_worker_last_received_seconds", "queue")
 WORKER_TASKS = _metric("celery_worker_tasks", "state")
@@ -92,6 +93,7 @@ USED_METRICS = (
     QUEUE_OLDEST_MESSAGE_AGE,
     BEAT_LAST_SUCCESS,
     BEAT_INTERVAL,
+    BEAT_TICKS,
     WORKER_HEARTBEAT,
     WORKER_LAST_RECEIVED,
     WORKER_TASKS,

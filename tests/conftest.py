@@ -421,7 +421,7 @@ def start_command() -> Iterator[Callable[..., subprocess.Popen[Any]]]:
 
 
 @contextmanager
-def running_beat(env: dict[str, str], tmp_path: Path) -> Iterator[Path]:
+def running_beat(env: dict[str, str], tmp_path: Path, *extra_args: str) -> Iterator[Path]:
     """``celery -A marketplace beat`` with every entry due at once; yields its log file, stops it at the end.
 
     Beat's first run of an interval entry comes one interval after start; a schedule file whose entries last
@@ -435,7 +435,7 @@ def running_beat(env: dict[str, str], tmp_path: Path) -> Iterator[Path]:
     log_path = tmp_path / "beat.log"
     with log_path.open("w") as log:
         beat = start_process(
-            [sys.executable, "-m", "celery", "-A", "marketplace", "beat", "--loglevel=info"],
+            [sys.executable, "-m", "celery", "-A", "marketplace", "beat", "--loglevel=info", *extra_args],
             cwd=ROOT, env={**env, "CELERY_BEAT_SCHEDULE_FILENAME": schedule_file}, stdout=log,
             stderr=subprocess.STDOUT,
         )  # fmt: skip

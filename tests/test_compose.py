@@ -63,7 +63,7 @@ APP_DEPENDENCIES = {
 TELEMETRY_SERVICES = ("web", *WORKER_SERVICES, "celery-beat")
 #: Services without a healthcheck, each for a reason written in a comment of its block: one-shots exit, and
 #: the Collector and Tempo images have no shell or HTTP client to probe with.
-WITHOUT_HEALTHCHECK = {"migrate", "tempo-init", "celery-beat", "otel-collector", "tempo"}
+WITHOUT_HEALTHCHECK = {"migrate", "tempo-init", "otel-collector", "tempo"}
 #: The one service whose port is published on every interface: the app itself.
 PUBLIC_SERVICES = {"web"}
 #: The third-party images of the observability stack, each pinned to a full version.
@@ -486,10 +486,14 @@ def test_nothing_waits_for_a_service_that_cannot_report_health(services: Service
 
 def test_observability_services_start_in_order(services: Services) -> None:
     """Tempo starts once its data volume is handed over; the Collector after Tempo, Prometheus after the
-    Collector and Alertmanager (started: Prometheus evaluates its rules without it); Grafana once Prometheus answers and Tempo runs."""
+    Collector and Alertmanager (started: Prometheus evaluates its rules without it); Grafana once Prometheus
+    answers and Tempo runs."""
     assert _depends_on(services["tempo"]) == {"tempo-init": "service_completed_successfully"}
     assert _depends_on(services["otel-collector"]) == {"tempo": "service_started"}
-    assert _depends_on(services["prometheus"]) == {"otel-collector": "service_started", "alertmanager": "service_started"}
+    assert _depends_on(services["prometheus"]) == {
+        "otel-collector": "service_started",
+        "alertmanager": "service_started",
+    }
     assert _depends_on(services["grafana"]) == {"prometheus": "service_healthy", "tempo": "service_started"}
 
 
@@ -533,6 +537,14 @@ def test_worker_healthcheck_pings_its_own_node(services: Services, name: str) ->
     test = services[name]["healthcheck"]["test"]
     assert test[0] == "CMD-SHELL"
     assert f"celery -A marketplace inspect ping -d {role}@$$HOSTNAME" in test[1]
+
+
+def test_beat_healthcheck_pings_beats_remote_control_node(services: Services) -> None:
+    """Beat's healthcheck pings the node beat answers on (`celerybeat@HOST`, Celery 5.7's remote control),
+    which stays silent while its scheduler is stalled (tests/observability/test_beat.py)."""
+    test = services["celery-beat"]["healthcheck"]["test"]
+    assert test[0] == "CMD-SHELL"
+    assert "celery -A marketplace inspect ping -d celerybeat@$$HOSTNAME" in test[1]
 
 
 def test_web_healthcheck_requests_healthz_on_an_allowed_host(

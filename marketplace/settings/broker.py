@@ -11,9 +11,10 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from kombu import Exchange, Queue
 
-from marketplace.env import env_float, env_int, env_str, env_url
+from marketplace.env import env_bool, env_float, env_int, env_str, env_url
 from marketplace.settings.django_core import BASE_DIR
 
 # --- Celery (read by marketplace/celery.py through the CELERY_ namespace) -------------------------------
@@ -133,6 +134,23 @@ CELERY_WORKER_ENABLE_SOFT_SHUTDOWN_ON_IDLE = True
 CELERY_WORKER_ETA_TASK_LIMIT = env_int("CELERY_WORKER_ETA_TASK_LIMIT", 1000, minimum=1)
 # --- end of connection health ------------------------------------------------------------------------------
 CELERY_BEAT_SCHEDULE_FILENAME = env_str("CELERY_BEAT_SCHEDULE_FILENAME", str(BASE_DIR / "var" / "celerybeat-schedule"))
+# Celery's scheduler with a span per send and a count of sends by outcome (observability/beat/scheduler.py).
+CELERY_BEAT_SCHEDULER = "observability.beat.scheduler:ObservedScheduler"
+# Beat's liveness (Celery 5.7): beat joins the workers' remote-control mailbox as celerybeat@HOST and answers
+# `celery -A marketplace inspect ping -d celerybeat@HOST` - until its scheduler has not ticked for the max tick
+# age: then it stays silent and the ping exits non-zero (the compose healthcheck). Beat wakes at least every
+# max loop interval (and at each entry's due time: every 30 s here), so a live one is never 60 s without a tick.
+CELERY_BEAT_ENABLE_REMOTE_CONTROL = env_bool("CELERY_BEAT_ENABLE_REMOTE_CONTROL", True)
+CELERY_BEAT_MAX_LOOP_INTERVAL = env_float("CELERY_BEAT_MAX_LOOP_INTERVAL_SECONDS", 30.0, minimum=0.1)
+CELERY_BEAT_REMOTE_CONTROL_MAX_TICK_AGE = env_float(
+    "CELERY_BEAT_REMOTE_CONTROL_MAX_TICK_AGE_SECONDS", 60.0, minimum=1.0
+)
+if CELERY_BEAT_REMOTE_CONTROL_MAX_TICK_AGE <= CELERY_BEAT_MAX_LOOP_INTERVAL:
+    # A beat asleep between two ticks would stop answering its probe, and be restarted for nothing.
+    raise ImproperlyConfigured(
+        f"CELERY_BEAT_REMOTE_CONTROL_MAX_TICK_AGE_SECONDS={CELERY_BEAT_REMOTE_CONTROL_MAX_TICK_AGE} must exceed "
+        f"CELERY_BEAT_MAX_LOOP_INTERVAL_SECONDS={CELERY_BEAT_MAX_LOOP_INTERVAL} (twice it is a safe margin)."
+    )
 
 # --- Queues: each task goes to the queue of what it needs; each queue group has a worker of its own, with
 # its own concurrency (Procfile, docker-compose.yml, README "Queues and workers"). A worker without -Q consumes

@@ -11,6 +11,7 @@ the dead-letter store or Sentry: they call into it. Other rooms import from this
 """
 
 from observability.telemetry.events import (
+    beat_ticked,
     dead_letter_created,
     dead_letters_purged,
     dead_letters_replayed,
@@ -43,6 +44,7 @@ __all__ = [
     "Publish",
     "TaskRun",
     "Telemetry",
+    "beat_ticked",
     "current",
     "dead_letter_created",
     "dead_letters_purged",

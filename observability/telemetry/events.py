@@ -1,6 +1,6 @@
-"""Counters and histograms of the project's own events: dead letters created, replayed and purged; promos
-activated (with their activation lag) and ended; notifications delivered and given up, the time spent waiting
-for the rate limiter and the provider's throttling answers, by channel."""
+"""Counters and histograms of the project's own events: beat's sends, by entry and outcome; dead letters
+created, replayed and purged; promos activated (with their activation lag) and ended; notifications delivered
+and given up, the time spent waiting for the rate limiter and the provider's throttling answers, by channel."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from observability.telemetry.providers import current
 
 __all__ = [
+    "beat_ticked",
     "dead_letter_created",
     "dead_letters_purged",
     "dead_letters_replayed",
@@ -17,6 +18,10 @@ __all__ = [
     "notifications_throttled",
     "promos_synced",
 ]
+
+
+def beat_ticked(entry: str, outcome: str) -> None:
+    current().instruments.beat_ticks.add(1, {"entry": entry, "outcome": outcome})
 
 
 def dead_letter_created(task_name: str, reason: str) -> None:

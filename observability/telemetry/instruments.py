@@ -80,6 +80,7 @@ class Instruments:
     duration: _TaskHistogram
     queue_wait: _TaskHistogram
     results_unstored: Any
+    beat_ticks: Any
     dead_letters_created: Any
     dead_letters_replayed: Any
     dead_letters_purged: Any
@@ -129,6 +130,7 @@ class Instruments:
             results_unstored=counter(
                 m.TASK_RESULTS_UNSTORED, unit="{state}", description="Task states the result backend did not take"
             ),
+            beat_ticks=counter(m.BEAT_TICKS, unit="{send}", description="Beat entries sent, by outcome"),
             dead_letters_created=counter(m.DEAD_LETTERS_CREATED, unit="{entry}", description="Dead letters"),
             dead_letters_replayed=counter(m.DEAD_LETTERS_REPLAYED, unit="{entry}", description="Replays"),
             dead_letters_purged=counter(m.DEAD_LETTERS_PURGED, unit="{entry}", description="Purged entries"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "BEAT_INTERVAL",
     "BEAT_LAST_SUCCESS",
+    "BEAT_TICKS",
     "DEAD_LETTERS_CREATED",
     "DEAD_LETTERS_OLDEST_PENDING_AGE",
     "DEAD_LETTERS_PENDING",
@@ -53,6 +54,7 @@ QUEUE_BACKLOG = "celery.queue.backlog"  # gauge; queue, priority
 QUEUE_OLDEST_MESSAGE_AGE = "celery.queue.oldest_message_age"  # gauge, s; queue, priority
 BEAT_LAST_SUCCESS = "celery.beat.last_success"  # gauge, unix time s; entry
 BEAT_INTERVAL = "celery.beat.interval"  # gauge, s; entry
+BEAT_TICKS = "celery.beat.ticks"  # counter; entry, outcome (sent, failed)
 WORKER_HEARTBEAT = "celery.worker.heartbeat"  # gauge, unix time s; queue
 WORKER_LAST_RECEIVED = "celery.worker.last_received"  # gauge, unix time s; queue
 WORKER_TASKS = "celery.worker.tasks"  # gauge; state (active, reserved, scheduled)

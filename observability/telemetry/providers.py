@@ -29,6 +29,7 @@ from typing import Any
 
 import structlog
 from django.conf import settings
+from opentelemetry import trace
 from opentelemetry.metrics import Meter, NoOpMeterProvider
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
@@ -72,6 +73,8 @@ class Telemetry:
     providers: list[Any] = field(default_factory=list)
     #: The worker main process's folder of its pool slots' files, removed when it stops
     pool_slots_dir: Path | None = None
+    #: Spans other than a task's publish and run (beat's ticks): the SDK's tracer, a no-op one when off
+    tracer: trace.Tracer = field(default_factory=trace.NoOpTracer)
 
 
 _current: Telemetry | None = None
@@ -158,6 +161,7 @@ def setup(
         instruments=Instruments.create(meter, histograms),
         providers=[tracer_provider, meter_provider],
         pool_slots_dir=slots_dir,
+        tracer=tracer_provider.get_tracer(METER),
     )
     return _current
 

@@ -27,7 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "logs": set(),
     "telemetry": {"logs"},
     "sentry": {"failure", "logs"},
-    "beat": {"redis_client", "telemetry"},
+    "beat": {"logs", "redis_client", "telemetry"},
     "results": {"telemetry"},
     "publishing": {"telemetry"},
     "task": {"backoff", "errors", "beat", "redis_client", "results", "sentry", "telemetry"},

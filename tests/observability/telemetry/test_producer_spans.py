@@ -20,7 +20,7 @@ from tests.otlp_receiver import OtlpReceiver, Span
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
-PRODUCER, CONSUMER = 4, 5  # opentelemetry.proto.trace.v1.Span.SpanKind values
+INTERNAL, PRODUCER, CONSUMER = 1, 4, 5  # opentelemetry.proto.trace.v1.Span.SpanKind values
 STATUS_ERROR = 2
 QUEUE = "produced"
 
@@ -177,9 +177,11 @@ def test_a_publish_the_broker_refuses_ends_its_span_in_error_and_counts_as_faile
 
 
 def test_a_task_beat_publishes_runs_as_the_child_of_beats_producer_span(start_worker, worker_env, otlp, tmp_path):
-    """Beat's publishes are PRODUCER spans of ``marketplace-beat``; each run's span is a child of one."""
+    """Beat's publishes are PRODUCER spans of ``marketplace-beat``; each run's span is a child of one, and each
+    publish the child of the INTERNAL span of the beat entry it sends, the root of the trace; beat counts the
+    send in ``celery.beat.ticks``."""
     queue = f"beat-{uuid.uuid4().hex[:8]}"
-    env = {**traced(otlp), **one_queue(queue)}
+    env = {**traced(otlp), **one_queue(queue), "OTEL_METRIC_EXPORT_INTERVAL": "300"}
     start_worker("-Q", queue, env=env)
     with running_beat({**worker_env, **env}, tmp_path):
 
@@ -194,3 +196,9 @@ def test_a_task_beat_publishes_runs_as_the_child_of_beats_producer_span(start_wo
     assert send.kind == PRODUCER and send.name == f"send {queue}"
     assert send.attributes["celery.task_name"] == run.attributes["celery.task_name"]
     assert send.attributes["messaging.message.id"] == run.attributes["messaging.message.id"]
+    tick = wait_for(lambda: parent_of(otlp, send), what="the beat entry's span, parent of the publish")
+    entry = tick.attributes["celery.beat.entry"]
+    assert tick.kind == INTERNAL and tick.name == f"beat {entry}" and tick.parent_span_id in ("", None)
+    assert tick.resource["service.name"] == "marketplace-beat" and tick.trace_id == run.trace_id
+    assert tick.attributes["celery.task.name"] == run.attributes["celery.task_name"]
+    wait_for(lambda: otlp.total("celery.beat.ticks", entry=entry, outcome="sent") >= 1, what="beat's tick count")

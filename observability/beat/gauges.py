@@ -1,6 +1,6 @@
-"""Beat entries' health: the base task notes each successful run of a schedule entry in the broker's Redis
-(``record_beat_success``), and the worker's main process exports it with each entry's interval, so an alert
-can say "missed N intervals" without a per-entry constant."""
+"""Beat entries' health, as the workers see it: the base task notes each successful run of a schedule entry
+in the broker's Redis (``record_beat_success``), and the worker's main process exports it with each entry's
+interval, so an alert can say "missed N intervals" without a per-entry constant."""
 
 from __future__ import annotations
 
