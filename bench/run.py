@@ -240,18 +240,25 @@ def bench_publish(args: argparse.Namespace, sink: Sink, rows: list[Row], out: di
     # The producer alone, no worker: the price of the publish path (producer span, headers, counters) without a
     # worker's drain taking the same two cores. The throughput section's publish rows come from its pre-fill.
     variants = ("bare", "observable", "contrib") if args.contrib_e2e else ("bare", "observable")
-    runs = _alternate(args.repeats, lambda v, tag: publish_run(v, sink, args.publish_count), variants)
+    figures = _alternate(args.repeats, lambda v, tag: publish_run(v, sink, args.publish_count), variants)
+    runs = {v: [wall for wall, _ in figures[v]] for v in figures}
+    cpu_runs = {v: [cpu for _, cpu in figures[v]] for v in figures}
     pub = {v: Summary.of(runs[v]) for v in runs}
     ratio = {v: Summary.of([o / b for b, o in _pairs(runs, v)]) for v in variants[1:]}
+    # The same ratio per CPU second of the producer: a check of the wall-clock one when the machine is shared.
+    cpu_ratio = {v: Summary.of([o / b for b, o in _pairs(cpu_runs, v)]) for v in variants[1:]}
     out["publish"] = {
         "messages_per_run": args.publish_count,
         "publish_per_second": {v: s.to_json() for v, s in pub.items()},
         "publish_ratio": {v: s.to_json() for v, s in ratio.items()},
+        "publish_per_cpu_second": {v: Summary.of(cpu_runs[v]).to_json() for v in cpu_runs},
+        "publish_cpu_ratio": {v: s.to_json() for v, s in cpu_ratio.items()},
     }
     rows += [
         Row("2b. publish-only .delay()/s, bare", fmt(pub["bare"]), "", None),
         Row("2b. publish-only .delay()/s, instrumented", fmt(pub["observable"]), "", None),
         Row("2b. publish-only ratio", fmt(ratio["observable"], digits=2), ">= 0.90", ratio["observable"].median >= 0.9),
+        Row("2b. publish-only ratio per producer CPU second", fmt(cpu_ratio["observable"], digits=2), "", None),
     ]
     if "contrib" in runs:
         rows.append(Row("2b. publish-only ratio contrib/bare", fmt(ratio["contrib"], digits=2), "", None))

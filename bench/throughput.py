@@ -55,6 +55,13 @@ def loglevel(variant: str) -> str:
 
 def publish(variant: str, env: Mapping[str, str], count: int, *, rate: float = 0.0, stamp: bool = False) -> float:
     """Run the producer subprocess; returns its ``.delay()`` calls per second (warm-up message excluded)."""
+    return publish_figures(variant, env, count, rate=rate, stamp=stamp)[0]
+
+
+def publish_figures(
+    variant: str, env: Mapping[str, str], count: int, *, rate: float = 0.0, stamp: bool = False
+) -> tuple[float, float]:
+    """Run the producer subprocess; returns its ``.delay()`` calls per second and per second of its CPU."""
     command = [sys.executable, "-m", "bench.publish", "--variant", variant, "--count", str(count)]
     if rate:
         command += ["--rate", str(rate)]
@@ -63,14 +70,16 @@ def publish(variant: str, env: Mapping[str, str], count: int, *, rate: float = 0
     done = subprocess.run(command, cwd=ROOT, env=dict(env), capture_output=True, text=True, check=False)
     if done.returncode:
         raise RuntimeError(f"publisher failed:\n{done.stderr[-3000:]}")
-    return float(json.loads(done.stdout)["per_second"])
+    figures = json.loads(done.stdout)
+    return float(figures["per_second"]), float(figures["per_cpu_second"])
 
 
-def publish_run(variant: str, sink: Sink, count: int) -> float:
-    """Publish ``count`` messages into an emptied broker database, no worker running; returns ``.delay()``/s."""
+def publish_run(variant: str, sink: Sink, count: int) -> tuple[float, float]:
+    """Publish ``count`` messages into an emptied broker database, no worker running; returns ``.delay()`` calls
+    per second and per CPU second (``publish_figures``)."""
     broker().flushdb()
     try:
-        return publish(variant, variant_env(variant, sink), count)
+        return publish_figures(variant, variant_env(variant, sink), count)
     finally:
         broker().flushdb()
 

@@ -101,12 +101,13 @@ class ObservableTask(DjangoTask):  # type: ignore[type-arg]
     def backend(self) -> Any:
         """The result backend, its writes of this task's state made best effort (``observability.results``):
         Celery stores them inside the run, where a backend error would turn a success into a dead letter."""
+        backend = super().backend
+        guarded = self.__dict__.get("_guarded_backend")
+        if guarded is not None and guarded.wrapped is backend:
+            return guarded  # every publish reads it (its AsyncResult): the import below only once
         from observability.results import GuardedBackend
 
-        backend = super().backend
-        guarded: GuardedBackend | None = self.__dict__.get("_guarded_backend")
-        if guarded is None or guarded.wrapped is not backend:
-            guarded = self.__dict__["_guarded_backend"] = GuardedBackend(backend, self.name)
+        guarded = self.__dict__["_guarded_backend"] = GuardedBackend(backend, self.name)
         return guarded
 
     @backend.setter
@@ -167,6 +168,9 @@ def _check_message_size(name: str, args: Any, kwargs: Any) -> None:
     """Refuse, at the producer, a message the workers would dead-letter unread as ``message_too_large``: the
     body of protocol 2 is the JSON of ``[args, kwargs, embed]``, and ``embed`` (callbacks, chord) is small."""
     limit = settings.CELERY_TASK_MAX_MESSAGE_BYTES
+    bound = _scalar_size_bound(args or (), kwargs or {})
+    if bound is not None and bound <= limit:
+        return  # ids and short values, the usual arguments: no need to serialize them twice
     try:
         size = len(json.dumps([list(args or ()), dict(kwargs or {}), {}]).encode())
     except (TypeError, ValueError):
@@ -176,6 +180,30 @@ def _check_message_size(name: str, args: Any, kwargs: Any) -> None:
             f"{name}: its arguments make a {size}-byte message, over CELERY_TASK_MAX_MESSAGE_BYTES ({limit}); "
             "pass ids and let the task read the data"
         )
+
+
+#: The most bytes the JSON of one scalar can take: a float's repr (``-1.2345678901234567e-308``), an int's under
+#: 2**64, ``Infinity``, ``false``; 12 bytes a character is a string's worst case (an escaped surrogate pair).
+_SCALAR_BYTES = 24
+_CHARACTER_BYTES = 12
+
+
+def _scalar_size_bound(args: Any, kwargs: Any) -> int | None:
+    """An upper bound of the size ``_check_message_size`` measures, found without serializing, when every argument
+    is a string, a number, a boolean or ``None`` (keyword names strings); ``None`` when one is anything else. Each
+    value and key counts its worst-case JSON plus 4 bytes of quotes, separators and brackets."""
+    if not isinstance(args, list | tuple) or not isinstance(kwargs, dict):
+        return None
+    bound = 16  # [[], {}, {}] and the spaces after its commas
+    for value in (*args, *kwargs, *kwargs.values()):
+        kind = type(value)
+        if kind is str:
+            bound += _CHARACTER_BYTES * len(value) + 4
+        elif kind is bool or value is None or kind is float or (kind is int and -(2**63) <= value < 2**64):
+            bound += _SCALAR_BYTES + 4
+        else:
+            return None
+    return bound
 
 
 def _delay_seconds(countdown: float | None, eta: datetime | str | None) -> float | None:

@@ -50,7 +50,7 @@ log = structlog.get_logger("observability.task")
 
 METER = "marketplace"
 #: Longest a span that fills an export batch waits for that export (``observability.telemetry.span_processor``): one
-#: task in 512 waits this long at worst, when the collector is slow or unreachable.
+#: task in 2048 waits this long at worst, when the collector is slow or unreachable.
 SPAN_HAND_OFF_TIMEOUT_SECONDS = 0.05
 
 
