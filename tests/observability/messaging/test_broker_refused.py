@@ -110,7 +110,7 @@ def test_messages_redis_refuses_to_hold_are_never_undecodable_and_never_lost(ref
         assert "broker.refused" in worker.log()
         assert not DeadLetter.objects.exclude(reason="broker_refused").exists()
         recorded = {entry.args[0] for entry in refused()}
-        waiting = int(server.client.llen(queue))  # type: ignore[arg-type]
+        waiting = int(server.client.llen(queue))
         assert len(recorded) + waiting == len(tokens), "a message is neither in its queue nor recorded"
         assert worker.alive()
 
