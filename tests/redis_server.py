@@ -39,13 +39,8 @@ class RedisServer:
         except redis.ConnectionError:
             return False
 
-    def refuse_writes(self) -> None:
-        """Every write that may add memory is refused (``OOM command not allowed``), as in a memory incident
-        under ``noeviction``; reads and deletes still work."""
-        self.client.config_set("maxmemory-policy", "noeviction")
-        self.client.config_set("maxmemory", 1)
-
     def accept_writes(self) -> None:
+        """Lift the memory limit a test set (``CONFIG SET maxmemory 1`` makes Redis refuse every write)."""
         self.client.config_set("maxmemory", 0)
 
     def stop(self) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from kombu import Connection, Consumer, Exchange, Producer, Queue
+from redis.client import Pipeline
 
 from marketplace.celery import app as celery_app
 from observability.deadletters.models import DeadLetter
@@ -77,6 +78,49 @@ def _replay_broker_refused(env: dict[str, str]) -> str:
     return done.stdout
 
 
+def _staged(server: RedisServer, queue: str, tokens: list[str]) -> Pipeline:
+    """A transaction that moves a ``tests.echo`` message per token into ``queue``, for the caller to add what makes
+    Redis refuse and execute: the worker pops them from a Redis that already refuses. They are published to a
+    queue nobody consumes first, and addressed as if published to ``queue``, where a replay sends them back."""
+    staging = f"staging-{queue}"
+    with celery_app.connection_for_write(server.url) as connection:
+        for token in tokens:
+            celery_app.send_task("tests.echo", args=[token], queue=staging, connection=connection)
+    raw_messages: list[bytes] = server.client.lrange(staging, 0, -1)  # type: ignore[assignment]
+    staged = [_readdressed(raw, queue) for raw in raw_messages]
+    transaction = server.client.pipeline(transaction=True)
+    transaction.delete(staging).rpush(queue, *reversed(staged))
+    return transaction
+
+
+def _start_worker(env: dict[str, str], tmp_path: Path) -> WorkerProcess:
+    # Not the start_worker fixture: its readiness ping goes through the session's Redis.
+    worker = WorkerProcess(env, tmp_path / "worker.log", "--concurrency=1", "--include=tests.tasks")
+    wait_for(lambda: worker.alive() and " ready." in worker.log(), what="the worker to be ready")
+    return worker
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_message_redis_refuses_but_takes_back_stays_in_its_queue(refusing_redis, worker_env, tmp_path):
+    """Given a Redis that refuses the write to its unacknowledged index (here: the index key holds a string,
+    ``WRONGTYPE``) but takes writes to the queue, then the message is put back in its queue, never
+    dead-lettered; once Redis holds it again, it runs."""
+    server = refusing_redis
+    queue = f"refused-{uuid.uuid4().hex[:8]}"
+    worker = _start_worker({**worker_env, **one_queue(queue), "CELERY_BROKER_URL": server.url}, tmp_path)
+    try:
+        token = uuid.uuid4().hex
+        _staged(server, queue, [token]).set("unacked_index", "not a sorted set").execute()
+        wait_for(lambda: "put the message back in its queue" in worker.log(), what="the message to be put back")
+        assert not DeadLetter.objects.exists()
+        server.client.delete("unacked_index")
+        wait_for(lambda: server.client.exists(f"test:runs:{token}"), what="the message to run")
+        assert not DeadLetter.objects.exists()
+        assert worker.alive()
+    finally:
+        worker.stop()
+
+
 @pytest.mark.django_db(transaction=True)
 def test_messages_redis_refuses_to_hold_are_never_undecodable_and_never_lost(refusing_redis, worker_env, tmp_path):
     """Given a worker consuming from a Redis that, as messages arrive, refuses every write (out of memory under
@@ -86,20 +130,10 @@ def test_messages_redis_refuses_to_hold_are_never_undecodable_and_never_lost(ref
     server = refusing_redis
     queue = f"refused-{uuid.uuid4().hex[:8]}"
     env = {**worker_env, **one_queue(queue), "CELERY_BROKER_URL": server.url}
-    worker = WorkerProcess(env, tmp_path / "worker.log", "--concurrency=1", "--include=tests.tasks")
+    worker = _start_worker(env, tmp_path)
     try:
-        wait_for(lambda: worker.alive() and " ready." in worker.log(), what="the worker to be ready")
-        # Staged in a queue nobody consumes, then moved into the worker's queue in the transaction that makes
-        # Redis refuse writes: the worker pops them from a Redis that already refuses.
-        staging = f"staging-{queue}"
         tokens = [uuid.uuid4().hex for _ in range(5)]
-        with celery_app.connection_for_write(server.url) as connection:
-            for token in tokens:
-                celery_app.send_task("tests.echo", args=[token], queue=staging, connection=connection)
-        # Addressed as if published to the worker's queue, which is where a replay sends them back.
-        staged = [_readdressed(raw, queue) for raw in server.client.lrange(staging, 0, -1)]
-        transaction = server.client.pipeline(transaction=True)
-        transaction.delete(staging).rpush(queue, *reversed(staged))
+        transaction = _staged(server, queue, tokens)
         transaction.config_set("maxmemory-policy", "noeviction").config_set("maxmemory", 1)
         transaction.execute()
 
