@@ -89,7 +89,8 @@ def _staged(server: RedisServer, queue: str, tokens: list[str]) -> Pipeline:
     raw_messages: list[bytes] = server.client.lrange(staging, 0, -1)  # type: ignore[assignment]
     staged = [_readdressed(raw, queue) for raw in raw_messages]
     transaction = server.client.pipeline(transaction=True)
-    transaction.delete(staging).rpush(queue, *reversed(staged))
+    transaction.delete(staging)
+    transaction.rpush(queue, *reversed(staged))
     return transaction
 
 
