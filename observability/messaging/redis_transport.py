@@ -153,28 +153,28 @@ class Channel(kombu_redis.Channel):
             self._flush_brpop_reauth()  # type: ignore[attr-defined]
 
     def _deliver_or_dead_letter(self, item: bytes, queue: str, key: bytes) -> None:
+        error: str | ResponseError | None
         try:
             payload = loads(bytes_to_str(item))
             error = envelope_error(payload, self)
         except Exception as exc:  # noqa: BLE001 - the JSON decoder and kombu's type hooks fail with any error
             error = f"the message is not JSON: {exc}"
         if error is None:
-            try:
-                error = self._hand_on(payload, queue)
-            except ResponseError as refused:
-                self._put_back_or_dead_letter(item, payload, queue, key, refused)
-                raise
+            error = self._hand_on(payload, queue)
+        if isinstance(error, ResponseError):
+            self._put_back_or_dead_letter(item, payload, queue, key, error)
+            raise error  # a channel error: the consumer reconnects rather than pop the next message
         if error is not None:
             self._dead_letter(item, queue, error)
 
-    def _hand_on(self, payload: dict[str, Any], queue: str) -> str | None:
+    def _hand_on(self, payload: dict[str, Any], queue: str) -> str | ResponseError | None:
         """Deliver ``payload`` as kombu does: None once QoS holds it, or why it could not get there.
 
         An error before QoS holds the message (Redis refusing its delivery tag as a key of the unacknowledged
-        index) is returned, to dead-letter the message - but Redis refusing the write itself (a
-        ``ResponseError``: out of memory, MISCONF...) is raised, the message being healthy. Errors once QoS
-        holds it, or raised by a ``no_ack`` consumer's callback, are the consumer's: raised, as kombu raises
-        them (a held message is restored from that index, not lost). Connection errors are raised whenever
+        index) is returned, to dead-letter the message - and Redis refusing the write itself (a
+        ``ResponseError``: out of memory, MISCONF...) is returned as it is, the message being healthy. Errors
+        once QoS holds it, or raised by a ``no_ack`` consumer's callback, are the consumer's: raised, as kombu
+        raises them (a held message is restored from that index, not lost). Connection errors are raised whenever
         they come, for kombu to reconnect.
         """
         tag = payload["properties"]["delivery_tag"]
@@ -186,7 +186,7 @@ class Channel(kombu_redis.Channel):
             if tag in self.qos._delivered or exc.__dict__.get("_raised_by_consumer"):  # type: ignore[operator]
                 raise
             if isinstance(exc, ResponseError):
-                raise
+                return exc
             return f"the message cannot be handed to its consumer: {exc}"
         return None
 

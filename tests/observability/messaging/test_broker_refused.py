@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 from redis.client import Pipeline
+from redis.exceptions import ResponseError
 
 from marketplace.celery import app as celery_app
 from observability.deadletters.models import DeadLetter
@@ -47,6 +48,32 @@ def test_a_no_ack_consumers_callback_error_propagates_and_writes_no_dead_letter(
         consumer = Consumer(channel, queues=[queue], callbacks=[callback], no_ack=True, accept=["json"])
         with consumer, pytest.raises(CallbackError, match="the callback saw"):
             connection.drain_events(timeout=10)
+        queue(channel).delete()
+    assert not DeadLetter.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_redis_error_of_a_consumers_callback_is_raised_and_the_message_not_put_back_twice(redis_client):
+    """A ``ResponseError`` a callback raises once QoS holds the message is the consumer's, not Redis refusing the
+    message: raised as kombu raises it, the message kept once (in the unacknowledged index), never also put
+    back in its queue."""
+    name = f"acked-{uuid.uuid4().hex[:8]}"
+    queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+    with Connection(TEST_REDIS_URL, transport=TRANSPORT) as connection:
+        channel = connection.default_channel
+        Producer(channel).publish({"hello": "world"}, exchange=queue.exchange, routing_key=name, declare=[queue])
+
+        def callback(body: object, message: object) -> None:
+            raise ResponseError("the callback's own Redis call failed")
+
+        consumer = Consumer(channel, queues=[queue], callbacks=[callback], accept=["json"])
+        with consumer, pytest.raises(ResponseError, match="the callback's own"):
+            connection.drain_events(timeout=10)
+        assert redis_client.llen(name) == 0
+        held = channel.qos._delivered
+        assert len(held) == 1
+        channel.qos.restore_unacked()
+        assert redis_client.llen(name) == 1
         queue(channel).delete()
     assert not DeadLetter.objects.exists()
 
