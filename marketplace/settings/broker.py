@@ -51,6 +51,10 @@ CELERY_WORKER_MAX_TASKS_PER_CHILD = env_int("CELERY_WORKER_MAX_TASKS_PER_CHILD",
 CELERY_WORKER_LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
 CELERY_WORKER_TASK_LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s][%(task_name)s(%(task_id)s)] %(message)s"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A channel error (Redis refusing a write: out of memory, MISCONF) makes the worker's consumer reconnect, as a
+# connection error does, instead of stopping the worker; the Redis transport raises one when Redis refuses to
+# hold a message, so that the consumer stops popping while Redis refuses (docs/dead-letters.md, broker_refused).
+CELERY_BROKER_CHANNEL_ERROR_RETRY = True
 # Lets `celery -A marketplace control pool_restart` reload the children (the seed's soft restart).
 CELERY_WORKER_POOL_RESTARTS = True
 # Redis transport and consumer that dead-letter what Celery would drop: undecodable bytes, envelopes

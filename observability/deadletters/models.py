@@ -21,6 +21,8 @@ class DeadLetterReason(models.TextChoices):
     BUILTIN_TASK = "builtin_task"
     #: Larger than ``CELERY_TASK_MAX_MESSAGE_BYTES``: stored truncated, with its real size.
     MESSAGE_TOO_LARGE = "message_too_large"
+    #: Redis refused to hold a healthy message unacknowledged, and to take it back (out of memory, MISCONF).
+    BROKER_REFUSED = "broker_refused"
 
 
 class DeadLetterStatus(models.TextChoices):

@@ -7,6 +7,19 @@ delivery tag breaks the connection, which makes every unacknowledged message run
 that kombu cannot turn into a message QoS holds is dead-lettered as ``undecodable_message`` (raw bytes
 kept) and the worker goes on.
 
+Redis may also refuse the write to its unacknowledged index for a reason that is not the message's: out of
+memory under ``noeviction``, MISCONF after a failed save, a replica gone read-only - any ``ResponseError``.
+The message, healthy, is put back where it was popped from (nothing lost, nothing drained); when Redis refuses
+that too (it refuses every write then), it is dead-lettered as ``broker_refused``, whole and replayable. Then
+the error is raised, as kombu raises it: a channel error, on which the worker's consumer reconnects
+(``CELERY_BROKER_CHANNEL_ERROR_RETRY``) instead of popping the next message - and, while Redis refuses the
+writes of its start (queue bindings), it consumes nothing, so an incident costs at most a message per
+connection, not the queue.
+
+For a consumer that does not acknowledge (``no_ack``: the pidbox replies of ``celery inspect``, event receivers
+such as Flower) QoS holds nothing: an error of its callback is raised as kombu raises it, never taken for the
+message's.
+
 It also reports the consumer's recovery from a silently dropped connection in one line. kombu 5.7 drops a
 BRPOP connection whose reply is overdue by ``health_check_interval`` (a frozen flow: no reset, no close) and
 opens a new one on the next loop tick, logging only the drop; ``broker.reconnected`` says both, once the new
@@ -27,6 +40,7 @@ from kombu import connection as kombu_connection
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
+from redis.exceptions import ResponseError
 
 __all__ = ["STALE_BRPOP_LINE", "Transport", "envelope_error"]
 
@@ -101,6 +115,23 @@ class Channel(kombu_redis.Channel):
             )
         super()._brpop_start(timeout)  # type: ignore[misc]  # not in the stubs
 
+    def basic_consume(self, queue: str, no_ack: bool, callback: Any, consumer_tag: str | None, **kwargs: Any) -> Any:
+        if no_ack:
+            callback = self._marking_errors(callback)
+        return super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
+
+    def _marking_errors(self, callback: Any) -> Any:
+        # With no_ack, QoS never holds the message, so _hand_on cannot tell the callback's error from Redis
+        # refusing the message by the delivery tag: the wrapper marks the callback's own.
+        def marked(message: Any) -> Any:
+            try:
+                return callback(message)
+            except BaseException as exc:
+                exc.__dict__["_raised_by_consumer"] = True
+                raise
+
+        return marked
+
     def _brpop_read(self, **options: Any) -> bool:
         # kombu 5.7's _brpop_read, but for the marked lines.
         try:
@@ -111,16 +142,18 @@ class Channel(kombu_redis.Channel):
                 raise
             if dest__item:
                 dest, item = dest__item
+                key = dest  # marked: the list the message was popped from, to put it back
                 dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
                 self._queue_cycle.rotate(dest)  # type: ignore[attr-defined]
-                self._deliver_or_dead_letter(item, dest)  # marked: was _deliver(loads(item), dest)
+                self._deliver_or_dead_letter(item, dest, key)  # marked: was _deliver(loads(item), dest)
                 return True
             raise Empty()
         finally:
             self._in_poll = None
             self._flush_brpop_reauth()  # type: ignore[attr-defined]
 
-    def _deliver_or_dead_letter(self, item: bytes, queue: str) -> None:
+    def _deliver_or_dead_letter(self, item: bytes, queue: str, key: bytes) -> None:
+        error: str | ResponseError | None
         try:
             payload = loads(bytes_to_str(item))
             error = envelope_error(payload, self)
@@ -128,16 +161,21 @@ class Channel(kombu_redis.Channel):
             error = f"the message is not JSON: {exc}"
         if error is None:
             error = self._hand_on(payload, queue)
+        if isinstance(error, ResponseError):
+            self._put_back_or_dead_letter(item, payload, queue, key, error)
+            raise error  # a channel error: the consumer reconnects rather than pop the next message
         if error is not None:
             self._dead_letter(item, queue, error)
 
-    def _hand_on(self, payload: dict[str, Any], queue: str) -> str | None:
+    def _hand_on(self, payload: dict[str, Any], queue: str) -> str | ResponseError | None:
         """Deliver ``payload`` as kombu does: None once QoS holds it, or why it could not get there.
 
         An error before QoS holds the message (Redis refusing its delivery tag as a key of the unacknowledged
-        index) is returned, to dead-letter the message. Errors once QoS holds it (the consumer's) are raised,
-        as kombu raises them: the message is restored from that index, not lost. Connection errors are raised
-        whenever they come, for kombu to reconnect.
+        index) is returned, to dead-letter the message - and Redis refusing the write itself (a
+        ``ResponseError``: out of memory, MISCONF...) is returned as it is, the message being healthy. Errors
+        once QoS holds it, or raised by a ``no_ack`` consumer's callback, are the consumer's: raised, as kombu
+        raises them (a held message is restored from that index, not lost). Connection errors are raised whenever
+        they come, for kombu to reconnect.
         """
         tag = payload["properties"]["delivery_tag"]
         try:
@@ -145,10 +183,41 @@ class Channel(kombu_redis.Channel):
         except self.connection_errors:  # type: ignore[attr-defined]
             raise
         except Exception as exc:  # until QoS holds the message, any error would lose it
-            if tag in self.qos._delivered:  # type: ignore[operator]
+            if tag in self.qos._delivered or exc.__dict__.get("_raised_by_consumer"):  # type: ignore[operator]
                 raise
+            if isinstance(exc, ResponseError):
+                return exc
             return f"the message cannot be handed to its consumer: {exc}"
         return None
+
+    def _put_back_or_dead_letter(
+        self, item: bytes, payload: dict[str, Any], queue: str, key: bytes, refused: ResponseError
+    ) -> None:
+        """Return a message Redis refused to hold to the end of its list BRPOP takes from (its turn kept); when
+        Redis refuses that write too, record it as ``broker_refused``, or log it whole if Postgres is down."""
+        from observability import telemetry
+        from observability.deadletters import services as dead_letters
+        from observability.deadletters.models import DeadLetterReason
+        from observability.messaging.consumer import failure_from_message
+
+        error = f"Redis refused to hold the message unacknowledged: {refused}"
+        try:
+            with self.conn_or_acquire() as client:
+                client.rpush(key, item)
+        except (*self.connection_errors, ResponseError) as exc:  # type: ignore[attr-defined]
+            error = f"{error}; putting it back in its queue failed too: {exc}"
+        else:
+            log.error("broker.refused", queue=queue, error=str(refused), action="put the message back in its queue")
+            return
+        message = self.Message(payload, channel=self)
+        failure = failure_from_message(
+            message, DeadLetterReason.BROKER_REFUSED, error, f"{type(refused).__module__}.{type(refused).__qualname__}"
+        )
+        if dead_letters.record_or_report(failure):
+            telemetry.task_outcome_in_main(failure.task_name, queue, "rejected", type(refused).__name__, None)
+            log.error("broker.refused", queue=queue, error=str(refused), action="recorded as a dead letter")
+            return
+        log.critical("dead_letter.lost", queue=queue, raw_base64=base64.b64encode(item).decode())
 
     def _dead_letter(self, item: bytes, queue: str, error: str) -> None:
         # The transport loads before Django's app registry is ready.

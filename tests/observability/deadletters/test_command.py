@@ -415,6 +415,20 @@ class TestReplay:
         ]
         assert err == ""
 
+    def test_by_reason_broker_refused_publishes_those_entries_in_bulk(self, redis_client):
+        """``dlq replay --reason broker_refused`` publishes every pending entry Redis refused to hold, and only
+        those: the bulk replay after a Redis memory incident."""
+        queue = f"dlq-refused-{token()}"
+        refused = _entries(3, queue=queue, routing_key=queue, reason="broker_refused")
+        other = _entry(queue=queue, routing_key=queue, reason="undecodable_message")
+
+        out, _ = dlq("replay", "--reason", "broker_refused")
+
+        assert set(DeadLetterReplay.objects.values_list("dead_letter_id", flat=True)) == {e.pk for e in refused}
+        assert len(published(redis_client, queue)) == 3
+        assert DeadLetter.objects.get(pk=other.pk).status == "pending"
+        assert out.splitlines()[-1] == "Published 3 task(s); skipped 0."
+
     def test_by_filters_publishes_only_matching_pending_entries(self, redis_client):
         """Filters select what to replay, as in ``dlq list``; only pending entries among them are published."""
         queue = f"dlq-filters-{token()}"
