@@ -30,7 +30,10 @@ ENTRY_POINTS = {
     "manage.py migrate": ["manage.py", "migrate", "--noinput"],
     "celery worker": ["-m", "celery", "-A", "marketplace", "worker", "--pool=solo"],
     "celery inspect": ["-m", "celery", "-A", "marketplace", "inspect", "active", "--timeout=1"],
+    "celery beat": ["-m", "celery", "-A", "marketplace", "beat"],
     "wsgi": ["-c", "import marketplace.wsgi"],
+    # The web as the image runs it: gunicorn's master reads gunicorn.conf.py, which loads the settings.
+    "gunicorn": ["-m", "gunicorn", "marketplace.wsgi:application", "--bind", "127.0.0.1:0"],
 }
 
 
@@ -156,8 +159,8 @@ def test_bad_environment_stops_start_up_naming_the_variable(overrides, name):
     ids=["database-url-not-a-url", "database-url-mysql", "broker-url-garbage", "debug-maybe"],
 )
 def test_every_entry_point_reports_a_configuration_error_in_one_line(entry_point, overrides, line):
-    """Given a malformed variable, when manage.py, the celery command (worker or inspect) or the WSGI app
-    starts, then it exits 2 and its whole stderr is one line: the variable, what it got (any password
+    """Given a malformed variable, when manage.py, the celery command (worker, inspect or beat), the WSGI app
+    or gunicorn starts, then it exits 2 and its whole stderr is one line: the variable, what it got (any password
     masked) and what it accepts - not Django's or Celery's traceback."""
     result = _run(*ENTRY_POINTS[entry_point], **overrides)
 
