@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import re
 import socket
 import sys
@@ -188,7 +189,10 @@ def main(argv: Sequence[str] | None = None, *, creatable_database: str = DEFAULT
     from django.conf import settings
 
     redis_urls: dict[str, list[str]] = {}
-    for variable in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
+    # REDIS_URL is named only when set: by default it is the broker's Redis, checked as CELERY_BROKER_URL.
+    state = ("REDIS_URL",) if os.environ.get("REDIS_URL") else ()
+    variables = ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", *state)
+    for variable in variables:
         redis_urls.setdefault(getattr(settings, variable), []).append(variable)
     problems = [
         *(check_port(port, role=role) for role, port in arguments.port),

@@ -1,4 +1,6 @@
-"""One redis-py client per process for the broker's Redis (delivery counters, singleton locks).
+"""One redis-py client per process for each Redis the project talks to outside kombu: the broker's
+(``broker_redis``: the queues' lengths and ages) and the app's own state's (``state_redis``, ``REDIS_URL``:
+singleton locks, beat's last successes, the lost-run counter, the rate limiter), which default to one Redis.
 
 Created lazily and re-created after a fork: a connection pool must never be shared by a parent and its
 prefork children. Its connections take the broker's timeouts, keepalive and health checks
@@ -16,19 +18,30 @@ from django.conf import settings
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-__all__ = ["broker_redis"]
+__all__ = ["broker_redis", "state_redis"]
 
-_clients: dict[int, redis.Redis] = {}
+_clients: dict[tuple[int, str], redis.Redis] = {}
 
 
 def broker_redis() -> redis.Redis:
+    """The broker's Redis (``CELERY_BROKER_URL``): what only the broker holds - its queues."""
+    return _client(current_app.conf.broker_url)
+
+
+def state_redis() -> redis.Redis:
+    """The Redis of the app's own state (``REDIS_URL``; by default the broker's)."""
+    return _client(settings.REDIS_URL)
+
+
+def _client(url: str) -> redis.Redis:
     pid = os.getpid()
-    client = _clients.get(pid)
+    client = _clients.get((pid, url))
     if client is None:
-        _clients.clear()
+        if any(key_pid != pid for key_pid, _ in _clients):
+            _clients.clear()  # a fork's inherited clients: their pools belong to the parent
         options = settings.REDIS_CONNECTION_OPTIONS
-        client = _clients[pid] = redis.Redis.from_url(
-            current_app.conf.broker_url,
+        client = _clients[pid, url] = redis.Redis.from_url(
+            url,
             socket_timeout=options["socket_timeout"],
             socket_connect_timeout=options["socket_connect_timeout"],
             socket_keepalive=options["socket_keepalive"],

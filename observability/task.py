@@ -127,10 +127,10 @@ class ObservableTask(DjangoTask):  # type: ignore[type-arg]
             raise
 
     def _run_alone(self, *args: Any, **kwargs: Any) -> Any:
-        from observability.redis_client import broker_redis
+        from observability.redis_client import state_redis
 
         key = f"observability:singleton:{self.name}"
-        client = broker_redis()
+        client = state_redis()
         # The lock outlives no run: it expires with the hard time limit, when the child is killed.
         run_id = str(self.request.id)
         if not client.set(key, run_id, nx=True, ex=int(self.time_limit or 300)):

@@ -35,7 +35,7 @@ from django.conf import settings
 from redis.commands.core import Script
 
 from observability import telemetry
-from observability.redis_client import broker_redis
+from observability.redis_client import state_redis
 from promotions.channels import OutgoingMessage
 
 __all__ = ["Acquisition", "Pacer", "channel_throttled", "channel_try_acquire"]
@@ -112,8 +112,8 @@ _scripts: dict[str, Script] = {}
 
 
 def _script(source: str) -> Script:
-    # Registered once per process on the current client (re-created after a fork by broker_redis).
-    client = broker_redis()
+    # Registered once per process on the current client (re-created after a fork by state_redis).
+    client = state_redis()
     script = _scripts.get(source)
     if script is None or script.registered_client is not client:
         script = _scripts[source] = client.register_script(source)

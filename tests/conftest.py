@@ -79,7 +79,7 @@ settings.DATABASES["default"].setdefault("TEST", {})["NAME"] = (
 os.environ["CELERY_BROKER_URL"] = os.environ["CELERY_RESULT_BACKEND"] = TEST_REDIS_URL
 celery_app.conf.update(broker_url=TEST_REDIS_URL, result_backend=TEST_REDIS_URL)
 # The API's throttles count in the cache: the run's Redis database too (read lazily, at first use).
-os.environ["CACHE_URL"] = TEST_REDIS_URL
+os.environ["CACHE_URL"] = os.environ["REDIS_URL"] = TEST_REDIS_URL
 settings.CACHES["default"]["LOCATION"] = TEST_REDIS_URL
 
 

@@ -35,6 +35,12 @@ CELERY_RESULT_BACKEND = env_url(
     form=_REDIS_FORM,
     path_pattern=r"\d*",
 )
+#: The Redis of the app's own state - singleton locks, beat's last successes, the lost-run counter, the delivery
+#: rate limiter - which is not the broker's: it may be the broker's Redis (the default) but need not be.
+REDIS_URL = env_url(
+    "REDIS_URL", CELERY_BROKER_URL, schemes=("redis", "rediss"), kind="a Redis URL", form=_REDIS_FORM,
+    path_pattern=r"\d*",
+)  # fmt: skip
 # JSON only: pickle would let anyone who can write to the broker run code in the worker.
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"

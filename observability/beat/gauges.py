@@ -1,6 +1,6 @@
 """Beat entries' health, as the workers see it: the base task notes each successful run of a schedule entry
-in the broker's Redis (``record_beat_success``), and the worker's main process exports it with each entry's
-interval, so an alert can say "missed N intervals" without a per-entry constant."""
+in the Redis of the app's state (``REDIS_URL``; ``record_beat_success``), and the worker's main process exports
+it with each entry's interval, so an alert can say "missed N intervals" without a per-entry constant."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from celery import current_app
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from redis.exceptions import RedisError
 
-from observability.redis_client import broker_redis
+from observability.redis_client import state_redis
 from observability.telemetry import metric_names as m
 
 __all__ = ["BEAT_LAST_SUCCESS_KEY", "record_beat_success", "register_gauges"]
@@ -25,7 +25,7 @@ BEAT_LAST_SUCCESS_KEY = "observability:beat:last_success"
 def record_beat_success(entry: str) -> None:
     """Note that the beat entry ``entry`` just ran successfully (one HSET per periodic run); best effort."""
     try:
-        broker_redis().hset(BEAT_LAST_SUCCESS_KEY, entry, str(time.time()))
+        state_redis().hset(BEAT_LAST_SUCCESS_KEY, entry, str(time.time()))
     except RedisError as exc:
         structlog.get_logger(__name__).warning("beat_success.unrecorded", entry=entry, error=str(exc))
 
@@ -43,7 +43,7 @@ def _beat_intervals(options: CallbackOptions) -> Iterable[Observation]:
 
 def _beat_last_success(options: CallbackOptions) -> Iterable[Observation]:
     try:
-        values = broker_redis().hgetall(BEAT_LAST_SUCCESS_KEY)
+        values = state_redis().hgetall(BEAT_LAST_SUCCESS_KEY)
     except RedisError:
         return []
     return [Observation(float(ts), {"entry": entry.decode()}) for entry, ts in values.items()]  # type: ignore[union-attr]

@@ -13,7 +13,7 @@ import structlog
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from observability.redis_client import broker_redis
+from observability.redis_client import state_redis
 
 __all__ = ["count_lost_run", "lost_runs"]
 
@@ -26,7 +26,7 @@ def count_lost_run(task_id: str) -> None:
     """Record that a run of ``task_id`` was lost with its process (never raises: counting is best effort)."""
     key = KEY_PREFIX + task_id
     try:
-        pipe = broker_redis().pipeline()
+        pipe = state_redis().pipeline()
         pipe.incr(key)
         pipe.expire(key, settings.DEAD_LETTER_DELIVERY_COUNTER_TTL_SECONDS)
         pipe.execute()
@@ -36,5 +36,5 @@ def count_lost_run(task_id: str) -> None:
 
 def lost_runs(task_id: str) -> int:
     """Runs of ``task_id`` lost so far. Raises ``RedisError`` when Redis does not answer."""
-    value = broker_redis().get(KEY_PREFIX + task_id)
+    value = state_redis().get(KEY_PREFIX + task_id)
     return int(value) if value else 0  # type: ignore[arg-type]

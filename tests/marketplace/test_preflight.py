@@ -134,10 +134,11 @@ def test_default_database_name_is_the_one_created():
 # --- the broker and the result backend -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("variable", ["CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"])
+@pytest.mark.parametrize("variable", ["CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "REDIS_URL"])
 def test_refused_redis_names_the_variable_and_how_to_start_it(variable):
-    """Given the broker or the result backend on a port nothing listens on, when preflight runs, then one
-    line names that variable, says Redis refused and how to start it, without its password."""
+    """Given the broker, the result backend or the app's state Redis on a port nothing listens on, when
+    preflight runs, then one line names that variable, says Redis refused and how to start it, without its
+    password."""
     line = _one_line(_preflight(**{variable: "redis://:s3cret@127.0.0.1:1/0"}))
 
     assert line.startswith(f"preflight: Redis at 127.0.0.1:1 ({variable}) refused the connection")
