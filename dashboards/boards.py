@@ -6,6 +6,7 @@ error type where the overview breaks down by task.
 from __future__ import annotations
 
 from dashboards import promql as q
+from dashboards import slo
 from dashboards.spec import (
     Board,
     Panel,
@@ -629,10 +630,11 @@ CELERY_TASK = Board(
 PROMOTIONS = Board(
     uid="promotions",
     title="Promotions",
-    description="The flash promotions domain: promos going live on time, notifications delivered.",
+    description="The flash promotions domain: promos going live on time, notifications delivered, the error "
+    "budgets of their SLOs.",
     tags=("marketplace", "promotions"),
     variables=(),
-    rows=_promotion_panels(),
+    rows=(*_promotion_panels(), slo.budget_row()),
     links=(("Celery overview", "celery-overview"), ("Per task", "celery-task")),
 )
 BOARDS = (CELERY_OVERVIEW, CELERY_TASK, PROMOTIONS)

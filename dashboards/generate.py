@@ -1,6 +1,8 @@
-"""Writes the Grafana dashboards and the README's panel reference from the panel specs of ``dashboards/boards.py``.
+"""Writes the Grafana dashboards and the README's panel reference from the panel specs of ``dashboards/boards.py``,
+and the SLO rules from ``dashboards/slo.py``.
 
-``python -m dashboards.generate`` rewrites ``dashboards/grafana/json/*.json`` and ``dashboards/README.md``;
+``python -m dashboards.generate`` rewrites ``dashboards/grafana/json/*.json``, ``dashboards/README.md`` and
+``dashboards/alerts/slo.yml``;
 with ``--check`` it writes nothing and exits 1 if a committed file is not what the generator makes.
 """
 
@@ -11,28 +13,31 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from dashboards import readme
+from dashboards import readme, slo
 from dashboards.boards import BOARDS
 from dashboards.render import render
 
-__all__ = ["JSON_DIR", "README", "main", "outputs"]
+__all__ = ["JSON_DIR", "README", "SLO_RULES", "main", "outputs"]
 
 ROOT = Path(__file__).resolve().parent
 #: Provisioned into Grafana from here (see dashboards/grafana/provisioning/).
 JSON_DIR = ROOT / "grafana" / "json"
 README = ROOT / "README.md"
+SLO_RULES = ROOT / "alerts" / "slo.yml"
 
 
 def outputs() -> dict[Path, str]:
     """Every generated file and the text it must have."""
     files = {JSON_DIR / f"{board.uid}.json": render(board) for board in BOARDS}
     files[README] = readme.with_reference(README.read_text(encoding="utf-8"), BOARDS)
+    files[SLO_RULES] = slo.rules_yaml()
     return files
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m dashboards.generate", description="Write the Grafana dashboards and their README reference."
+        prog="python -m dashboards.generate",
+        description="Write the Grafana dashboards, their README reference and the SLO rules.",
     )
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file is out of date")
     args = parser.parse_args(argv)

@@ -38,6 +38,7 @@ from promotions.ratelimit import Pacer
 
 __all__ = [
     "DeliveryResult",
+    "OnRecorded",
     "notifications_deliver_batch",
     "notifications_fail_for_inactive_promos",
     "notifications_reclaim_expired",
@@ -50,6 +51,9 @@ _NOTIFICATION = Notification._meta.db_table
 _PROMO = FlashPromo._meta.db_table
 _PRODUCT = Product._meta.db_table
 _SUBSCRIPTION = Subscription._meta.db_table
+
+#: Called for each write of a batch's outcomes: (the delivery lag of each row written sent, rows given up on).
+OnRecorded = Callable[[list[float], int], object]
 
 
 @dataclass(frozen=True)
@@ -100,10 +104,12 @@ def notifications_fail_for_inactive_promos(*, now: datetime) -> int:
 
 
 def notifications_deliver_batch(
-    *, now: datetime, batch_size: int | None = None, on_recorded: Callable[[int, int], object] | None = None
+    *, now: datetime, batch_size: int | None = None, on_recorded: OnRecorded | None = None
 ) -> DeliveryResult:
     """Claim up to ``batch_size`` due notifications, deliver them and record each outcome - as the batch goes,
-    at least every ``RECORD_INTERVAL_SECONDS``, calling ``on_recorded(sent, failed)`` for each write.
+    at least every ``RECORD_INTERVAL_SECONDS``, calling ``on_recorded(sent_lags, failed)`` for each write: the
+    delivery lag in seconds of each notification recorded sent (``sent_at`` minus its promo's activation, or
+    minus the subscription or its confirmation where those came later), and how many were given up on.
     Interrupted (the soft time limit, an error outside the backend's per-message handling), it records what was
     sent and hands the rest back - ``pending``, due now, the claim's attempt given back - then re-raises: only
     the message in flight at that moment may be sent twice. Sends are paced by the channel's rate limit
@@ -149,7 +155,7 @@ class _Outcomes:
     """A batch's outcomes not yet written, and the totals of those written. A throttled message has no outcome
     yet: the pacer sends it again after the channel's pause (or it is handed back with the batch's unsent)."""
 
-    def __init__(self, token: uuid.UUID, on_recorded: Callable[[int, int], object] | None, pacer: Pacer) -> None:
+    def __init__(self, token: uuid.UUID, on_recorded: OnRecorded | None, pacer: Pacer) -> None:
         self._token = token
         self._on_recorded = on_recorded
         self._pacer = pacer
@@ -176,13 +182,15 @@ class _Outcomes:
 
     def record(self) -> None:
         if self._sent_ids or self._failures:
-            sent, retrying, failed = _record_outcomes(
+            sent_lags, retrying, failed = _record_outcomes(
                 token=self._token, sent_ids=self._sent_ids, failures=self._failures
             )
-            self.sent, self.retrying, self.failed = self.sent + sent, self.retrying + retrying, self.failed + failed
+            self.sent += len(sent_lags)
+            self.retrying += retrying
+            self.failed += failed
             self._sent_ids, self._failures = [], {}
             if self._on_recorded:
-                self._on_recorded(sent, failed)
+                self._on_recorded(sent_lags, failed)
         self._recorded_at = time.monotonic()
 
 
@@ -258,24 +266,30 @@ def _claim(*, now: datetime, token: uuid.UUID, limit: int) -> list[OutgoingMessa
 @transaction.atomic
 def _record_outcomes(
     *, token: uuid.UUID, sent_ids: list[int], failures: dict[int, DeliveryFailure]
-) -> tuple[int, int, int]:
+) -> tuple[list[float], int, int]:
     """Mark ``sent_ids`` sent and back off or fail the rest, only where the claim still holds; at most three
-    statements. Returns (sent, retrying, failed) as written."""
-    sent = 0
+    statements. Returns (the delivery lag of each row written sent, retrying, failed)."""
+    sent_lags: list[float] = []
     with connection.cursor() as cursor:
         if sent_ids:
+            # The lag is read from the rows written, so it counts exactly what was recorded sent. GREATEST: a
+            # subscriber who subscribed (or confirmed) once the promo was live is late only from then on; the
+            # fan-out's own delay counts.
             cursor.execute(
                 f"""
-                UPDATE {_NOTIFICATION}
+                UPDATE {_NOTIFICATION} n
                    SET status = 'sent', sent_at = now(), claim_token = NULL, lease_expires_at = NULL,
                        last_error = ''
-                 WHERE id = ANY(%(ids)s) AND claim_token = %(token)s
+                  FROM {_PROMO} p, {_SUBSCRIPTION} s
+                 WHERE n.id = ANY(%(ids)s) AND n.claim_token = %(token)s
+                   AND p.id = n.promo_id AND s.id = n.subscription_id
+                RETURNING extract(epoch FROM n.sent_at - GREATEST(p.activated_at, s.created_at, s.confirmed_at))
                 """,  # noqa: S608
                 {"ids": sent_ids, "token": token},
             )
-            sent = int(cursor.rowcount)
+            sent_lags = [max(0.0, float(lag)) for (lag,) in cursor.fetchall()]
         if not failures:
-            return sent, 0, 0
+            return sent_lags, 0, 0
         # FOR UPDATE: no reclaim can take these rows between reading their attempts and writing the outcome.
         cursor.execute(
             f"SELECT id, attempts FROM {_NOTIFICATION} WHERE id = ANY(%(ids)s) AND claim_token = %(token)s FOR UPDATE",  # noqa: S608
@@ -314,7 +328,7 @@ def _record_outcomes(
     for pk in give_up:
         # Per row at DEBUG: the batch's line counts them, and an outage would write one line per subscriber.
         log.debug("notification.failed", notification_id=pk, error=failures[pk].error, attempts=attempts[pk])
-    return sent, len(attempts) - len(give_up), len(give_up)
+    return sent_lags, len(attempts) - len(give_up), len(give_up)
 
 
 def notifications_retry(

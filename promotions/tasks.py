@@ -133,8 +133,10 @@ def process_notification_queue() -> dict[str, int]:
 def deliver_notification_batch() -> dict[str, int]:
     """Deliver one batch of due notifications (claimed with SKIP LOCKED, so batches run side by side)."""
 
-    def count(sent: int, failed: int) -> None:  # per write, so an interrupted batch's are counted too
-        telemetry.notifications_delivered(channel=settings.NOTIFICATION_BACKEND, sent=sent, failed=failed)
+    def count(sent_lags: list[float], failed: int) -> None:  # per write: an interrupted batch's count too
+        telemetry.notifications_delivered(
+            channel=settings.NOTIFICATION_BACKEND, sent_lags_seconds=sent_lags, failed=failed
+        )
 
     return notifications.notifications_deliver_batch(now=timezone.now(), on_recorded=count).summary()
 

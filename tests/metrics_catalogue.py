@@ -1,5 +1,6 @@
 """``docs/metrics.md`` read as data: the Prometheus names (with type and labels) that the dashboards, the alert
-rules and the end-to-end test may use. One parser, so the three agree on what the catalogue says."""
+rules and the end-to-end test may use, and the series the recording rules make. One parser, so the three agree
+on what the catalogue says."""
 
 from __future__ import annotations
 
@@ -18,22 +19,37 @@ class Entry:
     labels: frozenset[str]
 
 
-def catalogue() -> dict[str, Entry]:
-    """Prometheus name -> entry, from every table of docs/metrics.md that has a "Prometheus name" column."""
-    entries: dict[str, Entry] = {}
+def _rows(column: str) -> list[dict[str, str]]:
+    """The rows of every table of docs/metrics.md that has ``column``."""
+    rows: list[dict[str, str]] = []
     header: list[str] | None = None
     for line in METRICS_DOC.read_text().splitlines():
         if not line.startswith("|"):
             header = None
             continue
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if "Prometheus name" in cells:
+        if column in cells:
             header = cells
         elif header is not None and not set(line) <= set("|- "):
-            row = dict(zip(header, cells, strict=True))
-            labels = frozenset(label.strip() for label in row["Labels"].split(",") if label.strip() not in {"-", ""})
-            entries[row["Prometheus name"].strip("`")] = Entry(row["Type"], labels)
-    return entries
+            rows.append(dict(zip(header, cells, strict=True)))
+    return rows
+
+
+def _labels(cell: str) -> frozenset[str]:
+    return frozenset(label.strip() for label in cell.split(",") if label.strip() not in {"-", ""})
+
+
+def catalogue() -> dict[str, Entry]:
+    """Prometheus name -> entry, from every table of docs/metrics.md that has a "Prometheus name" column."""
+    return {
+        row["Prometheus name"].strip("`"): Entry(row["Type"], _labels(row["Labels"]))
+        for row in _rows("Prometheus name")
+    }
+
+
+def recorded() -> dict[str, frozenset[str]]:
+    """Recorded name -> its labels, from the "Recorded series" table (what Prometheus' recording rules make)."""
+    return {row["Recorded name"].strip("`"): _labels(row["Labels"]) for row in _rows("Recorded name")}
 
 
 def readable_names(entries: dict[str, Entry]) -> set[str]:

@@ -1,10 +1,11 @@
 """Counters and histograms of the project's own events: beat's sends, by entry and outcome; dead letters
 created, replayed and purged; promos activated (with their activation lag) and ended; notifications delivered
-and given up, the time spent waiting for the rate limiter and the provider's throttling answers, by channel."""
+(with their delivery lag) and given up, the time spent waiting for the rate limiter and the provider's
+throttling answers, by channel."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from observability.telemetry.providers import current
 
@@ -52,12 +53,17 @@ def promos_synced(activation_lags_seconds: Iterable[float], ended: int) -> None:
         instruments.promos_ended.add(ended)
 
 
-def notifications_delivered(*, channel: str, sent: int, failed: int) -> None:
+def notifications_delivered(*, channel: str, sent_lags_seconds: Sequence[float], failed: int) -> None:
+    """``sent_lags_seconds``: for each notification sent, seconds from its promo going live (or from its
+    subscription, if later) to its sending."""
     instruments = current().instruments
-    if sent:
-        instruments.notifications_sent.add(sent, {"channel": channel})
+    attributes = {"channel": channel}
+    for lag in sent_lags_seconds:
+        instruments.notifications_delivery_lag.record(lag, attributes)
+    if sent_lags_seconds:
+        instruments.notifications_sent.add(len(sent_lags_seconds), attributes)
     if failed:
-        instruments.notifications_failed.add(failed, {"channel": channel})
+        instruments.notifications_failed.add(failed, attributes)
 
 
 def notifications_rate_limit_waited(*, channel: str, seconds: float) -> None:

@@ -24,6 +24,9 @@ _WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5
 # A publish to a local Redis takes 0.2-1 ms; a broker that does not answer, the retry policy's seconds.
 _PUBLISH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+# Sent after the promo went live: a batch every 30 s plus the send, seconds when healthy; 60 is the delivery
+# SLO's threshold (docs/slo.md), the longer ones a backlog or a provider's retries.
+_DELIVERY_LAG_BUCKETS = (1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 300, 600, 1800, 3600)
 
 
 @dataclass
@@ -89,6 +92,7 @@ class Instruments:
     promos_ended: Any
     notifications_sent: Any
     notifications_failed: Any
+    notifications_delivery_lag: Any
     notifications_rate_limit_wait: Any
     notifications_throttled: Any
 
@@ -139,6 +143,9 @@ class Instruments:
             promos_ended=counter(m.PROMOS_ENDED, unit="{promo}", description="Promos ended"),
             notifications_sent=counter(m.NOTIFICATIONS_SENT, unit="{notification}", description="Delivered"),
             notifications_failed=counter(m.NOTIFICATIONS_FAILED, unit="{notification}", description="Gave up"),
+            notifications_delivery_lag=histogram(
+                m.NOTIFICATIONS_DELIVERY_LAG, unit="s", description="sent_at - the promo's activation (or subscription)"
+            ),
             notifications_rate_limit_wait=counter(
                 m.NOTIFICATIONS_RATE_LIMIT_WAIT, unit="s", description="Time delivery batches waited for the limiter"
             ),
@@ -151,4 +158,8 @@ class Instruments:
 def views() -> list[View]:
     return [
         View(instrument_name=m.PROMO_ACTIVATION_LAG, aggregation=ExplicitBucketHistogramAggregation(_LAG_BUCKETS)),
+        View(
+            instrument_name=m.NOTIFICATIONS_DELIVERY_LAG,
+            aggregation=ExplicitBucketHistogramAggregation(_DELIVERY_LAG_BUCKETS),
+        ),
     ]

@@ -72,6 +72,7 @@ PROMOS_ACTIVATED = "promotions.activated"  # counter
 PROMOS_ENDED = "promotions.ended"  # counter
 NOTIFICATIONS_SENT = "notifications.sent"  # counter; channel
 NOTIFICATIONS_FAILED = "notifications.failed"  # counter; channel
+NOTIFICATIONS_DELIVERY_LAG = "notifications.delivery_lag"  # histogram, s; channel
 NOTIFICATIONS_BACKLOG = "notifications.backlog"  # gauge; status
 NOTIFICATIONS_RATE_LIMIT = "notifications.rate_limit"  # gauge, {notification}/s; channel
 NOTIFICATIONS_RATE_LIMIT_WAIT = "notifications.rate_limit_wait"  # counter, s; channel

@@ -165,6 +165,19 @@ def test_no_worker_at_all_inhibits_every_queues_backlog_alerts(alertmanager: Ale
     )
 
 
+def test_an_slos_fast_burn_inhibits_its_own_slow_burn_only(alertmanager: Alertmanager) -> None:
+    """The page about a budget burning fast silences the ticket of the same SLO, not another SLO's ticket."""
+    rules = _rules()
+    page = {**rules["PromoActivationSLOFastBurn"], "alertname": "PromoActivationSLOFastBurn"}
+    own = {**rules["PromoActivationSLOSlowBurn"], "alertname": "PromoActivationSLOSlowBurn"}
+    other = {**rules["NotificationDeliverySLOSlowBurn"], "alertname": "NotificationDeliverySLOSlowBurn"}
+    assert page["slo"] == own["slo"] != other["slo"]
+    _posted(alertmanager, page, own, other)
+    wait_for(lambda: _inhibited(alertmanager, **own), timeout=10, what="the slow burn inhibited by its fast burn")
+    assert not _inhibited(alertmanager, **other)
+    assert not _inhibited(alertmanager, **page)
+
+
 def test_the_broker_down_inhibits_every_other_alert(alertmanager: Alertmanager) -> None:
     """Every rule of dashboards/alerts and an alert added later (any name) wait behind the broker's page."""
     source = {"alertname": "CeleryBrokerUnreachable", "severity": "critical"}

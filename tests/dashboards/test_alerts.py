@@ -1,6 +1,7 @@
 """Alerting as an operator relies on it: the Prometheus rules of ``dashboards/alerts`` load and pass their
 promtool unit tests, every alert is documented and tested both firing and quiet, expressions read only the
-metrics of ``docs/metrics.md`` (counters only through ``rate``/``increase``); the Sentry rules of
+metrics of ``docs/metrics.md`` (counters only through ``rate``/``increase``) and the recorded series it lists,
+which are exactly those the recording rules make; the Sentry rules of
 ``dashboards/sentry/alert-rules.json`` match what the project sends, and ``manage.py sentry_alert_rules``
 applies them through a local fake of Sentry's API without ever showing the token.
 """
@@ -31,7 +32,7 @@ from observability import sentry
 from observability.failure import Failure
 from observability.sentry import setup as sentry_setup
 from tests.conftest import ROOT
-from tests.metrics_catalogue import catalogue, readable_names
+from tests.metrics_catalogue import catalogue, readable_names, recorded
 from tests.net import LocalServer, free_port
 from tests.sentry_receiver import SentryReceiver
 
@@ -46,17 +47,18 @@ SEVERITIES = {"critical", "warning"}
 # --- Readers ------------------------------------------------------------------------------------------------
 
 
-def load_alerts() -> list[dict[str, Any]]:
-    """Every alerting rule of ``dashboards/alerts/*.yml``."""
-    alerts: list[dict[str, Any]] = []
+def load_rules(kind: str) -> list[dict[str, Any]]:
+    """Every rule of ``dashboards/alerts/*.yml`` of ``kind``: ``alert`` or ``record``."""
+    rules: list[dict[str, Any]] = []
     for path in RULE_FILES:
         for group in yaml.safe_load(path.read_text())["groups"]:
-            alerts.extend(rule for rule in group["rules"] if "alert" in rule)
-    return alerts
+            rules.extend(rule for rule in group["rules"] if kind in rule)
+    return rules
 
 
-ALERTS = load_alerts()
+ALERTS = load_rules("alert")
 ALERT_NAMES = [alert["alert"] for alert in ALERTS]
+RECORDS = load_rules("record")
 
 
 def github_anchor(heading: str) -> str:
@@ -181,14 +183,27 @@ def test_the_metric_name_reader_finds_names_and_nothing_else():
 
 
 def test_rules_use_only_the_metrics_of_the_catalogue():
-    """Every metric a rule reads is in docs/metrics.md's Prometheus column (histograms via _bucket/_sum/_count)."""
+    """Every metric a rule reads is in docs/metrics.md's Prometheus column (histograms via _bucket/_sum/_count);
+    alerts may also read the recorded series of its "Recorded series" table, recording rules never (no chains)."""
     entries = catalogue()
     assert "celery_worker_heartbeat_seconds" in entries and entries["celery_task_duration_seconds"].kind == "histogram"
     allowed = readable_names(entries)
-    for alert in ALERTS:
-        used = metric_names(alert["expr"])
-        assert used, f"{alert['alert']}: no metric found in its expression"
-        assert used <= allowed, f"{alert['alert']} reads metrics not in docs/metrics.md: {sorted(used - allowed)}"
+    for rule in ALERTS + RECORDS:
+        name = rule.get("alert") or rule["record"]
+        readable = allowed | set(recorded()) if "alert" in rule else allowed
+        used = metric_names(rule["expr"])
+        assert used, f"{name}: no metric found in its expression"
+        assert used <= readable, f"{name} reads metrics not in docs/metrics.md: {sorted(used - readable)}"
+
+
+def test_the_recorded_series_are_those_the_catalogue_lists_with_their_labels():
+    """Each recording rule makes a series of docs/metrics.md's "Recorded series" table, with the labels it gives;
+    each series of that table is made by some rule."""
+    assert RECORDS
+    listed = recorded()
+    assert {rule["record"] for rule in RECORDS} == set(listed)
+    for rule in RECORDS:
+        assert set(rule.get("labels", {})) == listed[rule["record"]], rule["record"]
 
 
 def test_counters_are_read_only_through_rate_or_increase():
@@ -197,12 +212,14 @@ def test_counters_are_read_only_through_rate_or_increase():
     cumulative = {
         series for series in readable_names(catalogue()) if series.endswith(("_total", "_bucket", "_count", "_sum"))
     }
-    for alert in ALERTS:
-        expr = alert["expr"]
+    for rule in ALERTS + RECORDS:
+        expr = rule["expr"]
         for name in metric_names(expr) & cumulative:
             for use in re.finditer(rf"\b{name}\b", expr):
                 before = expr[: use.start()]
-                assert re.search(r"\b(?:rate|increase)\(\s*$", before), f"{alert['alert']} reads {name} raw"
+                assert re.search(r"\b(?:rate|increase)\(\s*$", before), (
+                    f"{rule.get('alert', rule.get('record'))} reads {name} raw"
+                )
 
 
 # --- Sentry rules: the data -----------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from django.utils import timezone
 from marketplace.celery import app as celery_app
 from tests import tasks
 from tests.conftest import ROOT, WorkerProcess, one_queue, running_beat, wait_for
-from tests.metrics_catalogue import catalogue
+from tests.metrics_catalogue import catalogue, recorded
 from tests.net import free_port
 from tests.otlp_prometheus import PrometheusBridge, translate_name
 from tests.prometheus_server import ALERT_FILES, Prometheus, running_prometheus
@@ -288,9 +288,10 @@ def test_every_panel_shows_data_from_the_workload(workload: Workload, prometheus
 
 
 def _selectors(expr: str) -> list[str]:
-    """The vector selectors of ``expr`` (a catalogued metric, with its label matchers if any)."""
-    names = "|".join(sorted({f"{n}(?:_bucket|_sum|_count)?" for n in catalogue()}, key=len, reverse=True))
-    return [m.group(0) for m in re.finditer(rf"\b(?:{names})\b(?:\{{[^}}]*\}})?", expr)]
+    """The vector selectors of ``expr`` (a catalogued metric or recorded series, with its label matchers)."""
+    known = {f"{n}(?:_bucket|_sum|_count)?" for n in catalogue()} | {re.escape(n) for n in recorded()}
+    names = "|".join(sorted(known, key=len, reverse=True))
+    return [m.group(0) for m in re.finditer(rf"(?<![\w:])(?:{names})(?![\w:])(?:\{{[^}}]*\}})?", expr)]
 
 
 @pytest.mark.parametrize(("dashboard", "expr"), _targets())
@@ -357,6 +358,29 @@ def test_prometheus_loaded_and_evaluated_every_rule(workload: Workload, promethe
     rules = wait_for(evaluated, timeout=30, what="an evaluation of every rule")
     assert {r["name"] for r in rules if r["type"] == "alerting"} == {p.values[0] for p in _rules()}
     assert [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
+
+
+def test_the_slo_rules_measure_the_workloads_promos_and_notifications(workload: Workload, prometheus: Prometheus):
+    """Prometheus records both objectives' error ratios from the workload's real histograms and counters. One
+    subscriber in four of each promo has an address the SMTP server refuses - given up on, a bad event - so the
+    delivery objective's bad share is at least a fifth and its page fires; the activation ratio is a share."""
+
+    def ratio(objective: str) -> list[float]:
+        """The recorded 30-day ratio, as a one-item list once it is a number (NaN: no event counted yet)."""
+        result = prometheus.query(f'slo:sli_error:ratio_rate30d{{slo="{objective}"}}')
+        return [value for value in (float(r["value"][1]) for r in result) if value == value]
+
+    (delivery,) = wait_for(lambda: ratio("notification_delivery"), timeout=30, what="the delivery SLO's ratio")
+    assert 0.2 <= delivery <= 1
+    (activation,) = wait_for(lambda: ratio("promo_activation"), timeout=30, what="the activation SLO's ratio")
+    assert 0 <= activation <= 1
+
+    def page_state() -> str | None:
+        rules = [r for g in prometheus.api("rules")["groups"] for r in g["rules"]]
+        (rule,) = [r for r in rules if r["name"] == "NotificationDeliverySLOFastBurn"]
+        return rule["state"] if rule["state"] == "firing" else None
+
+    wait_for(page_state, timeout=30, what="NotificationDeliverySLOFastBurn firing on the refused deliveries")
 
 
 # --- names -------------------------------------------------------------------------------------------------

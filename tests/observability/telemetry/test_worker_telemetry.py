@@ -17,7 +17,7 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from observability.deadletters.models import DeadLetter
-from promotions.models import Notification
+from promotions.models import Notification, Subscription
 from tests import tasks
 from tests.conftest import RESULT_TIMEOUT, ROOT, one_queue, start_process, stop_process, wait_for
 from tests.net import free_port, http_status, promo_create_request
@@ -267,8 +267,8 @@ def test_one_trace_joins_an_http_request_and_the_task_it_enqueues(otlp, start_wo
 
 
 def test_domain_metrics_and_rejections_are_recorded(observed_worker, otlp):
-    """A due promo's activation records its lag and count; a delivery batch counts what it sent; a message
-    for an unknown task counts as rejected by the worker's main process."""
+    """A due promo's activation records its lag and count; a delivery batch counts what it sent and the delivery
+    lag of each; a message for an unknown task counts as rejected by the worker's main process."""
     from marketplace.celery import app
     from promotions.tasks import check_active_promos, deliver_notification_batch
     from tests.factories import ProductFactory, PromoFactory, SubscriptionFactory
@@ -277,20 +277,35 @@ def test_domain_metrics_and_rejections_are_recorded(observed_worker, otlp):
     PromoFactory(starts_at=timezone.now() - timedelta(seconds=2))
     check_active_promos.apply_async(queue="observed").get(timeout=RESULT_TIMEOUT)
     product = ProductFactory()
-    live = PromoFactory(product=product, status="active", starts_at=timezone.now() - timedelta(minutes=1))
-    for subscription in SubscriptionFactory.create_batch(3, product=product):
+    now = timezone.now()
+    live = PromoFactory(product=product, status="active", starts_at=now - timedelta(seconds=90),
+                        activated_at=now - timedelta(seconds=90))  # fmt: skip
+    # Three subscribers from before the promo went live (late by 90 s and more), one who confirmed just now
+    # (late only from then).
+    early = SubscriptionFactory.create_batch(3, product=product)
+    Subscription.objects.filter(pk__in=[s.pk for s in early]).update(
+        created_at=now - timedelta(days=1), confirmed_at=now - timedelta(days=1)
+    )
+    for subscription in [*early, SubscriptionFactory(product=product)]:
         Notification.objects.create(promo=live, subscription=subscription, next_attempt_at=timezone.now())
     assert (
         deliver_notification_batch.apply_async(queue="observed", ignore_result=False).get(timeout=RESULT_TIMEOUT)[
             "sent"
         ]
-        == 3
+        == 4
     )
+    elapsed = (timezone.now() - now).total_seconds()
     app.send_task("no.such.task", queue="observed")
 
     wait_for(lambda: otlp.total("promotions.activation_lag") >= 1, what="the activation lag histogram")
     assert otlp.total("promotions.activated") >= 1
-    wait_for(lambda: otlp.total("notifications.sent", channel="email") >= 3, what="the sent counter")
+    wait_for(lambda: otlp.total("notifications.sent", channel="email") >= 4, what="the sent counter")
+    # The delivery lag of each notification sent, from its promo's activation or its subscriber's confirmation.
+    (lag,) = wait_for(
+        lambda: [p for p in otlp.latest("notifications.delivery_lag") if p.count == 4], what="the delivery lag"
+    )
+    assert lag.attributes == {"channel": "email"}
+    assert 3 * 90 <= lag.total <= 3 * (90 + elapsed) + elapsed
     wait_for(lambda: otlp.total("celery.tasks.finished", task="no.such.task", outcome="rejected") == 1,
              what="the rejected outcome")  # fmt: skip
     backlog = wait_for(lambda: otlp.latest("notifications.backlog"), what="the notification backlog gauge")
