@@ -13,7 +13,9 @@ per process. The SDK's general path costs about 60 us per span in-process (start
   generator and the provider's sampler decides, as for any span; an unsampled one is a non-recording span that still
   propagates its ids.
 - Attributes, events, links and status set during the run are kept (types as the API allows; other values
-  are dropped, like the SDK does). Span limits are not applied: task spans carry a fixed, small set.
+  are dropped, like the SDK does). Span limits are not applied: task spans carry a fixed, small set. The text
+  of an error - a status description, an exception's message and stack trace - has its URL credentials masked
+  (``observability.logs.redaction``), as in log lines: a broker or provider error can quote its URL.
 - Ended, a ``TaskSpan`` goes to the provider's batch span processor (``observability.telemetry.span_processor``) with
   the SDK's spans (bounded queue, export thread, flush at shutdown), and ``TaskSpanExporter``
   (``observability.telemetry.task_span_export``) encodes it by
@@ -38,6 +40,8 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Decision, ParentBased
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.util import types
+
+from observability.logs.redaction import mask_url_credentials
 
 __all__ = ["TaskSpan", "TaskSpans", "qualified_type"]
 
@@ -108,6 +112,8 @@ class TaskSpan(trace.Span):
             return
         if isinstance(status, StatusCode):
             status = Status(status, description)
+        if status.description:
+            status = Status(status.status_code, mask_url_credentials(status.description))
         if self.status is None or self.status.status_code is not StatusCode.OK:  # OK is final, as in the SDK
             self.status = status
 
@@ -120,8 +126,8 @@ class TaskSpan(trace.Span):
     ) -> None:
         event: dict[str, types.AnyValue] = {
             "exception.type": qualified_type(exception),
-            "exception.message": str(exception),
-            "exception.stacktrace": "".join(traceback.format_exception(exception)),
+            "exception.message": mask_url_credentials(str(exception)),
+            "exception.stacktrace": mask_url_credentials("".join(traceback.format_exception(exception))),
             "exception.escaped": str(escaped),
             **(attributes or {}),
         }

@@ -147,6 +147,28 @@ def test_what_the_run_sets_is_kept_and_what_the_api_forbids_is_dropped(caplog: p
     assert encoded.status.code == StatusCode.OK.value
 
 
+def test_an_errors_text_has_its_url_credentials_masked():
+    """A broker or provider error quoting its URL: the password reaches neither the status description nor
+    the exception event's message or stack trace."""
+    spans, processor = task_spans()
+    span = spans.start_send("tests.echo")
+    error = ConnectionError("Cannot connect to redis://:hunter2@10.0.0.5:6379/0 nor amqp://guest:hunter2@mq//")
+    try:
+        raise error
+    except ConnectionError:
+        span.record_exception(error)
+    span.set_status(Status(StatusCode.ERROR, str(error)))
+    span.end()
+
+    [ended] = processor.ended
+    encoded = TaskSpanExporter(RESOURCE, scope=SCOPE).encode([ended]).resource_spans[0].scope_spans[0].spans[0]
+    exception = {kv.key: kv.value.string_value for kv in encoded.events[0].attributes}
+    texts = [encoded.status.message, exception["exception.message"], exception["exception.stacktrace"]]
+    assert all("hunter2" not in text and "********@" in text for text in texts), texts
+    assert "redis://:********@10.0.0.5:6379/0" in encoded.status.message
+    assert "amqp://guest:********@mq//" in exception["exception.message"]
+
+
 def test_task_spans_and_sdk_spans_leave_in_one_request_through_the_sdks_http_client(otlp_receiver: OtlpReceiver):
     """A batch holding a task span and an SQL span started inside it reaches a real receiver over HTTP:
     same resource, the SQL span a child of the task span."""
