@@ -146,6 +146,37 @@ def check_redis(url: str, *, variables: Sequence[str]) -> str | None:
     return None
 
 
+def check_rabbitmq(url: str, *, variable: str = "CELERY_BROKER_URL") -> str | None:
+    """Connect to the RabbitMQ of ``url`` (its virtual host included); return what is wrong in one line, or None."""
+    from amqp.exceptions import AccessRefused, AMQPError, NotAllowed
+    from kombu import Connection
+    from kombu.exceptions import OperationalError
+
+    parsed = urlparse(url)
+    host, port = parsed.hostname or "localhost", parsed.port or (5671 if parsed.scheme == "amqps" else 5672)
+    where = f"RabbitMQ at {host}:{port} ({variable})"
+    if not _resolves(host, port):
+        return f"{variable} names the host {host!r}, which does not resolve: fix the host in {variable}."
+    connection = Connection(url, connect_timeout=CONNECT_TIMEOUT_SECONDS)
+    try:
+        connection.ensure_connection(max_retries=0)
+    except AccessRefused:
+        return f"{where} rejected the credentials: fix the user or password in {variable}."
+    except NotAllowed:
+        vhost = parsed.path.removeprefix("/") or "/"
+        return (
+            f"{where} has no virtual host {vhost!r} the user may use: create it (rabbitmqctl add_vhost, "
+            f"set_permissions) or fix {variable}."
+        )
+    except (OSError, OperationalError, AMQPError) as exc:  # kombu wraps the socket's error, or passes it on
+        if "refused" in str(exc).lower():
+            return f"{where} refused the connection: if it is not running, start it (rabbitmq-server -detached)."
+        return f"{where} is not reachable ({mask_password(str(exc))}): check {variable}."
+    finally:
+        connection.release()
+    return None
+
+
 def check_port(port: int, *, role: str, host: str = "127.0.0.1") -> str | None:
     """Return a line naming ``port`` when something already listens on it, or None when it is free."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -191,12 +222,14 @@ def main(argv: Sequence[str] | None = None, *, creatable_database: str = DEFAULT
     redis_urls: dict[str, list[str]] = {}
     # REDIS_URL is named only when set: by default it is the broker's Redis, checked as CELERY_BROKER_URL.
     state = ("REDIS_URL",) if os.environ.get("REDIS_URL") else ()
-    variables = ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", *state)
+    rabbitmq = settings.BROKER == "rabbitmq"
+    variables = (*(() if rabbitmq else ("CELERY_BROKER_URL",)), "CELERY_RESULT_BACKEND", *state)
     for variable in variables:
         redis_urls.setdefault(getattr(settings, variable), []).append(variable)
     problems = [
         *(check_port(port, role=role) for role, port in arguments.port),
         check_database(settings.DATABASE_URL, creatable=creatable_database),
+        check_rabbitmq(settings.CELERY_BROKER_URL) if rabbitmq else None,
         *(check_redis(url, variables=variables) for url, variables in redis_urls.items()),
     ]
     for problem in filter(None, problems):

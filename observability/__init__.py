@@ -13,14 +13,14 @@ At the top - the failure policy every task runs under:
 
 Rooms:
     messaging/       the Celery/kombu message path that keeps messages from being dropped
+    brokers/         what differs between Redis and RabbitMQ: queue depths and ages, start-up and countdown rules
     deadletters/     the dead-letter store: models, selectors, services, ``dlq``, admin, its tasks and gauges
     telemetry/       OpenTelemetry providers, task spans and metrics, metric names
     logs/            structlog + stdlib logging, line formats, redaction
     sentry/          Sentry set-up, final-failure reports, Crons check-ins, alert rules
 
 Imports run one way: ``wiring`` -> ``control`` -> ``logs``; ``wiring`` -> ``task`` -> ``messaging`` ->
-``deadletters`` -> ``sentry`` and ``telemetry`` -> ``logs``; ``publishing`` -> ``telemetry``; ``errors``,
-``backoff`` and ``failure`` import no other module of the app. Nothing here imports ``marketplace`` or
-``promotions``. ``models.py``, ``admin.py`` and ``management/commands/`` stay where Django looks for them and
-point into ``deadletters`` and ``sentry``.
-"""
+``deadletters`` (``task`` and ``messaging`` -> ``brokers`` -> ``redis_client``) -> ``sentry`` and ``telemetry`` ->
+``logs``; ``publishing`` -> ``telemetry``; ``errors``, ``backoff`` and ``failure`` import no other module of the
+app. Nothing here imports ``marketplace`` or ``promotions``. ``models.py``, ``admin.py`` and
+``management/commands/`` stay where Django looks for them and point into ``deadletters`` and ``sentry``."""

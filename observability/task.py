@@ -24,6 +24,7 @@ from django.utils import timezone
 from kombu.utils import json
 from redis.exceptions import RedisError
 
+from observability import brokers
 from observability.backoff import backoff_seconds
 from observability.errors import ErrorKind, MessageTooLargeError, PermanentError, classify
 
@@ -151,15 +152,10 @@ class ObservableTask(DjangoTask):  # type: ignore[type-arg]
 
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:  # type: ignore[override]
         delay = _delay_seconds(options.get("countdown"), options.get("eta"))
-        limit = settings.CELERY_BROKER_VISIBILITY_TIMEOUT_SECONDS
-        run_limit = self.time_limit or 0
-        if delay is not None and delay + run_limit >= limit:
-            # Redis hands a message back once it has been unacknowledged for the visibility timeout, and the
-            # clock starts at delivery: the wait for the ETA plus the run must fit, or the task runs twice.
-            raise PermanentError(
-                f"{self.name}: a countdown/ETA of {delay:.0f} s plus its {run_limit} s time limit reaches the "
-                f"broker visibility timeout ({limit} s) and would run twice; schedule it from the database"
-            )
+        if delay is not None:
+            problem = brokers.current().countdown_problem(self.name, delay, self.time_limit or 0)
+            if problem:
+                raise PermanentError(problem)
         _check_message_size(self.name, args, kwargs)
         return super().apply_async(args, kwargs, **options)
 

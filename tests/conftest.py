@@ -81,6 +81,8 @@ celery_app.conf.update(broker_url=TEST_REDIS_URL, result_backend=TEST_REDIS_URL)
 # The API's throttles count in the cache: the run's Redis database too (read lazily, at first use).
 os.environ["CACHE_URL"] = os.environ["REDIS_URL"] = TEST_REDIS_URL
 settings.CACHES["default"]["LOCATION"] = TEST_REDIS_URL
+# The app's own state (singleton locks, lost-run counts; tests.tasks records runs there): the run's database too.
+settings.REDIS_URL = TEST_REDIS_URL
 
 
 #: Seconds a test waits for a task's result where it specifies no bound: generous, as :func:`wait_for`'s deadline.

@@ -12,14 +12,16 @@ import sys
 import time
 
 import redis
-from celery import current_app, shared_task
+from celery import shared_task
+from django.conf import settings
 
 from observability.errors import PermanentError, TransientError
 from observability.task import ObservableTask
 
 
 def _redis() -> redis.Redis:
-    return redis.Redis.from_url(current_app.conf.broker_url)
+    # The app's own Redis (REDIS_URL): the broker's by default, a Redis of its own beside RabbitMQ.
+    return redis.Redis.from_url(settings.REDIS_URL)
 
 
 def runs(token: str) -> list[float]:

@@ -31,6 +31,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+#: The override that runs RabbitMQ as the broker: ``docker compose -f docker-compose.yml -f <it> up``.
+RABBITMQ_OVERRIDE = ROOT / "docker-compose.rabbitmq.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 #: The settings package: each of its modules reads its own variables.
 SETTINGS_DIR = ROOT / "marketplace" / "settings"
@@ -119,9 +121,16 @@ def services(compose: dict[str, Any]) -> Services:
 
 
 @pytest.fixture(scope="module")
-def interpolations(compose: dict[str, Any]) -> list[Interpolation]:
+def rabbitmq_override() -> dict[str, Any]:
+    document = yaml.safe_load(RABBITMQ_OVERRIDE.read_text())
+    assert isinstance(document, dict)
+    return document
+
+
+@pytest.fixture(scope="module")
+def interpolations(compose: dict[str, Any], rabbitmq_override: dict[str, Any]) -> list[Interpolation]:
     found = []
-    for text in _strings(compose):
+    for text in [*_strings(compose), *_strings(rabbitmq_override)]:
         for match in _INTERPOLATION.finditer(text):
             name = match["braced"] or match["bare"]
             if name:  # an escaped `$$` matches with no name
@@ -1014,3 +1023,46 @@ def test_each_variable_is_documented_once_with_its_default_or_requirement(
     it is required."""
     assert len(env_entries) == len(env_docs)
     assert [name for name, doc in env_docs.items() if "Default:" not in doc and "Required" not in doc] == []
+
+
+# --- RabbitMQ instead of Redis (docker-compose.rabbitmq.yml) ------------------------------------------------
+
+
+def _merged(base: Any, override: Any) -> Any:
+    """Compose's merge of an override file: mappings merged key by key, anything else replaced."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        return {key: _merged(base.get(key), value) for key, value in override.items()} | {
+            key: value for key, value in base.items() if key not in override
+        }
+    return override
+
+
+def test_the_rabbitmq_override_gives_a_valid_file_where_every_app_role_uses_rabbitmq(
+    compose: dict[str, Any], rabbitmq_override: dict[str, Any]
+) -> None:
+    """Merged over docker-compose.yml, the override validates against the Compose Specification; every app
+    service publishes to RabbitMQ (amqp), keeps Redis for results and state, and waits for RabbitMQ healthy."""
+    merged = _merged(compose, rabbitmq_override)
+    validator = jsonschema.Draft7Validator(json.loads(COMPOSE_SCHEMA.read_text()))
+    assert [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(merged)] == []
+    for name in APP_SERVICES:
+        service = merged["services"][name]
+        environment = service["environment"]
+        assert environment["CELERY_BROKER_URL"].startswith("amqp://marketplace:${RABBITMQ_PASSWORD:?"), name
+        assert environment["REDIS_URL"] == environment["CELERY_RESULT_BACKEND"] == "redis://redis:6379/0", name
+        assert service["depends_on"]["rabbitmq"] == {"condition": "service_healthy"}, name
+        assert service["depends_on"]["postgres"] == {"condition": "service_healthy"}, name  # the base's kept
+    assert set(rabbitmq_override["services"]) == {"rabbitmq", *APP_SERVICES}
+
+
+def test_the_override_rabbitmq_has_a_healthcheck_a_volume_and_ports_on_this_machine_only(
+    rabbitmq_override: dict[str, Any],
+) -> None:
+    """RabbitMQ reports healthy only once it accepts AMQP connections, keeps its data in a named volume, and
+    publishes AMQP and its management UI on 127.0.0.1 only; its password is required, never written here."""
+    rabbitmq = rabbitmq_override["services"]["rabbitmq"]
+    assert rabbitmq["healthcheck"]["test"][:2] == ["CMD", "rabbitmq-diagnostics"]
+    assert set(_published_host_ips(rabbitmq)) == {"127.0.0.1"}
+    assert {str(port).rsplit(":", 1)[-1] for port in rabbitmq["ports"]} == {"5672", "15672"}
+    assert "rabbitmq-data:/var/lib/rabbitmq" in rabbitmq["volumes"] and "rabbitmq-data" in rabbitmq_override["volumes"]
+    assert rabbitmq["environment"]["RABBITMQ_DEFAULT_PASS"].startswith("${RABBITMQ_PASSWORD:?")

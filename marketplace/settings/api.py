@@ -10,7 +10,7 @@ from datetime import timedelta
 from django.core.exceptions import ImproperlyConfigured
 
 from marketplace.env import env_int, env_str, env_url
-from marketplace.settings.broker import _REDIS_FORM, CELERY_BROKER_URL
+from marketplace.settings.broker import _REDIS_FORM, REDIS_URL
 from marketplace.settings.django_core import INSTALLED_APPS
 
 REST_FRAMEWORK: dict[str, object] = {
@@ -32,9 +32,10 @@ REST_KNOX = {"AUTH_HEADER_PREFIX": "Bearer", "TOKEN_TTL": timedelta(days=API_TOK
 # --- end API tokens -----------------------------------------------------------------------------------------
 
 # --- API: shared cache, throttling, client addresses (issue 21) --------------------------------------------
-# The cache every web process shares: the throttles count in it. Default: the broker's Redis.
+# The cache every web process shares: the throttles count in it. Default: the app's own Redis (REDIS_URL, by
+# default the broker's).
 CACHE_URL = env_url(
-    "CACHE_URL", CELERY_BROKER_URL, schemes=("redis", "rediss"), kind="a Redis URL", form=_REDIS_FORM,
+    "CACHE_URL", REDIS_URL, schemes=("redis", "rediss"), kind="a Redis URL", form=_REDIS_FORM,
     path_pattern=r"\d*",
 )  # fmt: skip
 CACHES = {

@@ -19,28 +19,42 @@ from marketplace.settings.django_core import BASE_DIR
 
 # --- Celery (read by marketplace/celery.py through the CELERY_ namespace) -------------------------------
 _REDIS_FORM = "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] with DB a number (rediss:// for TLS)"
+_AMQP_FORM = "amqp://USER:PASSWORD@HOST[:PORT][/VHOST] (amqps:// for TLS)"
+_BROKER_FORMS = f"{_REDIS_FORM}, or for RabbitMQ {_AMQP_FORM}"
+#: The broker, from CELERY_BROKER_URL's scheme: ``redis`` or ``rabbitmq`` (observability/messaging/brokers/).
+BROKER = "rabbitmq" if env_str("CELERY_BROKER_URL", "").lower().startswith(("amqp:", "amqps:")) else "redis"
 CELERY_BROKER_URL = env_url(
     "CELERY_BROKER_URL",
     "redis://localhost:6379/0",
-    schemes=("redis", "rediss"),
-    kind="a Redis URL",
-    form=_REDIS_FORM,
-    path_pattern=r"\d*",
-)
-CELERY_RESULT_BACKEND = env_url(
-    "CELERY_RESULT_BACKEND",
-    "redis://localhost:6379/0",
-    schemes=("redis", "rediss"),
-    kind="a Redis URL",
-    form=_REDIS_FORM,
-    path_pattern=r"\d*",
+    schemes=("amqp", "amqps") if BROKER == "rabbitmq" else ("redis", "rediss"),
+    kind="a broker URL",
+    form=_BROKER_FORMS,
+    path_pattern=".*" if BROKER == "rabbitmq" else r"\d*",  # a RabbitMQ virtual host, a Redis database number
 )
 #: The Redis of the app's own state - singleton locks, beat's last successes, the lost-run counter, the delivery
-#: rate limiter - which is not the broker's: it may be the broker's Redis (the default) but need not be.
+#: rate limiter - which is not the broker's: it may be the broker's Redis (the default) but need not be. With
+#: RabbitMQ it is required: RabbitMQ holds none of that state.
+if BROKER == "rabbitmq" and not env_str("REDIS_URL", ""):
+    raise ImproperlyConfigured(
+        "REDIS_URL is required with RabbitMQ (CELERY_BROKER_URL is amqp): singleton locks, beat's last successes, "
+        f"the lost-run counter, the rate limiter and the results live in Redis; use {_REDIS_FORM}"
+    )
 REDIS_URL = env_url(
     "REDIS_URL", CELERY_BROKER_URL, schemes=("redis", "rediss"), kind="a Redis URL", form=_REDIS_FORM,
     path_pattern=r"\d*",
 )  # fmt: skip
+# Results go to Redis on either broker - the broker's by default, REDIS_URL's with RabbitMQ: a result is a key
+# with a TTL read by whoever holds its id. RabbitMQ's rpc:// backend delivers a result only to the process that
+# published the task, and loses it with that process; Postgres would add a write per run to the database the
+# domain needs. Tasks whose result nothing reads store none (ignore_result).
+CELERY_RESULT_BACKEND = env_url(
+    "CELERY_RESULT_BACKEND",
+    CELERY_BROKER_URL if BROKER == "redis" else REDIS_URL,
+    schemes=("redis", "rediss"),
+    kind="a Redis URL",
+    form=_REDIS_FORM,
+    path_pattern=r"\d*",
+)
 # JSON only: pickle would let anyone who can write to the broker run code in the worker.
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
@@ -63,14 +77,27 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_CHANNEL_ERROR_RETRY = True
 # Lets `celery -A marketplace control pool_restart` reload the children (the seed's soft restart).
 CELERY_WORKER_POOL_RESTARTS = True
-# Redis transport and consumer that dead-letter what Celery would drop: undecodable bytes, envelopes
-# without a delivery tag, unregistered tasks, messages without task headers.
-CELERY_BROKER_TRANSPORT = "observability.messaging.redis_transport:Transport"
+# The consumer dead-letters what Celery would drop: unregistered tasks, messages without task headers,
+# undecodable bodies; on Redis the project's transport also guards the read path (undecodable bytes, envelopes
+# without a delivery tag, Redis refusing to hold a message). RabbitMQ uses kombu's own amqp transport.
+if BROKER == "redis":
+    CELERY_BROKER_TRANSPORT = "observability.messaging.redis_transport:Transport"
 CELERY_WORKER_CONSUMER = "observability.messaging.consumer:DeadLetteringConsumer"
-# A message not acknowledged within this many seconds is handed to another worker; every time limit,
-# countdown and ETA must stay below it or the task runs twice (checked at worker start).
+# Redis: a message not acknowledged within this many seconds is handed to another worker; every time limit,
+# countdown and ETA must stay below it or the task runs twice (checked at worker start and at publish).
 CELERY_BROKER_VISIBILITY_TIMEOUT_SECONDS = env_int("CELERY_BROKER_VISIBILITY_TIMEOUT_SECONDS", 3600, minimum=60)
-CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {"visibility_timeout": CELERY_BROKER_VISIBILITY_TIMEOUT_SECONDS}
+# RabbitMQ: the server's consumer_timeout (rabbitmq.conf; 30 min by default since 3.8.15). A delivery not
+# acknowledged within it closes the worker's channel and requeues everything the channel held, so every hard
+# time limit must stay below it (checked at worker start). Countdowns and ETAs wait in the broker (native delayed
+# delivery), not unacknowledged in a worker, so they are not bound by it.
+CELERY_BROKER_CONSUMER_TIMEOUT_SECONDS = env_int("CELERY_BROKER_CONSUMER_TIMEOUT_SECONDS", 1800, minimum=60)
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = (
+    {"visibility_timeout": CELERY_BROKER_VISIBILITY_TIMEOUT_SECONDS}
+    if BROKER == "redis"
+    # Publisher confirms: a publish returns once RabbitMQ has taken the message (a quorum queue: written on a
+    # majority of its replicas), and raises when it refuses it - never a message lost silently on the way.
+    else {"confirm_publish": True}
+)
 CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS: dict[str, Any] = {
     "visibility_timeout": CELERY_BROKER_VISIBILITY_TIMEOUT_SECONDS,
     # Storing a result is best effort (observability.results): one quick retry covers a dropped connection.
@@ -112,7 +139,8 @@ REDIS_CONNECTION_OPTIONS: dict[str, Any] = {
     # price: kombu then turns off pipelined batch publishing, whose replay could duplicate a batch.
     "retry_on_timeout": True,
 }
-CELERY_BROKER_TRANSPORT_OPTIONS.update(REDIS_CONNECTION_OPTIONS)
+if BROKER == "redis":
+    CELERY_BROKER_TRANSPORT_OPTIONS.update(REDIS_CONNECTION_OPTIONS)
 # Celery's Redis result backend reads its connection options from redis_* settings (not transport options),
 # with the same timeout retry: a read fails over to a new connection or fails within two socket timeouts; a
 # store (the retry_policy above retries it once more) within four. Both are idempotent (GET; SETEX + PUBLISH).
@@ -186,10 +214,21 @@ DEADLETTERS_QUEUE = env_str("CELERY_DEADLETTERS_QUEUE", "deadletters")
 _QUEUE_NAMES = (
     PROMOS_QUEUE, FANOUT_QUEUE, DELIVERIES_QUEUE, MAINTENANCE_QUEUE, DEADLETTERS_QUEUE, CELERY_TASK_DEFAULT_QUEUE
 )  # fmt: skip
-# Celery's own shape for a queue (a direct exchange and routing key of its name); a name given twice is one queue.
-CELERY_TASK_QUEUES = tuple(
-    Queue(name, Exchange(name, type="direct"), routing_key=name) for name in dict.fromkeys(_QUEUE_NAMES)
-)
+# Celery's own shape for a queue (an exchange and routing key of its name); a name given twice is one queue.
+# On RabbitMQ each is a quorum queue (replicated, counting its deliveries) behind a topic exchange: Celery's
+# native delayed delivery routes countdowns and ETAs through its celery_delayed_* exchanges only to topic
+# exchanges, and keeps them in worker memory otherwise.
+if BROKER == "rabbitmq":
+    CELERY_TASK_DEFAULT_QUEUE_TYPE = "quorum"
+    CELERY_TASK_DEFAULT_EXCHANGE_TYPE = "topic"
+    CELERY_TASK_QUEUES = tuple(
+        Queue(name, Exchange(name, type="topic"), routing_key=name, queue_arguments={"x-queue-type": "quorum"})
+        for name in dict.fromkeys(_QUEUE_NAMES)
+    )
+else:
+    CELERY_TASK_QUEUES = tuple(
+        Queue(name, Exchange(name, type="direct"), routing_key=name) for name in dict.fromkeys(_QUEUE_NAMES)
+    )
 # Applies to every publish - .delay(), countdowns, beat's ticks, dlq replay of an entry without a queue.
 CELERY_TASK_ROUTES = {
     "promotions.tasks.check_active_promos": {"queue": PROMOS_QUEUE},

@@ -3,8 +3,9 @@ whether the worker is alive and consuming - a heartbeat and the time of the last
 queue, the tasks it runs, reserves and holds for a countdown - and per queue, with Redis priority sub-queues,
 the backlog and the age of the oldest waiting message.
 
-Read at each metric export (every ``OTEL_METRIC_EXPORT_INTERVAL`` ms): the queues from the broker's Redis (one
-LLEN and one LINDEX per list), the rest from memory. Several workers report the same queues: dashboards
+Read at each metric export (every ``OTEL_METRIC_EXPORT_INTERVAL`` ms): the queues from the broker
+(``observability.brokers``: on Redis one LLEN and one LINDEX per list; on RabbitMQ a passive declare per queue,
+and no oldest-message age), the rest from memory. Several workers report the same queues: dashboards
 aggregate those with ``max``.
 
 The heartbeat is the export thread's clock, so it says the process lives, not that it consumes: a consumer
@@ -14,7 +15,6 @@ the consumer for every task message, in the main process - is what says it consu
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable
 
@@ -22,17 +22,11 @@ from celery import current_app
 from celery.worker import state as worker_state
 from kombu.message import Message
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
-from redis.exceptions import RedisError
 
-from observability.redis_client import broker_redis
-from observability.telemetry import PUBLISHED_AT_HEADER
+from observability import brokers
 from observability.telemetry import metric_names as m
 
 __all__ = ["message_received", "register"]
-
-#: kombu's Redis transport keeps priorities 0-9 in four lists: the queue itself and three suffixed ones.
-_PRIORITY_STEPS = (0, 3, 6, 9)
-_PRIORITY_SEPARATOR = "\x06\x16"
 
 #: Consumed queue -> unix time of its last task message received; the worker's start until the first one.
 #: Written by the consumer (main thread), read by the export thread: single dict operations, atomic in CPython.
@@ -48,15 +42,6 @@ def _consumed_queues() -> list[str]:
     # ``-Q`` narrows what a worker consumes; without it a worker consumes every declared queue.
     consumed = current_app.amqp.queues.consume_from
     return sorted(consumed) if consumed else _queues()
-
-
-def _lists() -> list[tuple[str, int, str]]:
-    """(queue, priority step, Redis key) of every list of every declared queue."""
-    return [
-        (queue, step, queue if step == 0 else f"{queue}{_PRIORITY_SEPARATOR}{step}")
-        for queue in _queues()
-        for step in _PRIORITY_STEPS
-    ]
 
 
 def message_received(message: Message) -> None:
@@ -96,49 +81,14 @@ def _tasks(options: CallbackOptions) -> Iterable[Observation]:
 
 
 def _backlog(options: CallbackOptions) -> Iterable[Observation]:
-    lists = _lists()
-    try:
-        pipe = broker_redis().pipeline(transaction=False)
-        for _, _, key in lists:
-            pipe.llen(key)
-        lengths = pipe.execute()
-    except RedisError:
-        return []
-    return [
-        Observation(int(length), {"queue": queue, "priority": str(step)})
-        for (queue, step, _), length in zip(lists, lengths, strict=True)
-    ]
-
-
-def _published_at(envelope: bytes | str | None) -> float | None:
-    """The publish time in a kombu envelope's headers; None for an empty list or a message without one."""
-    if envelope is None:
-        return None
-    try:
-        headers = json.loads(envelope).get("headers") or {}
-        return float(headers[PUBLISHED_AT_HEADER])
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return None  # not a message of this project's producers; the transport dead-letters what is malformed
+    depths = brokers.current().backlog(_queues())
+    return [Observation(d.messages, {"queue": d.queue, "priority": d.priority}) for d in depths or ()]
 
 
 def _oldest_message_age(options: CallbackOptions) -> Iterable[Observation]:
-    # kombu LPUSHes and BRPOP takes from the tail: a list's oldest message is its last element. 0 for an empty
-    # list, never no observation: the Collector would keep serving the last age for minutes.
-    lists = _lists()
-    try:
-        pipe = broker_redis().pipeline(transaction=False)
-        for _, _, key in lists:
-            pipe.lindex(key, -1)
-        tails = pipe.execute()
-    except RedisError:
-        return []
-    now = time.time()
-    observations = []
-    for (queue, step, _), tail in zip(lists, tails, strict=True):
-        published_at = _published_at(tail)
-        age = 0.0 if published_at is None else max(now - published_at, 0.0)
-        observations.append(Observation(age, {"queue": queue, "priority": str(step)}))
-    return observations
+    # 0 for an empty queue, never no observation: the Collector would keep serving the last age for minutes.
+    ages = brokers.current().oldest_message_ages(_queues())
+    return [Observation(a.seconds, {"queue": a.queue, "priority": a.priority}) for a in ages or ()]
 
 
 def register(meter: Meter) -> None:

@@ -148,15 +148,28 @@ def test_bad_environment_stops_start_up_naming_the_variable(overrides, name):
         ),
         (
             {"CELERY_BROKER_URL": "garbage"},
-            "CELERY_BROKER_URL='garbage' is not a Redis URL: "
-            "use redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] with DB a number (rediss:// for TLS)",
+            "CELERY_BROKER_URL='garbage' is not a broker URL: "
+            "use redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] with DB a number (rediss:// for TLS), "
+            "or for RabbitMQ amqp://USER:PASSWORD@HOST[:PORT][/VHOST] (amqps:// for TLS)",
+        ),
+        (
+            {"CELERY_BROKER_URL": "amqp://guest:s3cret@127.0.0.1:5672/marketplace", "REDIS_URL": ""},
+            "REDIS_URL is required with RabbitMQ (CELERY_BROKER_URL is amqp): singleton locks, beat's last "
+            "successes, the lost-run counter, the rate limiter and the results live in Redis; use "
+            "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] with DB a number (rediss:// for TLS)",
         ),
         (
             {"DJANGO_DEBUG": "maybe"},
             "DJANGO_DEBUG='maybe' is not a boolean: use true or false (also 1/0, yes/no, on/off).",
         ),
     ],
-    ids=["database-url-not-a-url", "database-url-mysql", "broker-url-garbage", "debug-maybe"],
+    ids=[
+        "database-url-not-a-url",
+        "database-url-mysql",
+        "broker-url-garbage",
+        "rabbitmq-without-redis-url",
+        "debug-maybe",
+    ],
 )
 def test_every_entry_point_reports_a_configuration_error_in_one_line(entry_point, overrides, line):
     """Given a malformed variable, when manage.py, the celery command (worker, inspect or beat), the WSGI app
@@ -180,7 +193,8 @@ def test_sns_backend_starts_with_a_topic():
     ("name", "value"),
     [
         ("CELERY_BROKER_URL", "http://u:s3cret@host"),
-        ("CELERY_BROKER_URL", "amqp://:s3cret@broker.example:5672//"),
+        ("CELERY_BROKER_URL", "sqs://key:s3cret@sqs.example//"),
+        ("CELERY_BROKER_URL", "amqp://guest:s3cret@broker.example:notaport//"),
         ("DATABASE_URL", "mysql://shop:s3cret@db.example/shop"),
     ],
 )

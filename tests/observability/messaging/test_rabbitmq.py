@@ -1,0 +1,199 @@
+"""RabbitMQ as the broker (``CELERY_BROKER_URL=amqp://...``), against the machine's real RabbitMQ in a virtual host
+of this run's own and real ``celery worker`` processes: tasks, singleton tasks (their lock in the app's own Redis),
+countdowns waiting in the broker through native delayed delivery (quorum queues behind topic exchanges), an
+unregistered task dead-lettered, the backlog read by a passive declare, and the start-up guard on RabbitMQ's
+consumer timeout.
+
+The test process's own Celery app speaks Redis (``tests/conftest.py``); the producer here is a process started
+with the RabbitMQ environment, as a web process or beat would be.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import conftest
+from tests.conftest import RESULT_TIMEOUT, ROOT, TEST_REDIS_URL, TEST_SLOT, WorkerProcess, wait_for
+from tests.otlp_receiver import OtlpReceiver
+
+QUEUES = "celery,promos,fanout,deliveries,maintenance,deadletters"
+
+
+def _rabbitmqctl(*args: str) -> str:
+    binary = shutil.which("rabbitmqctl")
+    if binary is None:
+        pytest.fail("rabbitmqctl not found: RabbitMQ runs on every machine of this project (.ci/run starts it)")
+    result = subprocess.run([binary, "-q", *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"rabbitmqctl {' '.join(args)}: {result.stdout}{result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def vhost() -> Iterator[str]:
+    """A virtual host of this run's own (its slot and a random part), removed with everything in it."""
+    name = f"marketplace-test-{TEST_SLOT}-{uuid.uuid4().hex[:8]}"
+    _rabbitmqctl("add_vhost", name)
+    try:
+        _rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        yield name
+    finally:
+        _rabbitmqctl("delete_vhost", name)
+
+
+@pytest.fixture(scope="module")
+def rabbitmq_env(worker_env: dict[str, str], vhost: str, otlp: OtlpReceiver) -> dict[str, str]:
+    """The workers' environment with RabbitMQ as the broker; results and the app's state in the run's Redis;
+    spans to the module's OTLP receiver."""
+    return {
+        **worker_env,
+        "CELERY_BROKER_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
+        "CELERY_RESULT_BACKEND": TEST_REDIS_URL,
+        "REDIS_URL": TEST_REDIS_URL,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
+
+
+def _produce(env: dict[str, str], code: str) -> Any:
+    """Run ``code`` in a producer process with ``env`` (the app and ``tests.tasks`` loaded, ``app`` and ``t``
+    bound); what it assigns to ``out`` comes back as JSON."""
+    script = (
+        "import json, time, django\n"
+        "from marketplace.celery import app\n"
+        "django.setup()\n"
+        "import tests.tasks as t\n"
+        "out = None\n" + code + "\nprint(json.dumps(out))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def rabbitmq_worker(rabbitmq_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    log_path = tmp_path_factory.mktemp("rabbitmq-worker") / "worker.log"
+    worker = WorkerProcess(rabbitmq_env, log_path, "--concurrency=2", "--include=tests.tasks", "-Q", QUEUES)
+    # The suite's quiescing before a database flush asks its workers over Redis; this one is not there. Its
+    # tasks here are short and the one test that reads the database waits for the row the worker wrote.
+    conftest._live_workers.discard(worker)
+    try:
+        answered = _produce(
+            rabbitmq_env,
+            f"deadline = time.monotonic() + 60\n"
+            f"while not (out := app.control.ping(destination=[{worker.name!r}], timeout=1)):\n"
+            f"    assert time.monotonic() < deadline, 'no answer to ping'\n",
+        )
+        assert answered, worker.log()
+        yield worker
+    finally:
+        worker.stop()
+
+
+def test_a_worker_on_rabbitmq_runs_tasks_singletons_and_countdowns_held_by_the_broker(
+    rabbitmq_env: dict[str, str], rabbitmq_worker: WorkerProcess, vhost: str
+):
+    """A task's result comes back; a singleton task runs (its lock is in Redis, not the broker); a countdown is
+    not held by the worker meanwhile (``inspect scheduled`` is empty) and runs once it is due - Celery's native
+    delayed delivery, on quorum queues behind topic exchanges, without its direct-exchange warning."""
+    token = uuid.uuid4().hex
+    out = _produce(
+        rabbitmq_env,
+        f"echo = t.echo.delay({token!r}).get(timeout={RESULT_TIMEOUT})\n"
+        f"singleton = t.overlapping.delay({token!r} + '-s', 0.1).get(timeout={RESULT_TIMEOUT})\n"
+        f"published = time.time()\n"
+        f"later = t.echo.apply_async(({token!r} + '-later',), countdown=3)\n"
+        f"held = [r for rs in (app.control.inspect(timeout=2).scheduled() or {{}}).values() for r in rs]\n"
+        f"out = {{'echo': echo, 'singleton': singleton, 'held': held,\n"
+        f"       'later': later.get(timeout={RESULT_TIMEOUT}), 'waited': time.time() - published}}\n",
+    )
+    assert out["echo"] == token
+    assert out["singleton"] == "ran"
+    assert out["held"] == []
+    assert out["later"] == f"{token}-later"
+    assert out["waited"] >= 3
+    queues = dict(
+        line.split("\t") for line in _rabbitmqctl("list_queues", "-p", vhost, "name", "type").splitlines()[1:]
+    )
+    assert {queues[name] for name in QUEUES.split(",")} == {"quorum"}, queues
+    assert "direct exchange" not in rabbitmq_worker.log()
+
+
+def test_spans_on_rabbitmq_name_it_as_the_messaging_system(
+    rabbitmq_env: dict[str, str], rabbitmq_worker: WorkerProcess, otlp: OtlpReceiver
+):
+    """The publish and the run of a task on RabbitMQ say ``messaging.system=rabbitmq`` and the broker's address
+    (never its credentials), as the OpenTelemetry messaging conventions require; the run is the publish's child."""
+    token = uuid.uuid4().hex
+    task_id = _produce(
+        rabbitmq_env,
+        # A producer process with telemetry on, as web and beat run (flushed at exit).
+        f"from observability import telemetry\n"
+        f"telemetry.setup('test-producer')\n"
+        f"r = t.echo.delay({token!r}); r.get(timeout={RESULT_TIMEOUT}); out = r.id\n"
+        f"telemetry.shutdown()\n",
+    )
+
+    def spans() -> tuple[Any, Any] | None:
+        sends = [s for s in otlp.spans_named("send celery") if s.attributes.get("messaging.message.id") == task_id]
+        runs = [s for s in otlp.spans_named("run celery") if s.attributes.get("messaging.message.id") == task_id]
+        return (sends[0], runs[0]) if sends and runs else None
+
+    send, run = wait_for(spans, what="the publish and run spans of the task")
+    for span in (send, run):
+        assert span.attributes["messaging.system"] == "rabbitmq"
+        assert (span.attributes["server.address"], span.attributes["server.port"]) == ("127.0.0.1", 5672)
+        assert "guest" not in repr(span.attributes)
+    assert (run.trace_id, run.parent_span_id) == (send.trace_id, send.span_id)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_unregistered_task_on_rabbitmq_is_dead_lettered(
+    rabbitmq_env: dict[str, str], rabbitmq_worker: WorkerProcess
+):
+    """A message for a task no worker knows is recorded in the dead-letter store and acknowledged."""
+    from observability.deadletters.models import DeadLetter
+
+    task_id = _produce(rabbitmq_env, "out = app.send_task('no.such.task', args=[1], queue='celery').id")
+    letter = wait_for(lambda: DeadLetter.objects.filter(task_id=task_id).first(), what="the dead letter")
+    assert (letter.task_name, letter.reason, letter.args) == ("no.such.task", "unregistered_task", [1])
+
+
+def test_the_backlog_of_a_queue_is_read_from_rabbitmq(rabbitmq_env: dict[str, str], vhost: str):
+    """Messages waiting in a queue no worker consumes are counted by a passive declare; a queue that does not
+    exist yet is left out rather than failing the others."""
+    queue = f"backlog-{uuid.uuid4().hex[:8]}"
+    out = _produce(
+        rabbitmq_env,
+        f"from observability import brokers\n"
+        f"for _ in range(3): t.echo.apply_async(('waiting',), queue={queue!r})\n"
+        f"out = [list(d) for d in brokers.current().backlog([{queue!r}, 'no-such-queue'])]\n",
+    )
+    assert out == [[queue, "0", 3]]
+
+
+def test_a_worker_refuses_to_start_when_a_time_limit_reaches_the_consumer_timeout(
+    rabbitmq_env: dict[str, str], tmp_path: Path
+):
+    """RabbitMQ closes the channel of a delivery unacknowledged past its consumer timeout (and requeues it: a
+    second run): with the timeout below the tasks' 300 s hard limit, the worker exits naming them."""
+    env = {**rabbitmq_env, "CELERY_BROKER_CONSUMER_TIMEOUT_SECONDS": "120"}
+    worker = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "marketplace", "worker", "--concurrency=1"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert worker.returncode != 0
+    assert "refusing to start: on rabbitmq, tasks could be delivered twice" in worker.stderr
+    assert "promotions.tasks.check_active_promos: time_limit 300 s reaches the consumer timeout (120 s)" in (
+        worker.stderr
+    )
