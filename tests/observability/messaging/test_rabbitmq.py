@@ -3,7 +3,8 @@ of this run's own and real ``celery worker`` processes: tasks, singleton tasks (
 countdowns waiting in the broker through native delayed delivery (quorum queues behind topic exchanges), an
 unregistered task dead-lettered, spans naming RabbitMQ, the backlog read by a passive declare, the start-up guard
 on RabbitMQ's consumer timeout; and chaos that loses nothing - a task that always kills its worker (quarantined),
-a child killed mid-run (runs again), a body that is not JSON and a message without task headers (dead-lettered).
+a child killed mid-run (runs again), a run past its hard time limit (one dead letter), a body that is not JSON and
+a message without task headers (dead-lettered).
 
 The test process's own Celery app speaks Redis (``tests/conftest.py``); the producer here is a process started
 with the RabbitMQ environment, as a web process or beat would be.
@@ -254,6 +255,24 @@ def test_a_task_whose_child_is_killed_mid_run_runs_again_on_rabbitmq(
         result = json.loads(producer.stdout.readline())
     assert producer.returncode == 0
     assert result == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_killed_at_its_hard_time_limit_is_dead_lettered_once_on_rabbitmq(
+    rabbitmq_env: dict[str, str], rabbitmq_worker: WorkerProcess
+):
+    """A run stuck past its hard time limit (2 s, the soft one ignored) is killed, recorded as one
+    ``time_limit_exceeded`` dead letter and acknowledged - not redelivered - and the worker goes on."""
+    from observability.deadletters.models import DeadLetter
+    from tests import tasks
+
+    token = uuid.uuid4().hex
+    task_id = _produce(rabbitmq_env, f"out = t.sleeper.delay({token!r}, 30).id")
+    letter = wait_for(lambda: DeadLetter.objects.filter(task_id=task_id).first(), what="the dead letter")
+    assert (letter.reason, letter.exception_type) == ("time_limit_exceeded", "billiard.exceptions.TimeLimitExceeded")
+    assert _produce(rabbitmq_env, f"out = t.echo.delay('after').get(timeout={RESULT_TIMEOUT})") == "after"
+    assert len(tasks.runs(token)) == 1
+    assert DeadLetter.objects.get(task_id=task_id).failure_count == 1
 
 
 @pytest.mark.django_db(transaction=True)
