@@ -1,8 +1,10 @@
 """RabbitMQ as the broker (``CELERY_BROKER_URL=amqp://...``), against the machine's real RabbitMQ in a virtual host
 of this run's own and real ``celery worker`` processes: tasks, singleton tasks (their lock in the app's own Redis),
 countdowns waiting in the broker through native delayed delivery (quorum queues behind topic exchanges), an
-unregistered task dead-lettered, the backlog read by a passive declare, and the start-up guard on RabbitMQ's
-consumer timeout.
+unregistered task dead-lettered, spans naming RabbitMQ, the backlog read by a passive declare, the start-up guard
+on RabbitMQ's consumer timeout; and chaos that loses nothing - a task that always kills its worker (quarantined),
+a child killed mid-run (runs again), a run past its hard time limit (one dead letter), a body that is not JSON and
+a message without task headers (dead-lettered).
 
 The test process's own Celery app speaks Redis (``tests/conftest.py``); the producer here is a process started
 with the RabbitMQ environment, as a web process or beat would be.
@@ -63,16 +65,20 @@ def rabbitmq_env(worker_env: dict[str, str], vhost: str, otlp: OtlpReceiver) -> 
     }
 
 
+#: What every producer process starts with: the app loaded, ``tests.tasks`` imported.
+_PRELUDE = (
+    "import json, time, django\n"
+    "from marketplace.celery import app\n"
+    "django.setup()\n"
+    "import tests.tasks as t\n"
+    "out = None\n"
+)
+
+
 def _produce(env: dict[str, str], code: str) -> Any:
     """Run ``code`` in a producer process with ``env`` (the app and ``tests.tasks`` loaded, ``app`` and ``t``
     bound); what it assigns to ``out`` comes back as JSON."""
-    script = (
-        "import json, time, django\n"
-        "from marketplace.celery import app\n"
-        "django.setup()\n"
-        "import tests.tasks as t\n"
-        "out = None\n" + code + "\nprint(json.dumps(out))\n"
-    )
+    script = _PRELUDE + code + "\nprint(json.dumps(out))\n"
     result = subprocess.run(
         [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
@@ -197,3 +203,102 @@ def test_a_worker_refuses_to_start_when_a_time_limit_reaches_the_consumer_timeou
     assert "promotions.tasks.check_active_promos: time_limit 300 s reaches the consumer timeout (120 s)" in (
         worker.stderr
     )
+
+
+# --- Chaos on RabbitMQ: nothing lost --------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_task_that_always_kills_its_worker_is_quarantined_on_rabbitmq(
+    rabbitmq_env: dict[str, str], rabbitmq_worker: WorkerProcess
+):
+    """SIGKILL of its own child, every time: RabbitMQ redelivers the message after each lost run, the lost runs
+    are counted in the app's Redis, and after ``max_deliveries`` of them the next delivery is one
+    ``poison_message`` dead letter instead of a run; the worker goes on serving."""
+    from django.conf import settings
+
+    from observability.deadletters.models import DeadLetter
+    from tests import tasks
+
+    token = uuid.uuid4().hex
+    task_id = _produce(rabbitmq_env, f"out = t.kills_its_worker.delay({token!r}).id")
+    letter = wait_for(lambda: DeadLetter.objects.filter(task_id=task_id).first(), what="the poison message")
+    assert (letter.reason, letter.delivery_count) == ("poison_message", settings.DEAD_LETTER_MAX_DELIVERIES + 1)
+    assert len(tasks.runs(token)) == settings.DEAD_LETTER_MAX_DELIVERIES
+    after = _produce(rabbitmq_env, f"out = t.echo.delay('after').get(timeout={RESULT_TIMEOUT})")
+    assert after == "after"
+
+
+def test_a_task_whose_child_is_killed_mid_run_runs_again_on_rabbitmq(
+    rabbitmq_env: dict[str, str], rabbitmq_worker: WorkerProcess, redis_client: Any
+):
+    """SIGKILL to the child running a task: the unacknowledged delivery goes back to its quorum queue and the
+    task completes on its second run."""
+    import os
+    import signal
+
+    token = uuid.uuid4().hex
+    script = (
+        f"r = t.slow_once.delay({token!r})\n"
+        f"deadline = time.monotonic() + 60\n"
+        f"while not (pid := t._redis().get('test:pid:' + {token!r})):\n"
+        f"    assert time.monotonic() < deadline, 'the task never started'\n"
+        f"    time.sleep(0.05)\n"
+        f"print(json.dumps(int(pid)), flush=True)\n"
+        f"out = r.get(timeout={RESULT_TIMEOUT})\n"
+    )
+    command = [sys.executable, "-c", _PRELUDE + script + "\nprint(json.dumps(out))\n"]
+    with subprocess.Popen(command, cwd=ROOT, env=rabbitmq_env, stdout=subprocess.PIPE, text=True) as producer:
+        assert producer.stdout is not None
+        pid = json.loads(producer.stdout.readline())
+        os.kill(pid, signal.SIGKILL)
+        result = json.loads(producer.stdout.readline())
+    assert producer.returncode == 0
+    assert result == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_killed_at_its_hard_time_limit_is_dead_lettered_once_on_rabbitmq(
+    rabbitmq_env: dict[str, str], rabbitmq_worker: WorkerProcess
+):
+    """A run stuck past its hard time limit (2 s, the soft one ignored) is killed, recorded as one
+    ``time_limit_exceeded`` dead letter and acknowledged - not redelivered - and the worker goes on."""
+    from observability.deadletters.models import DeadLetter
+    from tests import tasks
+
+    token = uuid.uuid4().hex
+    task_id = _produce(rabbitmq_env, f"out = t.sleeper.delay({token!r}, 30).id")
+    letter = wait_for(lambda: DeadLetter.objects.filter(task_id=task_id).first(), what="the dead letter")
+    assert (letter.reason, letter.exception_type) == ("time_limit_exceeded", "billiard.exceptions.TimeLimitExceeded")
+    assert _produce(rabbitmq_env, f"out = t.echo.delay('after').get(timeout={RESULT_TIMEOUT})") == "after"
+    assert len(tasks.runs(token)) == 1
+    assert DeadLetter.objects.get(task_id=task_id).failure_count == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_body_that_is_not_json_and_a_message_without_task_headers_are_dead_lettered_on_rabbitmq(
+    rabbitmq_env: dict[str, str], rabbitmq_worker: WorkerProcess
+):
+    """Published straight to a task queue, bypassing Celery: bytes that do not decode, and a JSON message with no
+    task headers - each becomes one ``undecodable_message`` dead letter, acknowledged; the next task runs."""
+    from observability.deadletters.models import DeadLetter
+
+    marker = uuid.uuid4().hex
+    _produce(
+        rabbitmq_env,
+        "with app.connection_for_write() as connection:\n"
+        "    producer = connection.Producer()\n"
+        f"    producer.publish(b'{{not json ' + {marker!r}.encode(), exchange='celery', routing_key='celery',\n"
+        "                     content_type='application/json', content_encoding='utf-8', serializer=None)\n"
+        f"    producer.publish({{'marker': {marker!r}}}, exchange='celery', routing_key='celery', serializer='json')\n",
+    )
+    assert _produce(rabbitmq_env, f"out = t.echo.delay('alive').get(timeout={RESULT_TIMEOUT})") == "alive"
+
+    def letters() -> list[DeadLetter] | None:
+        found = list(DeadLetter.objects.filter(raw_message__contains=marker).order_by("id"))
+        return found if len(found) == 2 else None
+
+    not_json, no_headers = wait_for(letters, what="two dead letters")
+    assert {not_json.reason, no_headers.reason} == {"undecodable_message"}
+    assert "kombu.exceptions.DecodeError" in {not_json.exception_type, no_headers.exception_type}
+    assert "no task headers" in no_headers.exception_message or "no task headers" in not_json.exception_message
