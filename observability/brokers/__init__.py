@@ -1,4 +1,4 @@
-"""What differs between the brokers the project runs on - Redis and RabbitMQ - one module each behind one small
+"""Owns what differs between the brokers the project runs on - Redis and RabbitMQ - one module each behind one small
 interface (as kombu's transports and Django's database backends are): how many messages each queue holds and how
 long its oldest has waited, what a worker must check before it starts, and what a countdown must respect at
 publish. ``current()`` picks the module from ``settings.BROKER`` (``CELERY_BROKER_URL``'s scheme); nothing
