@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 LOCAL_DEFAULTS := DJANGO_DEBUG=true DATABASE_URL=postgres://postgres@127.0.0.1:5432/marketplace \
 	CELERY_BROKER_URL=redis://127.0.0.1:6379/0 CELERY_RESULT_BACKEND=redis://127.0.0.1:6379/0
 
-.PHONY: run test setup system-deps lint typecheck openapi clean
+.PHONY: run test test-rabbitmq setup system-deps lint typecheck openapi clean
 
 $(BIN)/uv:
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found: install Python 3.11"; exit 1; }
@@ -69,10 +69,21 @@ run: setup .env
 	@LOG_FORMAT=console FLOWER_BASIC_AUTH=admin:$$(cat var/admin-password) PATH=$(CURDIR)/$(BIN):$$PATH \
 		exec $(BIN)/python -m marketplace.devrun
 
-# Sets up and passes every test: lint, types, and the suite against real Postgres, Redis and workers.
+# Sets up and passes every test: lint, types, and the suite against real Postgres, Redis and workers - then the
+# tests that use the broker once more with RabbitMQ as the broker (test-rabbitmq).
 test: setup .env system-deps lint typecheck
 	$(BIN)/python -m marketplace.preflight
 	$(BIN)/pytest $(PYTEST_ARGS)
+	@$(MAKE) --no-print-directory test-rabbitmq
+
+# The tests that use the broker (a worker, or the queues a publish fills: tests/conftest.py picks them) with
+# RabbitMQ as the broker, in a virtual host of the run's own on RABBITMQ_TEST_URL's server; results and the app's
+# state stay in the run's Redis database.
+RABBITMQ_TEST_URL ?= amqp://guest:guest@127.0.0.1:5672/
+RABBITMQ_TEST_ENV := CELERY_BROKER_URL=$(RABBITMQ_TEST_URL) REDIS_URL=redis://127.0.0.1:6379/0
+test-rabbitmq: setup .env
+	$(RABBITMQ_TEST_ENV) $(BIN)/python -m marketplace.preflight
+	$(RABBITMQ_TEST_ENV) $(BIN)/pytest $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

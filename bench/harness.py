@@ -26,6 +26,10 @@ LOGS = RESULTS / "logs"
 #: Isolation: never the databases of the test suite or of the dev stack.
 DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/marketplace_bench")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")
+#: The broker: that Redis unless ``BENCH_BROKER_URL`` names a RabbitMQ virtual host of the bench's own; results,
+#: the bench tasks' counters and the app's state stay in ``REDIS_URL``'s Redis either way.
+BROKER_URL = os.environ.get("BENCH_BROKER_URL", REDIS_URL)
+RABBITMQ = BROKER_URL.startswith(("amqp:", "amqps:"))
 
 #: Variables that turn an integration on; removed from the bare environment whatever the caller's shell has.
 _INTEGRATION_VARS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "SENTRY_DSN")
@@ -39,8 +43,9 @@ def base_env() -> dict[str, str]:
             "DJANGO_SETTINGS_MODULE": "marketplace.settings",
             "DJANGO_SECRET_KEY": env.get("DJANGO_SECRET_KEY", "bench-only-not-a-secret"),
             "DATABASE_URL": DATABASE_URL,
-            "CELERY_BROKER_URL": REDIS_URL,
+            "CELERY_BROKER_URL": BROKER_URL,
             "CELERY_RESULT_BACKEND": REDIS_URL,
+            "REDIS_URL": REDIS_URL,
             "LOG_LEVEL": "WARNING",
             "LOG_FORMAT": "json",
             "PYTHONDONTWRITEBYTECODE": "1",
@@ -54,7 +59,8 @@ def setup_django() -> None:
     the database if missing), ``django.setup()`` and migrate."""
     env = base_env()
     # LOG_LEVEL: the bench's own process (dlq commands, sweeps) keeps its per-entry INFO lines off the table.
-    for key in ("DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DJANGO_SECRET_KEY", "LOG_LEVEL"):
+    for key in ("DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "REDIS_URL", "DJANGO_SECRET_KEY",
+                "LOG_LEVEL"):  # fmt: skip
         os.environ[key] = env[key]
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "marketplace.settings")
     from marketplace import preflight

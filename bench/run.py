@@ -16,13 +16,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.harness import RESULTS, Sink, Summary, setup_django
+from bench.harness import RABBITMQ, RESULTS, Sink, Summary, setup_django
 from bench.report import Row, cpu_ticks, fmt, machine, render, steal_percent
 
 SECTIONS = (
     "child_path", "throughput", "publish", "latency", "sweep", "notifications", "fanout", "lag", "dead_letters",
     "memory", "flood", "ratelimit",
 )  # fmt: skip
+
+
+#: The task benchmarks, which run on either broker (``BENCH_BROKER_URL``); the others use Redis as the broker.
+RABBITMQ_SECTIONS = ("throughput", "publish", "latency")
 
 
 def _ints(text: str) -> list[int]:
@@ -448,6 +452,11 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace, Sink, list[Row], dict[str, A
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if RABBITMQ and (others := set(args.only.split(",")) - set(RABBITMQ_SECTIONS)):
+        raise SystemExit(
+            f"bench.run: with BENCH_BROKER_URL on RabbitMQ only {', '.join(RABBITMQ_SECTIONS)} run; "
+            f"drop {', '.join(sorted(others))} from --only"
+        )
     setup_django()
     sink = Sink()
     rows: list[Row] = []

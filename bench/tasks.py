@@ -33,7 +33,7 @@ def _redis() -> redis.Redis:
     # One connection per process, opened after fork (a prefork child must not share its parent's socket).
     global _client
     if _client is None or _client[0] != os.getpid():
-        _client = (os.getpid(), redis.Redis.from_url(settings.CELERY_BROKER_URL))
+        _client = (os.getpid(), redis.Redis.from_url(settings.REDIS_URL))
     return _client[1]
 
 

@@ -4,6 +4,7 @@ worker child memory, each for a bare ``celery.Task`` and for ``ObservableTask`` 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -18,12 +19,37 @@ from typing import Any
 import redis
 
 from bench.contrib import CONTRIB_ENV
-from bench.harness import REDIS_URL, ROOT, Sink, Worker, base_env, instrumented_env, percentile, rss_kib, wait_until
+from bench.harness import (
+    BROKER_URL,
+    RABBITMQ,
+    REDIS_URL,
+    ROOT,
+    Sink,
+    Worker,
+    base_env,
+    instrumented_env,
+    percentile,
+    rss_kib,
+    wait_until,
+)
 from bench.tasks import COUNTER_KEY, LATENCY_KEY
 
 
 def broker() -> redis.Redis:
+    """The bench's Redis: the broker's queues on Redis, and on either broker the tasks' counters and results."""
     return redis.Redis.from_url(REDIS_URL)
+
+
+def empty_broker() -> None:
+    """Nothing left of an earlier run: the Redis database flushed and, on RabbitMQ, the task queue purged."""
+    broker().flushdb()
+    if RABBITMQ:
+        from amqp.exceptions import NotFound
+        from kombu import Connection
+
+        with Connection(BROKER_URL) as connection, contextlib.suppress(NotFound):
+            channel: Any = connection.default_channel  # py-amqp's Channel (kombu types it as StdChannel)
+            channel.queue_purge("celery")
 
 
 # redis-py's sync client is typed as possibly async: these helpers read its answers as what they are.
@@ -77,11 +103,11 @@ def publish_figures(
 def publish_run(variant: str, sink: Sink, count: int) -> tuple[float, float]:
     """Publish ``count`` messages into an emptied broker database, no worker running; returns ``.delay()`` calls
     per second and per CPU second (``publish_figures``)."""
-    broker().flushdb()
+    empty_broker()
     try:
         return publish_figures(variant, variant_env(variant, sink), count)
     finally:
-        broker().flushdb()
+        empty_broker()
 
 
 def ping(worker: Worker, timeout: float = 60.0) -> None:
@@ -159,7 +185,7 @@ def throughput_run(variant: str, sink: Sink, count: int, tag: str, extra: Sequen
     """Pre-fill the queue with ``count`` messages (timed: the publish figure), then start a worker and time
     the drain from the first 2% done to the last, so worker start-up is not counted."""
     client = broker()
-    client.flushdb()
+    empty_broker()
     env = variant_env(variant, sink)
     publish_rate = publish(variant, env, count)
     total = count + 1  # the producer's warm-up message
@@ -198,7 +224,7 @@ def latency_run(
 ) -> LatencyRun:
     """Start a worker, then publish at a fixed ``rate``; each task records ``time.time() - published_at``."""
     client = broker()
-    client.flushdb()
+    empty_broker()
     env = variant_env(variant, sink)
     worker = Worker(env, f"latency-{variant}-{tag}", loglevel=loglevel(variant), extra=extra)
     count = int(rate * seconds)
@@ -225,7 +251,7 @@ class MemoryRun:
 def memory_run(sink: Sink, stages: list[int]) -> MemoryRun:
     """One instrumented worker whose children are never recycled; child RSS after each cumulative stage."""
     client = broker()
-    client.flushdb()
+    empty_broker()
     env = instrumented_env(sink)
     worker = Worker(env, "memory-observable", loglevel="INFO", extra=["--max-tasks-per-child=100000000"])
     done_before = 0

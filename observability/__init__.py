@@ -6,6 +6,7 @@ At the top - the failure policy every task runs under:
     errors.py        the error taxonomy: which failures are retried, which give up at once
     backoff.py       exponential backoff with jitter (task retries, notification redelivery)
     failure.py       ``Failure``: the one description of a failed message, made storable
+    delivery.py      the queue a delivery came from (its routing key, less a delayed-delivery prefix)
     results.py       the result backend's writes made best effort: an unstored result never fails a run
     beat.py          beat entries' last success and interval gauges
     control.py       the worker's ``inspect conf`` reply with secrets masked (Flower's Config tab reads it)
@@ -21,6 +22,6 @@ Rooms:
 
 Imports run one way: ``wiring`` -> ``control`` -> ``logs``; ``wiring`` -> ``task`` -> ``messaging`` ->
 ``deadletters`` (``task`` and ``messaging`` -> ``brokers`` -> ``redis_client``) -> ``sentry`` and ``telemetry`` ->
-``logs``; ``publishing`` -> ``telemetry``; ``errors``, ``backoff`` and ``failure`` import no other module of the
-app. Nothing here imports ``marketplace`` or ``promotions``. ``models.py``, ``admin.py`` and
+``logs``; ``publishing`` -> ``telemetry``; ``errors``, ``backoff``, ``failure`` and ``delivery`` import no other
+module of the app. Nothing here imports ``marketplace`` or ``promotions``. ``models.py``, ``admin.py`` and
 ``management/commands/`` stay where Django looks for them and point into ``deadletters`` and ``sentry``."""

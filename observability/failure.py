@@ -11,6 +11,7 @@ import hashlib
 import math
 import socket
 from dataclasses import asdict, dataclass, field
+from datetime import date
 from typing import Any
 
 from django.utils import timezone
@@ -38,7 +39,7 @@ def _capped_traceback(text: str) -> str:
 def _storable(value: Any) -> Any:
     """``value`` (JSON-like) with what Postgres cannot store replaced, in strings and keys at any depth: NUL
     (text and jsonb refuse it) by U+FFFD, an unpaired surrogate (not UTF-8) by its ``\\udXXX`` escape, NaN and
-    infinities (jsonb refuses them; kombu's JSON carries them) by their names."""
+    infinities (jsonb refuses them; kombu's JSON carries them) by their names; anything that is not JSON by text."""
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
     if isinstance(value, str):
@@ -50,10 +51,18 @@ def _storable(value: Any) -> Any:
             value = value.encode(errors="backslashreplace").decode()
         return value
     if isinstance(value, dict):
-        return {_storable(key): _storable(item) for key, item in value.items()}
+        return {str(_storable(key)): _storable(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [_storable(item) for item in value]
-    return value
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    # Not JSON: what AMQP's header tables decode to on RabbitMQ - a timestamp (``x-death``'s ``time``, added
+    # by every hop through delayed delivery), a byte string, a decimal - kept as readable text.
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return _storable(bytes(value).decode(errors="backslashreplace"))
+    return _storable(str(value))
 
 
 @dataclass

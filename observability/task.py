@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 
 from observability import brokers
 from observability.backoff import backoff_seconds
+from observability.delivery import delivery_queue
 from observability.errors import ErrorKind, MessageTooLargeError, PermanentError, classify
 
 __all__ = ["SCHEDULE_ENTRY_HEADER", "SKIPPED", "ObservableTask"]
@@ -146,6 +147,15 @@ class ObservableTask(DjangoTask):  # type: ignore[type-arg]
                 # The run's outcome stands; the lock expires with the time limit.
                 log.warning("task.lock_release_failed", task_name=self.name, error=str(exc))
 
+    def retry(self, *args: Any, **options: Any) -> Any:
+        # Back to the queue the run came from, on either broker. Celery names that queue only for a delivery
+        # through the default exchange (Redis); on RabbitMQ it copies the exchange and routing key instead, and
+        # native delayed delivery then routes the retry's countdown by the task's default queue: a task
+        # published to a queue of its own would be retried into another one, or into none declared (lost).
+        if "queue" not in options and (queue := delivery_queue(self.request.delivery_info)):
+            options["queue"] = queue
+        return super().retry(*args, **options)
+
     def retry_delay_seconds(self, retries: int) -> float:
         """Countdown before the retry that follows ``retries`` earlier ones (see ``backoff_seconds``)."""
         return backoff_seconds(retries, base=self.retry_backoff_base_seconds, cap=self.retry_backoff_max_seconds)
@@ -153,9 +163,12 @@ class ObservableTask(DjangoTask):  # type: ignore[type-arg]
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:  # type: ignore[override]
         delay = _delay_seconds(options.get("countdown"), options.get("eta"))
         if delay is not None:
-            problem = brokers.current().countdown_problem(self.name, delay, self.time_limit or 0)
+            broker = brokers.current()
+            problem = broker.countdown_problem(self.name, delay, self.time_limit or 0)
             if problem:
                 raise PermanentError(problem)
+            if delay > 0 and (countdown := broker.countdown(delay)) != delay:
+                options = {**options, "countdown": countdown, "eta": None}
         _check_message_size(self.name, args, kwargs)
         return super().apply_async(args, kwargs, **options)
 

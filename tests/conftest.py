@@ -31,6 +31,8 @@ from django.conf import settings
 from django.utils import timezone
 
 from marketplace.celery import app as celery_app
+from tests import rabbitmq
+from tests.broker_queues import QueueReader
 from tests.otlp_receiver import OtlpReceiver
 from tests.smtp import SmtpSink
 
@@ -62,6 +64,28 @@ def _claim_slot() -> tuple[int, psycopg.Connection[Any] | None]:
 TEST_SLOT, _slot_lock = _claim_slot()
 
 
+#: The fixtures through which a test uses the broker. ``make test`` runs the suite on Redis, then the tests that use
+#: one of these on RabbitMQ (``make test-rabbitmq``); the others do not depend on the broker.
+BROKER_FIXTURES = frozenset({"worker_env", "broker"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On RabbitMQ, keep the tests that use the broker and skip those of them marked ``redis_broker`` (about the
+    Redis transport itself, with their RabbitMQ counterpart named in the reason)."""
+    if settings.BROKER != "rabbitmq":
+        return
+    kept, dropped = [], []
+    for item in items:
+        if not BROKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            dropped.append(item)
+            continue
+        kept.append(item)
+        if (marker := item.get_closest_marker("redis_broker")) is not None:
+            item.add_marker(pytest.mark.skip(reason=f"Redis broker only: {marker.kwargs.get('reason', '')}"))
+    config.hook.pytest_deselected(items=dropped)
+    items[:] = kept
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     """The slot is this run's until it ends: its lock goes with the connection."""
     if _slot_lock is not None:
@@ -75,9 +99,37 @@ settings.DATABASES["default"].setdefault("TEST", {})["NAME"] = (
     f"test_{settings.DATABASES['default']['NAME']}_{TEST_SLOT}"
 )
 
+#: The broker of this run: Redis (the run's database) unless the settings loaded with ``CELERY_BROKER_URL`` set
+#: to RabbitMQ (``make test-rabbitmq``), then a virtual host of the run's own on that server (:func:`_broker`).
+#: Results and the app's state stay in the run's Redis database either way.
+TEST_BROKER: str = settings.BROKER
+TEST_VHOST = f"marketplace-tests-{TEST_SLOT}"
+#: On RabbitMQ a user of the run's own, allowed only its virtual host (least privilege; a password to mask).
+TEST_BROKER_USER, TEST_BROKER_PASSWORD = f"marketplace-tests-{TEST_SLOT}", uuid.uuid4().hex
+
+
+def _run_broker_url() -> str:
+    if TEST_BROKER != "rabbitmq":
+        return TEST_REDIS_URL
+    url = urlparse(settings.CELERY_BROKER_URL)
+    netloc = f"{TEST_BROKER_USER}:{TEST_BROKER_PASSWORD}@{url.hostname or '127.0.0.1'}:{url.port or 5672}"
+    return url._replace(netloc=netloc, path=f"/{TEST_VHOST}").geturl()
+
+
+TEST_BROKER_URL = _run_broker_url()
+
+
+def broker_url_at(port: int) -> str:
+    """The run's broker URL pointed at 127.0.0.1:``port`` (a TCP proxy in front of the broker, or nothing)."""
+    url = urlparse(TEST_BROKER_URL)
+    credentials = url.netloc.rpartition("@")[0]
+    return url._replace(netloc=f"{credentials}@127.0.0.1:{port}" if credentials else f"127.0.0.1:{port}").geturl()
+
+
 # Celery reads CELERY_BROKER_URL from the environment before its configuration: set both.
-os.environ["CELERY_BROKER_URL"] = os.environ["CELERY_RESULT_BACKEND"] = TEST_REDIS_URL
-celery_app.conf.update(broker_url=TEST_REDIS_URL, result_backend=TEST_REDIS_URL)
+os.environ["CELERY_BROKER_URL"] = TEST_BROKER_URL
+os.environ["CELERY_RESULT_BACKEND"] = TEST_REDIS_URL
+celery_app.conf.update(broker_url=TEST_BROKER_URL, result_backend=TEST_REDIS_URL)
 # The API's throttles count in the cache: the run's Redis database too (read lazily, at first use).
 os.environ["CACHE_URL"] = os.environ["REDIS_URL"] = TEST_REDIS_URL
 settings.CACHES["default"]["LOCATION"] = TEST_REDIS_URL
@@ -211,11 +263,47 @@ def django_db_setup(_sole_run: None, django_db_setup: None) -> None:
 
 
 @pytest.fixture(scope="session")
-def redis_client(_sole_run: None) -> Iterator[redis.Redis]:
+def redis_client(_sole_run: None, _broker: None) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(TEST_REDIS_URL)
     client.flushdb()
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def _broker(_sole_run: None) -> Iterator[None]:
+    """On RabbitMQ, the run's virtual host and user, made anew at the start (a killed run's are removed first)
+    and removed at the end; on Redis, nothing more than the database :func:`redis_client` flushes."""
+    if TEST_BROKER != "rabbitmq":
+        yield
+        return
+    ctl = rabbitmq.rabbitmqctl
+    if TEST_VHOST in ctl("list_vhosts", "--no-table-headers", "name").split():
+        ctl("delete_vhost", TEST_VHOST)
+    if TEST_BROKER_USER in ctl("list_users", "--no-table-headers").split():
+        ctl("delete_user", TEST_BROKER_USER)
+    ctl("add_vhost", TEST_VHOST)
+    ctl("add_user", TEST_BROKER_USER, TEST_BROKER_PASSWORD)
+    try:
+        ctl("set_permissions", "-p", TEST_VHOST, TEST_BROKER_USER, ".*", ".*", ".*")
+        yield
+    finally:
+        ctl("delete_vhost", TEST_VHOST)
+        ctl("delete_user", TEST_BROKER_USER)
+
+
+def broker_url_with_password(password: str) -> tuple[str, str]:
+    """A URL of the run's broker that carries a password, and that password - for the tests that check it is
+    masked: on Redis ``password`` (its default user, without one, takes any), on RabbitMQ the run's user's."""
+    if TEST_BROKER == "rabbitmq":
+        return TEST_BROKER_URL, TEST_BROKER_PASSWORD
+    return TEST_REDIS_URL.replace("redis://", f"redis://default:{password}@"), password
+
+
+@pytest.fixture(scope="session")
+def broker(redis_client: redis.Redis) -> QueueReader:
+    """The run's broker's queues as a test reads them, whichever broker it is (``tests/broker_queues.py``)."""
+    return QueueReader(TEST_BROKER_URL)
 
 
 @pytest.fixture(scope="module")
@@ -256,8 +344,9 @@ def worker_env(django_db_setup: None, redis_client: redis.Redis, smtp_sink: Smtp
     return {
         **os.environ,
         "DATABASE_URL": _test_database_url(),
-        "CELERY_BROKER_URL": TEST_REDIS_URL,
+        "CELERY_BROKER_URL": TEST_BROKER_URL,
         "CELERY_RESULT_BACKEND": TEST_REDIS_URL,
+        "REDIS_URL": TEST_REDIS_URL,
         "CACHE_URL": TEST_REDIS_URL,
         "NOTIFICATION_BACKEND": "email",
         "EMAIL_HOST": "127.0.0.1",

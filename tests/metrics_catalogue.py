@@ -17,6 +17,8 @@ class Entry:
     kind: str  # counter, gauge or histogram
     #: Labels besides job and instance.
     labels: frozenset[str]
+    #: Brokers that make it ("Redis only" in its meaning: none on RabbitMQ).
+    brokers: frozenset[str] = frozenset({"redis", "rabbitmq"})
 
 
 def _rows(column: str) -> list[dict[str, str]]:
@@ -39,12 +41,17 @@ def _labels(cell: str) -> frozenset[str]:
     return frozenset(label.strip() for label in cell.split(",") if label.strip() not in {"-", ""})
 
 
-def catalogue() -> dict[str, Entry]:
-    """Prometheus name -> entry, from every table of docs/metrics.md that has a "Prometheus name" column."""
-    return {
-        row["Prometheus name"].strip("`"): Entry(row["Type"], _labels(row["Labels"]))
+def catalogue(broker: str | None = None) -> dict[str, Entry]:
+    """Prometheus name -> entry, from every table of docs/metrics.md that has a "Prometheus name" column; with
+    ``broker``, only the series made on that broker."""
+    entries = {
+        row["Prometheus name"].strip("`"): Entry(
+            row["Type"], _labels(row["Labels"]),
+            frozenset({"redis"}) if "Redis only" in row["Meaning"] else Entry.brokers,
+        )
         for row in _rows("Prometheus name")
-    }
+    }  # fmt: skip
+    return {name: entry for name, entry in entries.items() if broker is None or broker in entry.brokers}
 
 
 def recorded() -> dict[str, frozenset[str]]:

@@ -221,6 +221,11 @@ _QUEUE_NAMES = (
 if BROKER == "rabbitmq":
     CELERY_TASK_DEFAULT_QUEUE_TYPE = "quorum"
     CELERY_TASK_DEFAULT_EXCHANGE_TYPE = "topic"
+    # A queue named only at run time (``apply_async(queue=...)``, ``dlq replay --queue``, a worker's ``-Q``) the
+    # same: Celery would make it a classic queue behind a direct exchange, which a worker declaring it as
+    # configured here refuses (PRECONDITION_FAILED) and whose countdowns would wait in worker memory.
+    CELERY_TASK_CREATE_MISSING_QUEUE_TYPE = "quorum"
+    CELERY_TASK_CREATE_MISSING_QUEUE_EXCHANGE_TYPE = "topic"
     CELERY_TASK_QUEUES = tuple(
         Queue(name, Exchange(name, type="topic"), routing_key=name, queue_arguments={"x-queue-type": "quorum"})
         for name in dict.fromkeys(_QUEUE_NAMES)

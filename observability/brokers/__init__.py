@@ -51,6 +51,9 @@ class Broker(Protocol):
     def countdown_problem(self, task_name: str, delay_seconds: float, time_limit_seconds: float) -> str | None:
         """Why a publish with this countdown (or ETA) would run twice on this broker; None when it is safe."""
 
+    def countdown(self, delay_seconds: float) -> float:
+        """The countdown to publish for a wanted delay (> 0) so that the task runs no sooner than asked."""
+
 
 def time_limits(app: Any) -> list[tuple[str, Any, float | None]]:
     """(name, task, hard time limit) of every task of the project registered in ``app`` (Celery's built-ins,

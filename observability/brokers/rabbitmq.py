@@ -11,6 +11,7 @@ samples rates), so the oldest-message age is not reported here: no series, rathe
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -83,6 +84,12 @@ class RabbitMQ:
 
     def countdown_problem(self, task_name: str, delay_seconds: float, time_limit_seconds: float) -> str | None:
         return None  # the countdown waits in the broker's delayed-delivery exchanges, not in a worker
+
+    def countdown(self, delay_seconds: float) -> float:
+        # Native delayed delivery routes by whole seconds: Celery truncates (a 1.7 s retry would come 0.7 s early,
+        # a sync_promo before its promo's start) and kombu refuses the 0 that a delay under 1 s truncates to
+        # ("countdown must be a positive number", the publish lost). Rounded up, it is never early.
+        return float(math.ceil(delay_seconds))
 
     def _close(self) -> None:
         connection, self._connection = self._connection, None

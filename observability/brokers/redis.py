@@ -105,3 +105,6 @@ class Redis:
             f"{task_name}: a countdown/ETA of {delay_seconds:.0f} s plus its {time_limit_seconds:.0f} s time limit "
             f"reaches the broker visibility timeout ({limit} s) and would run twice; schedule it from the database"
         )
+
+    def countdown(self, delay_seconds: float) -> float:
+        return delay_seconds  # the worker holds it until its ETA, to the millisecond

@@ -55,6 +55,9 @@ PROTOCOL_HEADERS = frozenset(
         # Ours, per delivery: a replay is a fresh delivery of a fresh message (no schedule entry either).
         "x-delivery-count", "x-schedule-entry", "x-published-at", "x-dead-letter-replay-of",
         "x-dead-letter-traceparent",
+        # RabbitMQ's, per delivery: the dead-lettering hops of native delayed delivery (a countdown, a retry).
+        "x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
+        "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason",
     }
 )  # fmt: skip
 #: Header naming the dead letter a replayed task comes from.

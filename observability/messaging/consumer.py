@@ -24,6 +24,7 @@ from vine import promise
 from observability import telemetry
 from observability.deadletters import services as dead_letters
 from observability.deadletters.models import DeadLetterReason
+from observability.delivery import delivery_exchange, delivery_queue
 from observability.failure import Failure
 from observability.messaging.gauges import message_received
 
@@ -53,9 +54,9 @@ def failure_from_message(
         args=args,
         kwargs=kwargs,
         headers=json.loads(json.dumps(headers, default=str)),
-        queue=delivery_info.get("routing_key") or "",
-        exchange=delivery_info.get("exchange") or "",
-        routing_key=delivery_info.get("routing_key") or "",
+        queue=delivery_queue(delivery_info),
+        exchange=delivery_exchange(delivery_info),
+        routing_key=delivery_queue(delivery_info),
         raw_message="" if args or kwargs else raw[:100_000],
         exception_type=exception_type,
         exception_message=error[:10_000],

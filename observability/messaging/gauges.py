@@ -24,6 +24,7 @@ from kombu.message import Message
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from observability import brokers
+from observability.delivery import delivery_queue
 from observability.telemetry import metric_names as m
 
 __all__ = ["message_received", "register"]
@@ -50,7 +51,7 @@ def message_received(message: Message) -> None:
     The queue is the message's routing key, as the task metrics' ``queue`` label (the project routes each queue
     by its own name); a routing key that names no consumed queue is not recorded, so producers cannot add series.
     """
-    queue = (message.delivery_info or {}).get("routing_key")
+    queue = delivery_queue(message.delivery_info)
     if queue in _last_received:
         _last_received[queue] = time.time()
 

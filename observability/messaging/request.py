@@ -21,6 +21,7 @@ from celery.worker.request import Request
 from observability import telemetry
 from observability.deadletters import services as dead_letters
 from observability.deadletters.models import DeadLetterReason
+from observability.delivery import delivery_exchange, delivery_queue
 from observability.errors import ErrorKind, classify
 from observability.failure import Failure
 from observability.messaging import delivery_counter
@@ -103,7 +104,7 @@ class ObservableRequest(Request):
     def _count_outcome(self, outcome: str, error_type: str) -> None:
         started = self.time_start
         duration = time.time() - started if started else None
-        queue = (self.delivery_info or {}).get("routing_key") or ""
+        queue = delivery_queue(self.delivery_info)
         telemetry.task_outcome_in_main(self.name, queue, outcome, error_type, duration)
 
     @property
@@ -122,9 +123,9 @@ class ObservableRequest(Request):
             args=list(self.args or []),
             kwargs=dict(self.kwargs or {}),
             headers=headers,
-            queue=delivery_info.get("routing_key") or "",
-            exchange=delivery_info.get("exchange") or "",
-            routing_key=delivery_info.get("routing_key") or "",
+            queue=delivery_queue(delivery_info),
+            exchange=delivery_exchange(delivery_info),
+            routing_key=delivery_queue(delivery_info),
             retries=self.retries,
             delivery_count=int(headers.get(DELIVERY_COUNT_HEADER, 1)),
             exception_type=exception_type,

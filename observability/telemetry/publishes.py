@@ -27,6 +27,7 @@ from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.trace import Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from observability.delivery import routed_queue
 from observability.telemetry.in_process_metrics import AttributeSet
 from observability.telemetry.providers import current
 from observability.telemetry.task_spans import qualified_type
@@ -110,6 +111,7 @@ def on_publish(headers: dict[str, Any], task_name: str, queue: str) -> None:
     the task id, propagate the current trace (the producer span's) and stamp the publish time."""
     state = current()
     headers[PUBLISHED_AT_HEADER] = time.time()
+    queue = routed_queue(queue)  # a countdown's routing key on RabbitMQ carries its delay
     publish = _publishing.get()
     if publish is None:
         # A message sent around ``Celery.send_task`` (nothing in the project does): counted, no span of its own.

@@ -17,6 +17,7 @@ from opentelemetry import trace
 from opentelemetry.propagate import extract
 from opentelemetry.trace import Link, Status, StatusCode
 
+from observability.delivery import delivery_queue
 from observability.logs import bind_task_context, clear_task_context
 from observability.telemetry.in_process_metrics import AttributeSet
 from observability.telemetry.providers import current
@@ -98,7 +99,7 @@ def task_started(task_name: str, request: Any) -> TaskRun:
     """Start the run's span, bind its log context and count it."""
     state = current()
     now = time.time()
-    queue = (request.delivery_info or {}).get("routing_key") or "celery"
+    queue = delivery_queue(request.delivery_info, "celery")
     task_id = str(request.id)
     retries = int(request.retries or 0)
     attributes = _attribute_set(task_name, queue)

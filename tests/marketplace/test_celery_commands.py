@@ -59,16 +59,16 @@ def test_inspect_conf_shows_the_seed_production_settings(celery_worker, worker_e
     assert conf["DATABASE_URL"] == "********"
 
 
-def test_purge_empties_the_queue(worker_env, redis_client):
+def test_purge_empties_the_queue(worker_env, broker):
     """``celery -A marketplace purge -f`` drops waiting messages (no worker is consuming here)."""
     from promotions.tasks import cleanup_expired_promos
 
     queue = "purge-test"
     cleanup_expired_promos.apply_async(queue=queue)
-    assert redis_client.llen(queue) == 1
+    assert broker.depth(queue) == 1
     result = celery("purge", "-f", "-Q", queue, env=worker_env)
     assert result.returncode == 0, result.stderr
-    assert redis_client.llen(queue) == 0
+    assert broker.depth(queue) == 0
 
 
 def test_control_pool_restart_is_enabled(start_worker, worker_env):

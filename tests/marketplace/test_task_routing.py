@@ -9,16 +9,30 @@ Redis.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import subprocess
 import sys
 from collections.abc import Iterator
 
 import pytest
-import redis
+from kombu import Connection, Exchange, Queue
+from kombu.transport.native_delayed_delivery import (
+    bind_queue_to_native_delayed_delivery_exchange,
+    declare_native_delayed_delivery_exchanges_and_queues,
+)
 
 from marketplace.celery import app as celery_app
-from tests.conftest import ROOT, WorkerProcess, queue_env, renamed_queues, running_beat, wait_for
+from tests.broker_queues import QueueReader
+from tests.conftest import (
+    ROOT,
+    TEST_BROKER,
+    TEST_BROKER_URL,
+    WorkerProcess,
+    queue_env,
+    renamed_queues,
+    running_beat,
+    wait_for,
+)
 from tests.net import free_port
 
 #: Each task published by the script below, by the queue role it must land in.
@@ -65,23 +79,31 @@ assert dead_letter_record_safely(failed) is None, "recorded, not deferred"
 
 
 @pytest.fixture
-def renamed(redis_client: redis.Redis) -> Iterator[dict[str, str]]:
-    """Queue role -> a name of this test's own; its messages are deleted at the end."""
+def renamed(broker: QueueReader) -> Iterator[dict[str, str]]:
+    """Queue role -> a name of this test's own; its queues are deleted at the end. On RabbitMQ each is declared
+    and bound to the delayed-delivery exchanges first, as the worker of its role does when it starts: a countdown
+    (the deferred record) to a queue no worker ever bound has nowhere to go when it is due."""
     queues = renamed_queues()
+    if TEST_BROKER == "rabbitmq":
+        with Connection(TEST_BROKER_URL) as connection:
+            declare_native_delayed_delivery_exchanges_and_queues(connection, "quorum")
+            for name in queues.values():
+                queue = Queue(name, Exchange(name, "topic"), name, queue_arguments={"x-queue-type": "quorum"})
+                queue(connection.default_channel).declare()
+                bind_queue_to_native_delayed_delivery_exchange(connection, queue)
     yield queues
-    redis_client.delete(*queues.values())
+    broker.delete(*queues.values())
 
 
 def _env(worker_env: dict[str, str], queues: dict[str, str]) -> dict[str, str]:
     return {**worker_env, **queue_env(queues)}
 
 
-def _tasks_in(client: redis.Redis, queue: str) -> list[str]:
-    messages: list[bytes] = client.lrange(queue, 0, -1)  # type: ignore[assignment]
-    return sorted(json.loads(raw)["headers"]["task"] for raw in messages)
+def _tasks_in(broker: QueueReader, queue: str) -> list[str]:
+    return sorted(message["headers"]["task"] for message in broker.messages(queue))
 
 
-def test_each_task_is_published_to_the_queue_of_its_role(worker_env, renamed, redis_client):
+def test_each_task_is_published_to_the_queue_of_its_role(worker_env, renamed, broker):
     """Given the project's publishers (the tasks' ``.delay()``, the dead-letter deferral while Postgres is down,
     an unrouted task), when each publishes, then its message waits in its role's queue - the deferred record
     in the dead-letter queue, not in the failed task's own."""
@@ -93,10 +115,20 @@ def test_each_task_is_published_to_the_queue_of_its_role(worker_env, renamed, re
     )  # fmt: skip
 
     assert result.returncode == 0, result.stderr
-    assert {role: _tasks_in(redis_client, name) for role, name in renamed.items()} == EXPECTED
+    # The deferred record waits 5 s: on Redis in its queue already (a worker would hold it until due), on
+    # RabbitMQ in the broker's delayed-delivery exchanges until then.
+    found: dict[str, list[str]] = {}
+
+    def published() -> bool:
+        found.update({role: _tasks_in(broker, name) for role, name in renamed.items()})
+        return found == EXPECTED
+
+    with contextlib.suppress(pytest.fail.Exception):  # the assertion below shows what differs
+        wait_for(published, interval=0.5, what="every task in its role's queue")
+    assert found == EXPECTED
 
 
-def test_beat_publishes_each_periodic_task_to_the_queue_of_its_role(worker_env, renamed, redis_client, tmp_path):
+def test_beat_publishes_each_periodic_task_to_the_queue_of_its_role(worker_env, renamed, broker, tmp_path):
     """Given beat with every entry due, when it ticks, then the sweep goes to the promos queue, the delivery
     safety net to the fan-out queue and both retention tasks to the maintenance queue."""
     expected = {
@@ -108,11 +140,11 @@ def test_beat_publishes_each_periodic_task_to_the_queue_of_its_role(worker_env, 
     with running_beat(_env(worker_env, renamed), tmp_path):
 
         def published() -> dict[str, list[str]]:
-            found = {role: _tasks_in(redis_client, renamed[role]) for role in expected}
+            found = {role: _tasks_in(broker, renamed[role]) for role in expected}
             return found if all(found.values()) else {}
 
         assert wait_for(published, what="beat's four ticks") == expected
-    assert not any(_tasks_in(redis_client, renamed[role]) for role in ("deliveries", "deadletters", "default"))
+    assert not any(_tasks_in(broker, renamed[role]) for role in ("deliveries", "deadletters", "default"))
 
 
 def test_a_worker_started_without_q_consumes_every_declared_queue(celery_worker: WorkerProcess):

@@ -12,7 +12,7 @@ from celery.worker import control as celery_control
 
 from observability import control
 from observability.logs.redaction import MASK, mask_url_credentials
-from tests.conftest import ROOT, TEST_REDIS_URL
+from tests.conftest import ROOT, broker_url_with_password
 
 PASSWORD = "s3cret-broker-pw"
 DSN_KEY = "0123456789abcdef"
@@ -46,7 +46,7 @@ def test_the_masked_command_replaces_celerys_under_its_name():
 def test_inspect_conf_masks_the_broker_password_and_the_sentry_dsn(start_worker, worker_env):
     """Given a worker whose broker URL carries a password and with a Sentry DSN, when an operator runs
     ``celery inspect conf``, then neither secret is in the reply, and both settings read masked."""
-    broker = TEST_REDIS_URL.replace("redis://", f"redis://default:{PASSWORD}@")  # Redis' nopass user takes any
+    broker, password = broker_url_with_password(PASSWORD)
     env = {**worker_env, "CELERY_BROKER_URL": broker, "SENTRY_DSN": f"https://{DSN_KEY}@127.0.0.1:9/1"}
     worker = start_worker(env=env)
     result = subprocess.run(
@@ -55,8 +55,8 @@ def test_inspect_conf_masks_the_broker_password_and_the_sentry_dsn(start_worker,
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert PASSWORD not in result.stdout
+    assert password not in result.stdout
     assert DSN_KEY not in result.stdout
     conf = json.loads(result.stdout)[worker.name]
-    assert conf["CELERY_BROKER_URL"] == TEST_REDIS_URL.replace("redis://", f"redis://default:{MASK}@")
+    assert conf["CELERY_BROKER_URL"] == broker.replace(f":{password}@", f":{MASK}@")
     assert conf["SENTRY_DSN"] == MASK

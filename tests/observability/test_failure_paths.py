@@ -27,7 +27,16 @@ from observability.deadletters.services import REPLAY_OF_HEADER, _TokenBucket, d
 from observability.errors import PermanentError
 from observability.failure import Failure
 from tests import tasks
-from tests.conftest import RESULT_TIMEOUT, ROOT, TEST_REDIS_URL, one_queue, stopped_after, wait_for
+from tests.conftest import (
+    RESULT_TIMEOUT,
+    ROOT,
+    TEST_BROKER,
+    TEST_BROKER_URL,
+    broker_url_at,
+    one_queue,
+    stopped_after,
+    wait_for,
+)
 from tests.net import free_port
 from tests.tcp_proxy import TcpProxy
 
@@ -160,6 +169,7 @@ class TestRetriesAndTerminalFailures:
         assert result.get(timeout=RESULT_TIMEOUT) == 2
         assert not DeadLetter.objects.exists()
 
+    @pytest.mark.redis_broker(reason="pushes raw envelopes into the Redis list; RabbitMQ: test_rabbitmq.py")
     def test_unknown_task_and_garbage_become_entries_and_the_worker_survives(self, redis_client, celery_worker):
         """An unregistered task name and bytes that are not a message, pushed straight into the queue,
         each become one entry; the next valid task runs. The worker's log says the unregistered task was
@@ -212,6 +222,7 @@ class TestRetriesAndTerminalFailures:
         "list-delivery-tag", "boolean-delivery-tag", "unstorable-delivery-tag", "broken-type-marker",
     ],
 )  # fmt: skip
+@pytest.mark.redis_broker(reason="pushes raw envelopes into the Redis list; RabbitMQ: test_rabbitmq.py")
 def test_a_malformed_envelope_is_dead_lettered_and_the_worker_goes_on(
     redis_client, start_worker, section, key, value, error
 ):
@@ -317,7 +328,7 @@ class TestReplay:
         assert AsyncResult(replay.new_task_id).get(timeout=RESULT_TIMEOUT) == 5
         assert replay.new_task_id != failed.id
 
-    def test_two_concurrent_replays_publish_each_entry_once(self, redis_client, worker_env, start_command):
+    def test_two_concurrent_replays_publish_each_entry_once(self, broker, worker_env, start_command):
         """Two operators run ``dlq replay --all`` at once: every entry is published exactly once."""
         queue = f"replay-{token()}"
         # A task the command's own process registers (it does not load the test tasks).
@@ -328,7 +339,7 @@ class TestReplay:
         outputs = [run.communicate(timeout=120)[0] for run in runs]
 
         assert all(run.returncode == 0 for run in runs)
-        published = [json.loads(m)["headers"]["id"] for m in redis_client.lrange(queue, 0, -1)]
+        published = [m["headers"]["id"] for m in broker.messages(queue)]
         assert len(published) == len(set(published)) == 300
         assert DeadLetterReplay.objects.count() == 300
         assert not DeadLetter.objects.filter(status="pending").exists()
@@ -388,49 +399,48 @@ class TestReplay:
 
         assert times[-1] - times[0] == pytest.approx(9 / 50)
 
-    def test_dry_run_changes_nothing(self, redis_client, capsys):
+    def test_dry_run_changes_nothing(self, broker, capsys):
         """``--dry-run`` prints what would be published and publishes, marks and records nothing."""
         queue = f"dry-{token()}"
         _entries(5, queue=queue)
         call_command("dlq", "replay", "--all", "--dry-run")
 
         assert "Would publish 5 task(s)" in capsys.readouterr().out
-        assert redis_client.llen(queue) == 0
+        assert broker.depth(queue) == 0
         assert DeadLetter.objects.filter(status="pending").count() == 5
         assert not DeadLetterReplay.objects.exists()
 
-    def test_replayed_entries_are_published_again_only_with_again(self, redis_client):
+    def test_replayed_entries_are_published_again_only_with_again(self, broker):
         """An entry already replayed is skipped by ``--all`` and published again with ``--again``."""
         queue = f"again-{token()}"
         (entry,) = _entries(1, queue=queue)
         call_command("dlq", "replay", str(entry.pk))
         call_command("dlq", "replay", "--all")
-        assert redis_client.llen(queue) == 1
+        assert broker.depth(queue) == 1
         call_command("dlq", "replay", str(entry.pk), "--again")
-        assert redis_client.llen(queue) == 2
+        assert broker.depth(queue) == 2
 
-    def test_unregistered_tasks_are_not_replayed(self, redis_client, capsys):
+    def test_unregistered_tasks_are_not_replayed(self, broker, capsys):
         """Only tasks this code base registers are published."""
         queue = f"unregistered-{token()}"
         _entries(1, queue=queue, task_name="no.such.task")
         call_command("dlq", "replay", "--all")
-        assert redis_client.llen(queue) == 0
+        assert broker.depth(queue) == 0
         assert "is not registered" in capsys.readouterr().err
 
-    def test_a_broker_lost_mid_replay_keeps_what_was_published_and_says_so(
-        self, redis_client, worker_env, start_command
-    ):
-        """Redis goes away while ``dlq replay --all`` is publishing: the entries published before it did are
+    def test_a_broker_lost_mid_replay_keeps_what_was_published_and_says_so(self, broker, worker_env, start_command):
+        """The broker goes away while ``dlq replay --all`` is publishing: the entries published before it did are
         marked replayed with their replay recorded, the rest stay pending, and the command prints its usual
         lines, then fails naming how many it published and the unreachable broker, without a traceback. The
         next replay publishes only the rest: no task is published twice."""
         queue = f"broker-lost-{token()}"
         entries = _entries(10, queue=queue, task_name="promotions.tasks.deliver_notification_batch", args=[])
-        redis_url = urlsplit(TEST_REDIS_URL)
-        proxy = TcpProxy(target_port=redis_url.port or 6379)
+        proxy = TcpProxy(target_port=urlsplit(TEST_BROKER_URL).port or (5672 if TEST_BROKER == "rabbitmq" else 6379))
         proxy.start()
-        through_proxy = redis_url._replace(netloc=f"127.0.0.1:{proxy.port}").geturl()
-        env = {**worker_env, "CELERY_BROKER_URL": through_proxy, "CELERY_RESULT_BACKEND": through_proxy}
+        through_proxy = broker_url_at(proxy.port)
+        env = {**worker_env, "CELERY_BROKER_URL": through_proxy}
+        if TEST_BROKER == "redis":  # the results' Redis is the broker's: lost with it
+            env["CELERY_RESULT_BACKEND"] = through_proxy
         # 2 a second, in one chunk: the cut lands in a 500 ms gap between two publications, not during one, and
         # the seven left take 3.5 s at least (a ceiling: a stall is not caught up), however late this process
         # sees the third publication on a busy machine.
@@ -438,11 +448,11 @@ class TestReplay:
             [sys.executable, "manage.py", "dlq", "replay", "--all", "--rate", "2"],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        wait_for(lambda: redis_client.llen(queue) >= 3, interval=0.01, what="three publications")
+        wait_for(lambda: broker.depth(queue) >= 3, interval=0.01, what="three publications")
         proxy.cut()
         out, err = run.communicate(timeout=60)
 
-        messages = [json.loads(m)["headers"] for m in redis_client.lrange(queue, 0, -1)]
+        messages = [m["headers"] for m in broker.messages(queue)]
         sent = {m[REPLAY_OF_HEADER]: m["id"] for m in messages}
         assert 3 <= len(sent) == len(messages) < len(entries), err
         replays = dict(DeadLetterReplay.objects.values_list("dead_letter_id", "new_task_id"))
@@ -469,11 +479,11 @@ class TestReplay:
 
         call_command("dlq", "replay", "--all")
 
-        published = Counter(json.loads(m)["headers"][REPLAY_OF_HEADER] for m in redis_client.lrange(queue, 0, -1))
+        published = Counter(m["headers"][REPLAY_OF_HEADER] for m in broker.messages(queue))
         assert published == {e.pk: 1 for e in entries}
         assert DeadLetterReplay.objects.count() == len(entries)
 
-    def test_an_unexpected_error_mid_replay_keeps_what_was_published_and_raises_it(self, redis_client, monkeypatch):
+    def test_an_unexpected_error_mid_replay_keeps_what_was_published_and_raises_it(self, broker, monkeypatch):
         """A publish that fails for a reason that is neither the broker nor the operator (a defect, here injected
         into the third publish) stops the replay with that exception, traceback and all - after committing the
         two entries published before it, which stay replayed: the next replay does not publish them again."""
@@ -493,9 +503,9 @@ class TestReplay:
 
         assert DeadLetter.objects.filter(queue=queue, status="replayed").count() == 2
         assert DeadLetterReplay.objects.filter(dead_letter__queue=queue).count() == 2
-        assert redis_client.llen(queue) == 2
+        assert broker.depth(queue) == 2
 
-    def test_a_limited_replay_locks_no_more_than_it_publishes(self, redis_client, worker_env, start_command):
+    def test_a_limited_replay_locks_no_more_than_it_publishes(self, broker, worker_env, start_command):
         """``replay --all --limit 2`` (throttled, so it is still running) alongside a ``replay --all``: the
         limited one holds only the two entries it publishes, so the other publishes all the rest - not none of
         the entries the first had locked and would never publish. Every entry is published once."""
@@ -505,16 +515,16 @@ class TestReplay:
             [sys.executable, "manage.py", "dlq", "replay", "--all", "--limit", "2", "--rate", "1"],
             cwd=ROOT, env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        wait_for(lambda: redis_client.llen(queue) >= 1, interval=0.01, what="the limited replay's first publication")
+        wait_for(lambda: broker.depth(queue) >= 1, interval=0.01, what="the limited replay's first publication")
 
         call_command("dlq", "replay", "--all")  # while the limited one waits a second for its second
 
         limited.communicate(timeout=60)
         assert limited.returncode == 0
-        published = Counter(json.loads(m)["headers"][REPLAY_OF_HEADER] for m in redis_client.lrange(queue, 0, -1))
+        published = Counter(m["headers"][REPLAY_OF_HEADER] for m in broker.messages(queue))
         assert published == {e.pk: 1 for e in entries}
 
-    def test_an_interrupted_replay_keeps_what_was_published_and_says_so(self, redis_client, worker_env, start_command):
+    def test_an_interrupted_replay_keeps_what_was_published_and_says_so(self, broker, worker_env, start_command):
         """Ctrl-C (SIGINT) while a throttled ``dlq replay --all`` waits for its next publication: the entries
         published before are marked replayed with their replay recorded, the rest stay pending, and the command
         ends with one line saying so, without a traceback; the next replay publishes only the rest."""
@@ -532,13 +542,11 @@ class TestReplay:
             [sys.executable, "-c", reset_sigint],
             cwd=ROOT, env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        wait_for(lambda: redis_client.llen(queue) >= 3, interval=0.01, what="three publications")
+        wait_for(lambda: broker.depth(queue) >= 3, interval=0.01, what="three publications")
         run.send_signal(signal.SIGINT)
         out, err = run.communicate(timeout=60)
 
-        sent = {
-            m[REPLAY_OF_HEADER]: m["id"] for m in (json.loads(m)["headers"] for m in redis_client.lrange(queue, 0, -1))
-        }
+        sent = {m[REPLAY_OF_HEADER]: m["id"] for m in (m["headers"] for m in broker.messages(queue))}
         recorded = dict(DeadLetterReplay.objects.values_list("dead_letter_id", "new_task_id"))
         # Ctrl-C lands in the wait between publications but for under 1% of the time: during one, whose message
         # may then have left unrecorded (the docs say so). At most that one.
@@ -556,16 +564,16 @@ class TestReplay:
 
         call_command("dlq", "replay", "--all")
 
-        published = Counter(json.loads(m)["headers"][REPLAY_OF_HEADER] for m in redis_client.lrange(queue, 0, -1))
+        published = Counter(m["headers"][REPLAY_OF_HEADER] for m in broker.messages(queue))
         assert set(published) == {e.pk for e in entries}
         assert sum(published.values()) - len(entries) == len(sent) - len(recorded)  # the one in flight, if any
 
-    def test_the_admin_replay_action_reports_an_unreachable_broker(self, admin_client, monkeypatch, redis_client):
+    def test_the_admin_replay_action_reports_an_unreachable_broker(self, admin_client, monkeypatch, broker):
         """The admin's "replay" action with the broker unreachable is no server error: the changelist comes back
         with an error message naming the broker and the count published (none), and the entries stay pending."""
         queue = f"admin-broker-lost-{token()}"
         entries = _entries(2, queue=queue, task_name="promotions.tasks.deliver_notification_batch", args=[])
-        monkeypatch.setenv("CELERY_BROKER_URL", f"redis://127.0.0.1:{free_port()}/0")
+        monkeypatch.setenv("CELERY_BROKER_URL", broker_url_at(free_port()))
         # Fresh connection pools for that URL, as Celery makes after a fork; the session's come back afterwards.
         monkeypatch.setattr(celery_app, "_pool", None)
         monkeypatch.setattr(celery_app.amqp, "_producer_pool", None)
@@ -583,7 +591,7 @@ class TestReplay:
         assert message.endswith("): published 0 task(s) before it failed; the other entries stay pending.")
         assert DeadLetter.objects.filter(status="pending").count() == len(entries)
         assert not DeadLetterReplay.objects.exists()
-        assert redis_client.llen(queue) == 0
+        assert broker.depth(queue) == 0
 
 
 def _entries(
@@ -603,6 +611,7 @@ def _entries(
 
 
 class TestGuardRails:
+    @pytest.mark.redis_broker(reason="Redis's visibility timeout; RabbitMQ's consumer-timeout guard: test_rabbitmq.py")
     def test_a_worker_refuses_to_start_when_a_time_limit_reaches_the_visibility_timeout(self, worker_env):
         """With a visibility timeout below the tasks' 300 s hard limit the worker exits naming them."""
         env = {**worker_env, "CELERY_BROKER_VISIBILITY_TIMEOUT_SECONDS": "120"}
@@ -614,6 +623,7 @@ class TestGuardRails:
         assert "refusing to start" in worker.stderr
         assert "promotions.tasks.check_active_promos: time_limit 300 s reaches the visibility timeout" in worker.stderr
 
+    @pytest.mark.redis_broker(reason="Redis's visibility timeout; RabbitMQ's consumer-timeout guard: test_rabbitmq.py")
     def test_a_countdown_beyond_the_visibility_timeout_is_refused_at_publish(self):
         """Publishing with a countdown the broker would not hold is an error, not a silent double run."""
         with pytest.raises(PermanentError, match="visibility timeout"):
@@ -633,6 +643,7 @@ class TestGuardRails:
         assert len(tasks.runs(t)) == 1
 
 
+@pytest.mark.redis_broker(reason="pushes raw envelopes into the Redis list; RabbitMQ: test_rabbitmq.py")
 def test_redelivery_without_a_lost_run_does_not_count_towards_poison(redis_client, start_worker):
     """A message redelivered more than ``max_deliveries`` times because workers shut down or reconnected
     (never because its run was lost) keeps running: only lost runs count towards the poison limit."""
@@ -651,6 +662,7 @@ def test_redelivery_without_a_lost_run_does_not_count_towards_poison(redis_clien
     assert not DeadLetter.objects.filter(reason="poison_message").exists()
 
 
+@pytest.mark.redis_broker(reason="RabbitMQ drops a message past its expires itself (Celery sets a TTL)")
 def test_an_expired_message_is_counted_and_logged_not_run(start_worker):
     """A message whose ``expires`` passed before a worker took it (a beat tick's retry after the next tick)
     is acknowledged without running, as Celery does - and logged, never silent."""

@@ -16,7 +16,7 @@ import pytest
 from django.db.models import Max
 from django.utils import timezone
 
-from observability.redis_client import broker_redis
+from observability.redis_client import state_redis
 from promotions.fanout import promos_fan_out
 from promotions.models import Notification
 from promotions.tasks import deliver_notification_batch
@@ -50,7 +50,7 @@ def _fresh_channel(smtp_sink) -> Iterator[None]:
     """An empty sink before, and no bucket or pause left after: the session's unlimited worker shares Redis."""
     smtp_sink.clear()
     yield
-    client = broker_redis()
+    client = state_redis()  # where the rate limiter keeps them (REDIS_URL), whichever the broker
     for key in client.scan_iter("notifications:ratelimit:*"):
         client.delete(key)
 

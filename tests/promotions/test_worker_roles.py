@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import pytest
-import redis
 from django.utils import timezone
 
 from marketplace.celery import app as celery_app
@@ -22,6 +21,7 @@ from observability.deadletters.models import DeadLetter
 from observability.failure import Failure
 from promotions.models import FlashPromo, Notification, PromoStatus
 from promotions.tasks import check_active_promos, deliver_notification_batch
+from tests.broker_queues import QueueReader
 from tests.conftest import RESULT_TIMEOUT, WorkerProcess, queue_env, renamed_queues, wait_for
 from tests.factories import ProductFactory, PromoFactory, SubscriptionFactory
 
@@ -40,7 +40,7 @@ class Deployment:
 
 
 @pytest.fixture(scope="module")
-def deployment(start_module_worker, redis_client: redis.Redis) -> Iterator[Deployment]:
+def deployment(start_module_worker, broker: QueueReader) -> Iterator[Deployment]:
     """The promos, deliveries and ops workers of the Procfile, on queues of this module's own."""
     queues = renamed_queues()
     env = {
@@ -59,7 +59,7 @@ def deployment(start_module_worker, redis_client: redis.Redis) -> Iterator[Deplo
             env=env,
         ),
     )  # fmt: skip
-    redis_client.delete(*queues.values())
+    broker.delete(*queues.values())
 
 
 @pytest.fixture
@@ -87,7 +87,7 @@ def busy_deliveries(transactional_db, deployment, smtp_sink):
 
 
 def test_a_due_countdown_makes_its_promo_live_while_every_bulk_worker_is_busy(
-    deployment, busy_deliveries, smtp_sink, redis_client
+    deployment, busy_deliveries, smtp_sink, broker
 ):
     """Given both processes of the deliveries worker waiting on the provider and more batches queued behind
     them, when a promo of another product starts 2 s from now, then the promos worker makes it live (its
@@ -99,7 +99,7 @@ def test_a_due_countdown_makes_its_promo_live_while_every_bulk_worker_is_busy(
     assert sweep["countdowns_scheduled"] + sweep["activated"] == 1, sweep
     wait_for(lambda: FlashPromo.objects.get(pk=promo.pk).status == PromoStatus.ACTIVE, what="the promo live")
     assert smtp_sink.held_count() == DELIVERY_PROCESSES  # the bulk worker is still busy...
-    assert redis_client.llen(deployment.queues["deliveries"]) > 0  # ...with a backlog behind it
+    assert broker.depth(deployment.queues["deliveries"]) > 0  # ...with a backlog behind it
     assert Notification.objects.filter(status="sent").count() == 0
     assert FlashPromo.objects.get(pk=promo.pk).activated_at >= promo.starts_at
 

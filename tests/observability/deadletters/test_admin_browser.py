@@ -72,7 +72,7 @@ def _login(browser, live_server, user: User):
     return page
 
 
-def test_an_operator_lists_filters_and_replays_one_entry(browser, live_server, redis_client):
+def test_an_operator_lists_filters_and_replays_one_entry(browser, live_server, broker):
     """List shows every entry; the reason filter narrows it; "replay" publishes the selected one."""
     queue = f"admin-{uuid.uuid4().hex[:8]}"
     wanted = _entry("non_retryable_error", queue)
@@ -93,7 +93,7 @@ def test_an_operator_lists_filters_and_replays_one_entry(browser, live_server, r
     wanted.refresh_from_db()
     assert wanted.status == "replayed"
     assert DeadLetterReplay.objects.get(dead_letter=wanted).operator.startswith("op-")
-    assert redis_client.llen(queue) == 1
+    assert broker.depth(queue) == 1
 
     page.goto(f"{live_server.url}/admin/observability/deadletter/{wanted.pk}/change/")
     assert "Traceback (most recent call last)" in page.content()

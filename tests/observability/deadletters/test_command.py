@@ -7,7 +7,6 @@ Argument errors are checked in a real ``python manage.py dlq`` process, where ar
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import os
@@ -20,7 +19,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-import redis
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 from structlog.testing import capture_logs
@@ -29,7 +27,7 @@ from observability.deadletters.models import DeadLetter, DeadLetterReplay
 from observability.deadletters.services import REPLAY_OF_HEADER
 from observability.deadletters.tasks import purge_expired_dead_letters
 from observability.telemetry import REPLAY_TRACEPARENT_HEADER
-from tests.conftest import ROOT, _test_database_url
+from tests.conftest import ROOT, TEST_BROKER, _test_database_url
 
 pytestmark = pytest.mark.django_db
 
@@ -94,13 +92,8 @@ def listed_ids(*args: str) -> list[int]:
     return [json.loads(line)["id"] for line in out.splitlines()]
 
 
-def published(client: redis.Redis, queue: str) -> list[dict[str, Any]]:
-    """The task messages waiting in ``queue``, oldest first, with their body decoded as ``decoded_body``."""
-    raw_messages: list[bytes] = client.lrange(queue, 0, -1)  # type: ignore[assignment]
-    messages = [json.loads(raw) for raw in reversed(raw_messages)]
-    for message in messages:
-        message["decoded_body"] = json.loads(base64.b64decode(message["body"]))
-    return messages
+def _exchange_of(queue: str) -> str:
+    return queue if TEST_BROKER == "rabbitmq" else ""
 
 
 def counted(**counts: int) -> list[str]:
@@ -388,7 +381,7 @@ class TestStats:
 
 
 class TestReplay:
-    def test_by_ids_publishes_those_under_new_task_ids_and_records_it(self, redis_client):
+    def test_by_ids_publishes_those_under_new_task_ids_and_records_it(self, broker):
         """``dlq replay ID...`` publishes the named entries' tasks under new task ids, marks them replayed,
         records operator, queue and new id, and prints one line per entry and a summary."""
         queue = f"dlq-ids-{token()}"
@@ -400,7 +393,7 @@ class TestReplay:
         assert set(replays) == {first.pk, second.pk}
         assert all((r.operator, r.queue) == ("alice", queue) for r in replays.values())
         assert {r.new_task_id for r in replays.values()}.isdisjoint({first.task_id, second.task_id})
-        assert sorted(m["headers"]["id"] for m in published(redis_client, queue)) == sorted(
+        assert sorted(m["headers"]["id"] for m in broker.messages(queue)) == sorted(
             r.new_task_id for r in replays.values()
         )
         assert dict(DeadLetter.objects.values_list("id", "status")) == {
@@ -415,7 +408,7 @@ class TestReplay:
         ]
         assert err == ""
 
-    def test_by_reason_broker_refused_publishes_those_entries_in_bulk(self, redis_client):
+    def test_by_reason_broker_refused_publishes_those_entries_in_bulk(self, broker):
         """``dlq replay --reason broker_refused`` publishes every pending entry Redis refused to hold, and only
         those: the bulk replay after a Redis memory incident."""
         queue = f"dlq-refused-{token()}"
@@ -425,11 +418,11 @@ class TestReplay:
         out, _ = dlq("replay", "--reason", "broker_refused")
 
         assert set(DeadLetterReplay.objects.values_list("dead_letter_id", flat=True)) == {e.pk for e in refused}
-        assert len(published(redis_client, queue)) == 3
+        assert len(broker.messages(queue)) == 3
         assert DeadLetter.objects.get(pk=other.pk).status == "pending"
         assert out.splitlines()[-1] == "Published 3 task(s); skipped 0."
 
-    def test_by_filters_publishes_only_matching_pending_entries(self, redis_client):
+    def test_by_filters_publishes_only_matching_pending_entries(self, broker):
         """Filters select what to replay, as in ``dlq list``; only pending entries among them are published."""
         queue = f"dlq-filters-{token()}"
         match = _entry(reason="max_retries_exceeded", queue=queue)
@@ -440,11 +433,11 @@ class TestReplay:
 
         out, _ = dlq("replay", "--reason", "max_retries_exceeded", "--since", "1d")
 
-        assert redis_client.llen(queue) == 1
+        assert broker.depth(queue) == 1
         assert DeadLetterReplay.objects.get().dead_letter_id == match.pk
         assert out.endswith("Published 1 task(s); skipped 0.\n")
 
-    def test_all_publishes_every_pending_entry_and_no_other(self, redis_client):
+    def test_all_publishes_every_pending_entry_and_no_other(self, broker):
         """``--all`` publishes every pending entry; replayed and discarded ones stay as they are."""
         queue = f"dlq-all-{token()}"
         pending = _entries(3, queue=queue)
@@ -453,7 +446,7 @@ class TestReplay:
 
         dlq("replay", "--all")
 
-        assert redis_client.llen(queue) == 3
+        assert broker.depth(queue) == 3
         assert set(DeadLetterReplay.objects.values_list("dead_letter_id", flat=True)) == {e.pk for e in pending}
         assert DeadLetter.objects.filter(status="replayed").count() == 4
         assert DeadLetter.objects.filter(status="discarded").count() == 1
@@ -469,7 +462,7 @@ class TestReplay:
             (("--status", "discarded", "--task", REGISTERED), r"Discarded entries are never replayed"),
         ],
     )
-    def test_refuses_an_ambiguous_selection_and_publishes_nothing(self, redis_client, args, message):
+    def test_refuses_an_ambiguous_selection_and_publishes_nothing(self, broker, args, message):
         """With nothing named, with ``--all`` next to IDs or filters, or asked for non-pending entries without
         ``--again``, replay is a command error and nothing is published or marked."""
         queue = f"dlq-refused-{token()}"
@@ -479,11 +472,11 @@ class TestReplay:
         with pytest.raises(CommandError, match=message):
             dlq("replay", *(arg.format(id=entry.pk) for arg in args))
 
-        assert redis_client.llen(queue) == 0
+        assert broker.depth(queue) == 0
         assert not DeadLetterReplay.objects.exists()
         assert DeadLetter.objects.filter(status="pending").count() == 1
 
-    def test_status_replayed_with_again_publishes_replayed_entries_once_more(self, redis_client):
+    def test_status_replayed_with_again_publishes_replayed_entries_once_more(self, broker):
         """``--status replayed --again`` publishes the replayed entries again, recording one more
         replay each; pending ones are left for another run."""
         queue = f"dlq-again-{token()}"
@@ -492,23 +485,23 @@ class TestReplay:
 
         dlq("replay", "--status", "replayed", "--again")
 
-        assert redis_client.llen(queue) == 1
+        assert broker.depth(queue) == 1
         assert DeadLetterReplay.objects.get().dead_letter_id == replayed.pk
         assert DeadLetter.objects.filter(status="pending").count() == 1
 
-    def test_limit_stops_after_n_publications(self, redis_client):
+    def test_limit_stops_after_n_publications(self, broker):
         """``--limit N`` publishes N entries and leaves the rest pending."""
         queue = f"dlq-limit-{token()}"
         _entries(5, queue=queue)
 
         out, _ = dlq("replay", "--all", "--limit", "2")
 
-        assert redis_client.llen(queue) == 2
+        assert broker.depth(queue) == 2
         assert DeadLetter.objects.filter(status="pending").count() == 3
         assert DeadLetterReplay.objects.count() == 2
         assert out.endswith("Published 2 task(s); skipped 0.\n")
 
-    def test_queue_overrides_the_destination_queue_and_its_routing(self, redis_client):
+    def test_queue_overrides_the_destination_queue_and_its_routing(self, broker):
         """``--queue Q`` publishes to Q, routed by Q, instead of the entry's own queue and routing key; the
         replay records Q. Without it the entry's queue and routing key are used."""
         original, other = f"dlq-original-{token()}", f"dlq-other-{token()}"
@@ -517,18 +510,20 @@ class TestReplay:
 
         dlq("replay", str(moved.pk), "--queue", other)
 
-        (message,) = published(redis_client, other)
-        assert message["properties"]["delivery_info"] == {"exchange": "", "routing_key": other}
-        assert redis_client.llen(original) == 0
+        (message,) = broker.messages(other)
+        # Celery routes a queue named at run time through the default exchange on Redis, and through a topic
+        # exchange of the queue's name on RabbitMQ (delayed delivery needs one).
+        assert message["properties"]["delivery_info"] == {"exchange": _exchange_of(other), "routing_key": other}
+        assert broker.depth(original) == 0
         assert DeadLetterReplay.objects.get(dead_letter=moved).queue == other
 
         dlq("replay", str(kept.pk))
 
-        (message,) = published(redis_client, original)
-        assert message["properties"]["delivery_info"] == {"exchange": "", "routing_key": original}
+        (message,) = broker.messages(original)
+        assert message["properties"]["delivery_info"] == {"exchange": _exchange_of(original), "routing_key": original}
         assert DeadLetterReplay.objects.get(dead_letter=kept).queue == original
 
-    def test_the_published_message_keeps_custom_headers_under_a_new_task_id(self, redis_client):
+    def test_the_published_message_keeps_custom_headers_under_a_new_task_id(self, broker):
         """The replayed message is the entry's task, args and kwargs with its custom headers, plus
         ``x-dead-letter-replay-of`` (the entry id) and ``x-dead-letter-traceparent``; the protocol headers of the
         failed delivery (id, retries, eta, root and parent, origin, trace context, redelivery) are not carried
@@ -548,7 +543,7 @@ class TestReplay:
         dlq("replay", str(entry.pk))
 
         new_id = DeadLetterReplay.objects.get().new_task_id
-        (message,) = published(redis_client, queue)
+        (message,) = broker.messages(queue)
         headers = message["headers"]
         assert (headers["x-custom"], headers["tenant"]) == ("kept", "acme")
         assert (headers[REPLAY_OF_HEADER], headers[REPLAY_TRACEPARENT_HEADER]) == (
@@ -566,7 +561,7 @@ class TestReplay:
         assert message["properties"]["correlation_id"] == new_id
         assert message["decoded_body"][:2] == [[], {"batch": 3}]
 
-    def test_unregistered_tasks_are_skipped_and_reported_on_stderr(self, redis_client):
+    def test_unregistered_tasks_are_skipped_and_reported_on_stderr(self, broker):
         """Entries whose task this code base does not register (or that have no task) are not published: each
         gets a line on stderr, they stay pending and the summary counts them as skipped."""
         queue = f"dlq-unregistered-{token()}"
@@ -576,7 +571,7 @@ class TestReplay:
 
         out, err = dlq("replay", "--all")
 
-        assert redis_client.llen(queue) == 1
+        assert broker.depth(queue) == 1
         assert err.splitlines() == [
             f"Skipped dead letter {unknown.pk}: task no.such.task is not registered",
             f"Skipped dead letter {no_task.pk}: task (none) is not registered",
@@ -586,7 +581,7 @@ class TestReplay:
             good.pk: "replayed", unknown.pk: "pending", no_task.pk: "pending",
         }  # fmt: skip
 
-    def test_dry_run_prints_what_would_be_published_and_changes_nothing(self, redis_client):
+    def test_dry_run_prints_what_would_be_published_and_changes_nothing(self, broker):
         """``--dry-run`` prints the entries it would publish, with their task and queue; nothing is published,
         marked or recorded, and nothing is logged as replayed."""
         queue = f"dlq-dry-{token()}"
@@ -601,12 +596,12 @@ class TestReplay:
             "Would publish 2 task(s); skipped 1. (task ids are assigned when published)",
         ]
         assert "is not registered" in err
-        assert redis_client.llen(queue) == 0
+        assert broker.depth(queue) == 0
         assert DeadLetter.objects.filter(status="pending").count() == 3
         assert not DeadLetterReplay.objects.exists()
         assert [e["event"] for e in logs if e["event"].startswith("dead_letter")] == ["dead_letters.replay_planned"]
 
-    def test_dry_run_shows_what_the_real_run_then_does(self, redis_client):
+    def test_dry_run_shows_what_the_real_run_then_does(self, broker):
         """A dry run names the same entries, in the same order, to the same queues as the replay that follows
         it (``--limit`` and ``--queue`` included); it prints no task id, since the real run draws new ones."""
         own, other = f"dlq-same-{token()}", f"dlq-other-{token()}"
@@ -621,7 +616,7 @@ class TestReplay:
             assert [line.replace("Would publish", "Published") for line in planned.splitlines()[:-1]] == [
                 re.sub(r" as task [0-9a-f-]{36}", "", line) for line in done.splitlines()[:-1]
             ]
-        assert (redis_client.llen(own), redis_client.llen(other)) == (3, 1)
+        assert (broker.depth(own), broker.depth(other)) == (3, 1)
 
     def test_dry_run_names_the_routed_queue_for_an_entry_without_one(self):
         """An entry with no queue recorded is published where Celery routes its task (``CELERY_TASK_ROUTES``: a
@@ -630,7 +625,7 @@ class TestReplay:
         out, _ = dlq("replay", str(entry.pk), "--dry-run")
         assert out.splitlines()[0] == f"Would publish dead letter {entry.pk} ({REGISTERED}) to queue deliveries"
 
-    def test_unknown_ids_refuse_the_whole_replay(self, redis_client):
+    def test_unknown_ids_refuse_the_whole_replay(self, broker):
         """An id no entry has is a command error naming it, before anything is published or marked, even when
         the other ids name pending entries; several unknown ids are named together."""
         queue = f"dlq-unknown-{token()}"
@@ -641,7 +636,7 @@ class TestReplay:
         with pytest.raises(CommandError, match=rf"^No dead letters with ids {entry.pk + 1000}, {entry.pk + 1001}: "):
             dlq("replay", str(entry.pk + 1001), str(entry.pk + 1000))
 
-        assert redis_client.llen(queue) == 0
+        assert broker.depth(queue) == 0
         assert DeadLetter.objects.get().status == "pending"
 
 
@@ -783,7 +778,7 @@ class TestOutput:
         return lines
 
     @pytest.mark.django_db(transaction=True)
-    def test_a_replay_prints_its_lines_on_stdout_and_logs_nothing_it_printed(self, redis_client):
+    def test_a_replay_prints_its_lines_on_stdout_and_logs_nothing_it_printed(self, broker):
         """A replay's stdout holds its lines and summary only; its stderr holds no JSON log line: the per-entry
         ``dead_letter.replayed`` event says what stdout says, so the command does not log it."""
         queue = f"dlq-out-{token()}"

@@ -26,6 +26,8 @@ from tests import tasks
 from tests.conftest import ROOT, TEST_REDIS_URL, WorkerProcess, one_queue, wait_for
 from tests.redis_server import RedisServer
 
+pytestmark = pytest.mark.redis_broker(reason="Redis refusing writes (OOM, MISCONF)")
+
 TRANSPORT = "observability.messaging.redis_transport:Transport"
 
 

@@ -32,6 +32,8 @@ from tests.factories import ProductFactory
 from tests.net import free_port, http_status, promo_create_request
 from tests.tcp_proxy import TcpProxy
 
+pytestmark = pytest.mark.redis_broker(reason="frozen Redis connections; AMQP has heartbeats")
+
 #: The longest a request may take to answer while its broker connection is frozen.
 WEB_ANSWER_BUDGET_SECONDS = 15.0
 

@@ -4,16 +4,16 @@ countdowns waiting in the broker through native delayed delivery (quorum queues 
 unregistered task dead-lettered, spans naming RabbitMQ, the backlog read by a passive declare, the start-up guard
 on RabbitMQ's consumer timeout; and chaos that loses nothing - a task that always kills its worker (quarantined),
 a child killed mid-run (runs again), a run past its hard time limit (one dead letter), a body that is not JSON and
-a message without task headers (dead-lettered).
+a message without task headers (dead-lettered), a broker restart with tasks running, queued and delayed (all
+run; on a node of the test's own).
 
-The test process's own Celery app speaks Redis (``tests/conftest.py``); the producer here is a process started
-with the RabbitMQ environment, as a web process or beat would be.
+The test process's own Celery app speaks the run's broker (``tests/conftest.py``); the producer here is a process
+started with the RabbitMQ environment, as a web process or beat would be.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import uuid
@@ -26,29 +26,22 @@ import pytest
 from tests import conftest
 from tests.conftest import RESULT_TIMEOUT, ROOT, TEST_REDIS_URL, TEST_SLOT, WorkerProcess, wait_for
 from tests.otlp_receiver import OtlpReceiver
+from tests.rabbitmq import rabbitmqctl
+from tests.rabbitmq_node import RabbitMQNode
 
 QUEUES = "celery,promos,fanout,deliveries,maintenance,deadletters"
-
-
-def _rabbitmqctl(*args: str) -> str:
-    binary = shutil.which("rabbitmqctl")
-    if binary is None:
-        pytest.fail("rabbitmqctl not found: RabbitMQ runs on every machine of this project (.ci/run starts it)")
-    result = subprocess.run([binary, "-q", *args], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, f"rabbitmqctl {' '.join(args)}: {result.stdout}{result.stderr}"
-    return result.stdout
 
 
 @pytest.fixture(scope="module")
 def vhost() -> Iterator[str]:
     """A virtual host of this run's own (its slot and a random part), removed with everything in it."""
     name = f"marketplace-test-{TEST_SLOT}-{uuid.uuid4().hex[:8]}"
-    _rabbitmqctl("add_vhost", name)
+    rabbitmqctl("add_vhost", name)
     try:
-        _rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
         yield name
     finally:
-        _rabbitmqctl("delete_vhost", name)
+        rabbitmqctl("delete_vhost", name)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +104,9 @@ def test_a_worker_on_rabbitmq_runs_tasks_singletons_and_countdowns_held_by_the_b
 ):
     """A task's result comes back; a singleton task runs (its lock is in Redis, not the broker); a countdown is
     not held by the worker meanwhile (``inspect scheduled`` is empty) and runs once it is due - Celery's native
-    delayed delivery, on quorum queues behind topic exchanges, without its direct-exchange warning."""
+    delayed delivery, on quorum queues behind topic exchanges, without its direct-exchange warning; a delay under
+    a second and an ETA between two seconds run too, never sooner than asked (the delay rounded up to whole
+    seconds, which is how delayed delivery routes)."""
     token = uuid.uuid4().hex
     out = _produce(
         rabbitmq_env,
@@ -121,16 +116,25 @@ def test_a_worker_on_rabbitmq_runs_tasks_singletons_and_countdowns_held_by_the_b
         f"later = t.echo.apply_async(({token!r} + '-later',), countdown=3)\n"
         f"held = [r for rs in (app.control.inspect(timeout=2).scheduled() or {{}}).values() for r in rs]\n"
         f"out = {{'echo': echo, 'singleton': singleton, 'held': held,\n"
-        f"       'later': later.get(timeout={RESULT_TIMEOUT}), 'waited': time.time() - published}}\n",
+        f"       'later': later.get(timeout={RESULT_TIMEOUT}), 'waited': time.time() - published}}\n"
+        # Delayed delivery routes by whole seconds: a delay under one second (a retry's jittered backoff) and an
+        # ETA between two seconds still run, and no sooner than asked.
+        f"import datetime\n"
+        f"published = time.time()\n"
+        f"short = t.echo.apply_async(({token!r} + '-short',), countdown=0.4)\n"
+        f"at = published + 1.5\n"
+        f"timed = t.echo.apply_async(({token!r} + '-eta',), eta=datetime.datetime.fromtimestamp(at, datetime.UTC))\n"
+        f"out['short'] = [short.get(timeout={RESULT_TIMEOUT}), time.time() - published]\n"
+        f"out['eta'] = [timed.get(timeout={RESULT_TIMEOUT}), time.time() - at]\n",
     )
     assert out["echo"] == token
     assert out["singleton"] == "ran"
     assert out["held"] == []
     assert out["later"] == f"{token}-later"
     assert out["waited"] >= 3
-    queues = dict(
-        line.split("\t") for line in _rabbitmqctl("list_queues", "-p", vhost, "name", "type").splitlines()[1:]
-    )
+    assert out["short"][0] == f"{token}-short" and out["short"][1] >= 0.4
+    assert out["eta"][0] == f"{token}-eta" and out["eta"][1] >= 0
+    queues = dict(line.split("\t") for line in rabbitmqctl("list_queues", "-p", vhost, "name", "type").splitlines()[1:])
     assert {queues[name] for name in QUEUES.split(",")} == {"quorum"}, queues
     assert "direct exchange" not in rabbitmq_worker.log()
 
@@ -302,3 +306,61 @@ def test_a_body_that_is_not_json_and_a_message_without_task_headers_are_dead_let
     assert {not_json.reason, no_headers.reason} == {"undecodable_message"}
     assert "kombu.exceptions.DecodeError" in {not_json.exception_type, no_headers.exception_type}
     assert "no task headers" in no_headers.exception_message or "no task headers" in not_json.exception_message
+
+
+@pytest.fixture
+def restartable_node() -> Iterator[RabbitMQNode]:
+    """A RabbitMQ node of this test's own: stopping the machine's would stop every run on it."""
+    node = RabbitMQNode()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_broker_restart_loses_no_running_waiting_or_delayed_task(
+    worker_env: dict[str, str], restartable_node: RabbitMQNode, tmp_path: Path
+):
+    """``rabbitmqctl stop_app`` / ``start_app`` while two tasks run, four wait in the queue and three wait for
+    their countdown in the delayed-delivery exchanges: the worker reconnects by itself, the two runs whose
+    acknowledgement the restart lost run again (at least once), and every waiting and delayed task runs - the
+    delayed ones no sooner than due. Nothing is dead-lettered."""
+    from celery.result import AsyncResult
+
+    from observability.deadletters.models import DeadLetter
+    from tests import tasks
+
+    env = {**worker_env, "CELERY_BROKER_URL": restartable_node.url, "CELERY_RESULT_BACKEND": TEST_REDIS_URL,
+           "REDIS_URL": TEST_REDIS_URL}  # fmt: skip
+    worker = WorkerProcess(env, tmp_path / "worker.log", "--concurrency=2", "--include=tests.tasks", "-Q", "celery")
+    conftest._live_workers.discard(worker)  # on a broker of its own, out of the suite's quiescing
+    try:
+        token = uuid.uuid4().hex
+        ids = _produce(
+            env,
+            f"deadline = time.monotonic() + 60\n"
+            f"while not app.control.ping(destination=[{worker.name!r}], timeout=1):\n"
+            f"    assert time.monotonic() < deadline, 'no answer to ping'\n"
+            f"held = [t.held.delay({token!r} + f'-held-{{n}}').id for n in range(2)]\n"
+            f"queued = [t.echo.delay({token!r} + f'-queued-{{n}}').id for n in range(4)]\n"
+            f"due = time.time() + 6\n"
+            f"delayed = [t.echo.apply_async(({token!r} + f'-delayed-{{n}}',), countdown=6).id for n in range(3)]\n"
+            f"out = {{'held': held, 'queued': queued, 'delayed': delayed, 'due': due}}\n",
+        )
+        wait_for(lambda: all(tasks.runs(f"{token}-held-{n}") for n in range(2)), what="both held tasks to run")
+
+        restartable_node.stop_app()
+        restartable_node.start_app()
+        for n in range(2):
+            tasks.release(f"{token}-held-{n}", runs=3)  # the run going on, and a run again after the restart
+
+        for task_id in [*ids["held"], *ids["queued"], *ids["delayed"]]:
+            AsyncResult(task_id).get(timeout=RESULT_TIMEOUT)
+        assert all(len(tasks.runs(f"{token}-queued-{n}")) >= 1 for n in range(4))
+        delayed_runs = [tasks.runs(f"{token}-delayed-{n}") for n in range(3)]
+        assert all(runs and min(runs) >= ids["due"] - 0.05 for runs in delayed_runs), (ids["due"], delayed_runs)
+        assert not DeadLetter.objects.exists()
+        assert worker.alive(), worker.log()
+    finally:
+        worker.stop()

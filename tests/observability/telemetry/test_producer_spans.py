@@ -8,13 +8,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
+from urllib.parse import urlparse
 
 import pytest
 from django.utils import timezone
 
 from observability.deadletters.models import DeadLetter
 from tests import tasks
-from tests.conftest import RESULT_TIMEOUT, ROOT, one_queue, running_beat, wait_for
+from tests.conftest import RESULT_TIMEOUT, ROOT, TEST_BROKER, TEST_BROKER_URL, one_queue, running_beat, wait_for
 from tests.net import free_port
 from tests.otlp_receiver import OtlpReceiver, Span
 
@@ -81,10 +82,11 @@ def test_a_retry_is_a_producer_span_child_of_the_failed_run_and_parent_of_the_ne
     assert retry.attributes["messaging.message.id"] == second.attributes["messaging.message.id"]
     assert retry.attributes["celery.task_name"] == "tests.flaky"
     for span in (retry, first):
-        assert span.attributes["messaging.system"] == "celery"  # Redis has no well-known value
+        # RabbitMQ's well-known value; Redis has none.
+        assert span.attributes["messaging.system"] == ("rabbitmq" if TEST_BROKER == "rabbitmq" else "celery")
         assert span.attributes["messaging.client.id"] == worker.name
         assert span.attributes["server.address"] == "127.0.0.1"
-        assert span.attributes["server.port"] == 6379
+        assert span.attributes["server.port"] == urlparse(TEST_BROKER_URL).port
     assert "error.type" not in first.attributes  # a retried run is no failure of its message
     wait_for(
         lambda: otlp.total("celery.task.publish_duration", task="tests.flaky", queue=QUEUE, outcome="sent") >= 1,
