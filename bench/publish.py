@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import time
 from types import MethodType
@@ -24,6 +25,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--count", type=int, required=True, help="Messages to publish.")
     parser.add_argument("--rate", type=float, default=0.0, help="Messages per second (0: as fast as possible).")
     parser.add_argument("--stamp", action="store_true", help="Pass the publish time as the task's argument.")
+    parser.add_argument(
+        "--countdown-spread", type=float, default=0.0,
+        help="Give each message a countdown drawn from 1 s to this many seconds, and pass its due time (the "
+        "publish time plus the countdown) as the task's argument, so that the task records its lateness.",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     setup_django()
@@ -46,13 +52,17 @@ def main(argv: list[str] | None = None) -> None:
     task.delay()  # opens the broker connection and warms the producer up; the drain step counts it
     started, cpu_started = time.perf_counter(), time.process_time()
     interval = 1 / args.rate if args.rate else 0.0
+    draw = random.Random(7).uniform  # the same countdowns for every variant and repeat
     for index in range(args.count):
         if interval:
             due = started + index * interval
             pause = due - time.perf_counter()
             if pause > 0:
                 time.sleep(pause)
-        if args.stamp:
+        if args.countdown_spread:
+            countdown = draw(1.0, args.countdown_spread)  # under 1 s bare Celery refuses on RabbitMQ
+            task.apply_async((time.time() + countdown,), countdown=countdown)
+        elif args.stamp:
             task.delay(time.time())
         else:
             task.delay()

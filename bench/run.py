@@ -20,13 +20,13 @@ from bench.harness import RABBITMQ, RESULTS, Sink, Summary, setup_django
 from bench.report import Row, cpu_ticks, fmt, machine, render, steal_percent
 
 SECTIONS = (
-    "child_path", "throughput", "publish", "latency", "sweep", "notifications", "fanout", "lag", "dead_letters",
-    "memory", "flood", "ratelimit",
+    "child_path", "throughput", "publish", "latency", "countdown", "sweep", "notifications", "fanout", "lag",
+    "dead_letters", "memory", "flood", "ratelimit",
 )  # fmt: skip
 
 
 #: The task benchmarks, which run on either broker (``BENCH_BROKER_URL``); the others use Redis as the broker.
-RABBITMQ_SECTIONS = ("throughput", "publish", "latency")
+RABBITMQ_SECTIONS = ("throughput", "publish", "latency", "countdown")
 
 
 def _ints(text: str) -> list[int]:
@@ -43,6 +43,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--publish-count", type=int, help="Messages per publish-only run (default 10000; quick 2000).")
     parser.add_argument("--latency-rate", type=float, default=200.0, help="Tasks per second (default 200).")
     parser.add_argument("--latency-seconds", type=float, help="Seconds of publishing per run (default 10; quick 3).")
+    parser.add_argument("--countdowns", type=int, help="Countdown tasks per run (default 500; quick 100).")
+    parser.add_argument(
+        "--countdown-spread", type=float, help="Countdowns drawn from 1 s to this (default 10 s; quick 4)."
+    )
     parser.add_argument("--promos", help="Comma-separated promo table sizes (default 10000,100000; 1000000 works).")
     parser.add_argument("--due-percent", type=float, default=1.0, help="Share of promos due in the sweep (default 1).")
     parser.add_argument("--notifications", type=int, help="Pending notifications (default 100000; quick 10000).")
@@ -81,6 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "tasks": 2000 if quick else 10000,
         "publish_count": 2000 if quick else 10000,
         "latency_seconds": 3.0 if quick else 10.0,
+        "countdowns": 100 if quick else 500,
+        "countdown_spread": 4.0 if quick else 10.0,
         "promos": "10000" if quick else "10000,100000",
         "notifications": 10000 if quick else 100000,
         "fanout_subscribers": 100000 if quick else 1000000,
@@ -292,6 +298,36 @@ def bench_latency(args: argparse.Namespace, sink: Sink, rows: list[Row], out: di
     rows.append(Row("3. latency p99 added (ms)", fmt(added, digits=2), "<= 1 ms", added.median <= 1.0))
 
 
+def bench_countdown(args: argparse.Namespace, sink: Sink, rows: list[Row], out: dict[str, Any]) -> None:
+    from bench.throughput import countdown_run
+
+    runs = _alternate(
+        args.repeats,
+        lambda v, tag: countdown_run(v, sink, args.countdowns, args.countdown_spread, tag, _worker_args(args)),
+    )
+    section: dict[str, Any] = {"countdowns": args.countdowns, "spread_seconds": args.countdown_spread}
+    for variant, results in runs.items():
+        figures = ("p50_ms", "p99_ms", "max_ms", "earliest_ms")
+        section[variant] = {q: Summary.of([getattr(r, q) for r in results]).to_json() for q in figures}
+        section[variant]["early"] = [r.early for r in results]
+        section[variant]["samples"] = [r.samples for r in results]
+        for q in ("p50_ms", "p99_ms", "max_ms"):
+            summary = Summary.of([getattr(r, q) for r in results])
+            rows.append(Row(f"3b. countdown lateness {q[:-3]} ms, {variant}", fmt(summary, digits=1), "", None))
+        early = sum(r.early for r in results)
+        earliest = max(r.earliest_ms for r in results)
+        goal = "0" if variant == "observable" else ""
+        rows.append(
+            Row(
+                f"3b. countdowns started early, {variant}",
+                f"{early} of {sum(r.samples for r in results)}" + (f" (by up to {earliest:.0f} ms)" if early else ""),
+                goal,
+                early == 0 if goal else None,
+            )
+        )
+    out["countdown"] = section
+
+
 def bench_sweep(args: argparse.Namespace, sink: Sink, rows: list[Row], out: dict[str, Any]) -> None:
     from bench.domain import sweep_at_scale
 
@@ -439,6 +475,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace, Sink, list[Row], dict[str, A
     "throughput": bench_throughput,
     "publish": bench_publish,
     "latency": bench_latency,
+    "countdown": bench_countdown,
     "sweep": bench_sweep,
     "notifications": bench_notifications,
     "fanout": bench_fanout,

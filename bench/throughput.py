@@ -79,20 +79,26 @@ def loglevel(variant: str) -> str:
     return "INFO" if variant == "observable" else "WARNING"
 
 
-def publish(variant: str, env: Mapping[str, str], count: int, *, rate: float = 0.0, stamp: bool = False) -> float:
+def publish(
+    variant: str, env: Mapping[str, str], count: int, *, rate: float = 0.0, stamp: bool = False,
+    countdown_spread: float = 0.0,
+) -> float:  # fmt: skip
     """Run the producer subprocess; returns its ``.delay()`` calls per second (warm-up message excluded)."""
-    return publish_figures(variant, env, count, rate=rate, stamp=stamp)[0]
+    return publish_figures(variant, env, count, rate=rate, stamp=stamp, countdown_spread=countdown_spread)[0]
 
 
 def publish_figures(
-    variant: str, env: Mapping[str, str], count: int, *, rate: float = 0.0, stamp: bool = False
-) -> tuple[float, float]:
+    variant: str, env: Mapping[str, str], count: int, *, rate: float = 0.0, stamp: bool = False,
+    countdown_spread: float = 0.0,
+) -> tuple[float, float]:  # fmt: skip
     """Run the producer subprocess; returns its ``.delay()`` calls per second and per second of its CPU."""
     command = [sys.executable, "-m", "bench.publish", "--variant", variant, "--count", str(count)]
     if rate:
         command += ["--rate", str(rate)]
     if stamp:
         command.append("--stamp")
+    if countdown_spread:
+        command += ["--countdown-spread", str(countdown_spread)]
     done = subprocess.run(command, cwd=ROOT, env=dict(env), capture_output=True, text=True, check=False)
     if done.returncode:
         raise RuntimeError(f"publisher failed:\n{done.stderr[-3000:]}")
@@ -236,6 +242,41 @@ def latency_run(
         worker.stop()
     values = latency_values_ms(client)
     return LatencyRun(percentile(values, 50), percentile(values, 95), percentile(values, 99), len(values))
+
+
+@dataclass
+class CountdownRun:
+    #: How long after its due time (publish time plus countdown) each task started, ms; negative: early.
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    #: Tasks that started before their due time, and the earliest of them (ms before it; 0 when none).
+    early: int
+    earliest_ms: float
+    samples: int
+
+
+def countdown_run(
+    variant: str, sink: Sink, count: int, spread: float, tag: str, extra: Sequence[str] = ()
+) -> CountdownRun:
+    """Start a worker, then publish ``count`` tasks with countdowns from 1 to ``spread`` s; each records how late
+    it started. On Redis the worker holds a countdown in memory; on RabbitMQ it waits in the broker (native
+    delayed delivery, whole seconds)."""
+    client = broker()
+    empty_broker()
+    env = variant_env(variant, sink)
+    worker = Worker(env, f"countdown-{variant}-{tag}", loglevel=loglevel(variant), extra=extra)
+    try:
+        ping(worker)
+        publish(variant, env, count, countdown_spread=spread)
+        wait_until(lambda: latency_count(client) >= count, timeout=spread + 120, what="every countdown to run")
+    finally:
+        worker.stop()
+    values = latency_values_ms(client)
+    early = [v for v in values if v < 0]
+    return CountdownRun(
+        percentile(values, 50), percentile(values, 99), max(values), len(early), -min(early, default=0.0), len(values)
+    )
 
 
 def _reached(client: redis.Redis, target: int) -> bool:

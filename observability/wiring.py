@@ -10,7 +10,8 @@ process's start. Imported by ``marketplace.celery`` (every role) and ``marketpla
              children lose nothing
     beat     at beat_init
     producer every publish is a PRODUCER span (``observability.publishing``, the app class); before_task_publish
-             names it and puts its trace context and the publish time into the message headers
+             names it and puts its trace context and the publish time into the message headers, and leaves
+             ``expires`` to the worker (no broker TTL)
 """
 
 from __future__ import annotations
@@ -123,7 +124,18 @@ def _beat(**kwargs: Any) -> None:
 
 @signals.before_task_publish.connect
 def _before_publish(
-    sender: str | None = None, headers: dict[str, Any] | None = None, routing_key: str = "", **kw: Any
+    sender: str | None = None,
+    headers: dict[str, Any] | None = None,
+    routing_key: str = "",
+    properties: dict[str, Any] | None = None,
+    **kw: Any,
 ) -> None:
+    if properties is not None:
+        # Celery also turns a task's ``expires`` into the message's broker TTL (AMQP ``expiration``), and RabbitMQ
+        # drops a message past its TTL unseen: no line, no count, no trace. Without it the worker enforces
+        # ``expires`` from the task headers on either broker - acknowledged unrun, with a ``task.discarded`` line
+        # and a count - as it always did on Redis, which ignores the TTL. Celery publishes this same dict after
+        # the signal (pinned by test_an_expired_message_is_counted_and_logged_not_run on RabbitMQ).
+        properties.pop("expiration", None)
     if headers is not None:
         telemetry.on_publish(headers, sender or "", routing_key or "")

@@ -11,7 +11,6 @@ samples rates), so the oldest-message age is not reported here: no series, rathe
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -86,10 +85,11 @@ class RabbitMQ:
         return None  # the countdown waits in the broker's delayed-delivery exchanges, not in a worker
 
     def countdown(self, delay_seconds: float) -> float:
-        # Native delayed delivery routes by whole seconds: Celery truncates (a 1.7 s retry would come 0.7 s early,
-        # a sync_promo before its promo's start) and kombu refuses the 0 that a delay under 1 s truncates to
-        # ("countdown must be a positive number", the publish lost). Rounded up, it is never early.
-        return float(math.ceil(delay_seconds))
+        # Native delayed delivery routes by whole seconds: Celery truncates the delay, the message arrives up to a
+        # second early, and the worker holds the rest against the message's ETA header (never early: bench
+        # --only countdown). Under a second it truncates to 0, which kombu refuses ("countdown must be a positive
+        # number", the publish lost): such a delay (a retry's jittered backoff) waits the one second that routes.
+        return max(delay_seconds, 1.0)
 
     def _close(self) -> None:
         connection, self._connection = self._connection, None

@@ -105,8 +105,8 @@ def test_a_worker_on_rabbitmq_runs_tasks_singletons_and_countdowns_held_by_the_b
     """A task's result comes back; a singleton task runs (its lock is in Redis, not the broker); a countdown is
     not held by the worker meanwhile (``inspect scheduled`` is empty) and runs once it is due - Celery's native
     delayed delivery, on quorum queues behind topic exchanges, without its direct-exchange warning; a delay under
-    a second and an ETA between two seconds run too, never sooner than asked (the delay rounded up to whole
-    seconds, which is how delayed delivery routes)."""
+    a second and an ETA between two seconds run too, never sooner than asked (delayed delivery routes by whole
+    seconds: the worker holds an ETA's fraction, and a delay under one second waits one)."""
     token = uuid.uuid4().hex
     out = _produce(
         rabbitmq_env,
