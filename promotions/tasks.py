@@ -66,7 +66,7 @@ def check_active_promos() -> dict[str, int]:
     fan_outs += _publish_fan_outs(stalled)
     transitions = services.promos_claim_upcoming_transitions(now=now)
     for transition in transitions:
-        sync_promo.apply_async((transition.promo_id, transition.due_at.isoformat()), eta=transition.due_at)
+        _publish_countdown(transition.promo_id, transition.due_at)
     return {**result.summary(), "fan_outs_published": fan_outs, "countdowns_scheduled": len(transitions)}
 
 
@@ -82,15 +82,23 @@ def sync_promo(promo_id: int, due_at: str | None = None) -> dict[str, int]:
     now = timezone.now()
     due = datetime.fromisoformat(due_at) if due_at is not None else None
     result = services.promos_sync_state(now=now, promo_id=promo_id, due_at=due)
+    log.info("promo.countdown_ran", promo_id=promo_id, due_at=due_at, **result.summary())
     fan_outs = _after_sync(result)
     starts_at = selectors.promo_pending_start(promo_id=promo_id)
     horizon = timedelta(seconds=settings.PROMO_TRANSITION_HORIZON_SECONDS)
     republished = 0
     if starts_at is not None and due in (None, starts_at) and now < starts_at <= now + horizon:
         # Further off (start moved later): the sweep has it.
-        sync_promo.apply_async((promo_id, starts_at.isoformat()), eta=starts_at)
+        _publish_countdown(promo_id, starts_at)
         republished = 1
     return {**result.summary(), "fan_outs_published": fan_outs, "countdowns_scheduled": republished}
+
+
+def _publish_countdown(promo_id: int, due_at: datetime) -> None:
+    # With the ``promo.countdown_ran`` line of its run, this one follows a countdown from its publish to its run
+    # whichever broker holds it in between (Redis: a worker's memory; RabbitMQ: the delayed-delivery queues).
+    sync_promo.apply_async((promo_id, due_at.isoformat()), eta=due_at)
+    log.info("promo.countdown_published", promo_id=promo_id, due_at=due_at.isoformat())
 
 
 @shared_task(ignore_result=True)

@@ -395,6 +395,12 @@ class WorkerProcess:
 _live_workers: set[WorkerProcess] = set()
 
 
+def live_worker_log_lines() -> list[str]:
+    """Every whole line logged so far by the workers running now, whoever started them (not the last one while
+    it is being written)."""
+    return [line for worker in list(_live_workers) for line in worker.log().split("\n")[:-1]]
+
+
 def quiesce_workers(*, timeout: float = 60.0) -> None:
     """Return once no running worker has, or can get, anything to do: countdowns (ETA tasks) revoked, the
     default queue purged (a worker of another queue runs what is left in it, and is waited for), nothing
