@@ -1,10 +1,11 @@
 """Producer process of the task benchmarks: ``python -m bench.publish`` prints one JSON object.
 
 Run as a subprocess so bare and instrumented producers start equal: the instrumented one sets up telemetry
-(``observability.telemetry.setup("bench")``, OTLP endpoint in its environment) so each publish is a producer
-span, timed and counted, whose context ``before_task_publish`` injects; the bare one disconnects the project's
-publish hook and publishes through Celery's own ``send_task`` (not ``ObservableCelery``'s), and the contrib one
-does too, then runs under the contrib instrumentation (``bench.contrib``).
+(``observability.telemetry.setup("bench")``, OTLP endpoint in its environment) and Sentry as the web has it, so
+each publish is a producer span, timed and counted, whose context ``before_task_publish`` injects; the bare one
+disconnects the project's publish hook and publishes through Celery's own ``send_task`` (not
+``ObservableCelery``'s), and the contrib one does too, then runs under the contrib instrumentation
+(``bench.contrib``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     from bench import contrib
     from bench.tasks import bare_noop, observable_noop
     from marketplace.celery import app
-    from observability import telemetry, wiring
+    from observability import sentry, telemetry, wiring
 
     if args.variant in ("bare", "contrib"):
         signals.before_task_publish.disconnect(wiring._before_publish)
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.variant == "contrib":
             contrib.instrument()
     else:
+        sentry.init_sentry(role="bench")  # as the web and beat have it, before their telemetry
         telemetry.setup("bench")
         task = observable_noop
     task.delay()  # opens the broker connection and warms the producer up; the drain step counts it

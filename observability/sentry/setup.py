@@ -59,15 +59,15 @@ def init_sentry(*, role: str) -> None:
         # Only the integrations named here (plus the SDK's defaults: logging, atexit, threading...): the
         # auto-enabled ones would add Redis and HTTP spans and breadcrumbs nobody reads.
         auto_enabling_integrations=False,
-        integrations=[
-            DjangoIntegration(),
-            # Beat entries check in from the worker's run (monitor_periodic_run), with explicit margins.
-            CeleryIntegration(monitor_beat_tasks=False, propagate_traces=True),
-        ],
-        # In the worker the Celery and logging integrations only add cost: final failures are reported from
-        # dead letters, task exceptions they would capture are dropped, and the benchmark measured them at
-        # about a quarter of a task's CPU (docs/performance.md).
-        disabled_integrations=[CeleryIntegration(), LoggingIntegration()] if role == "worker" else None,
+        integrations=[DjangoIntegration()],
+        # The Celery integration nowhere. In the worker it would capture task exceptions that are dropped
+        # (final failures are reported from dead letters) at about a quarter of a task's CPU
+        # (docs/performance.md); in a producer (web, beat) it wraps every publish to add Sentry trace headers
+        # that no worker reads. Beat entries check in from the worker's run (monitor_periodic_run). In the
+        # worker the logging integration only adds cost too.
+        disabled_integrations=[CeleryIntegration(), LoggingIntegration()]
+        if role == "worker"
+        else [CeleryIntegration()],
         before_send=partial(_before_send, denylist=denylist),
     )
     sentry_sdk.get_global_scope().set_tag("role", role)

@@ -176,6 +176,19 @@ class TestInit:
         assert client.options["traces_sample_rate"] is None
         assert client.options["environment"] == "test"
 
+    def test_a_producers_publish_carries_no_sentry_headers(self, sentry_on, broker):
+        """With Sentry on as in the web and beat, a published message carries OpenTelemetry's trace context
+        and none of the headers the Celery integration would add (``sentry-trace``, ``baggage``...): no worker
+        reads them, since the workers run without that integration."""
+        queue = f"sentry-headers-{token()}"
+        try:
+            promo_tasks.sync_promo.apply_async((1, None), queue=queue)
+            [message] = broker.messages(queue)
+        finally:
+            broker.delete(queue)
+        assert message["headers"]["task"] == promo_tasks.sync_promo.name
+        assert not {"sentry-trace", "baggage", "sentry-task-enqueued-time", "headers"} & set(message["headers"])
+
 
 class TestReportDeadLetter:
     def test_one_error_event_tagged_grouped_and_traced(self, sentry_on):
