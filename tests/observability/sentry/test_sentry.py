@@ -177,9 +177,9 @@ class TestInit:
         assert client.options["environment"] == "test"
 
     def test_a_producers_publish_carries_no_sentry_headers(self, sentry_on, broker):
-        """With Sentry on as in the web and beat, a published message carries OpenTelemetry's trace context
-        and none of the headers the Celery integration would add (``sentry-trace``, ``baggage``...): no worker
-        reads them, since the workers run without that integration."""
+        """With Sentry on as in the web and beat, a published message carries none of the headers the Celery
+        integration would add (``sentry-trace``, ``baggage``...): no worker reads them, since the workers run
+        without that integration (tracing is OpenTelemetry's ``traceparent``)."""
         queue = f"sentry-headers-{token()}"
         try:
             promo_tasks.sync_promo.apply_async((1, None), queue=queue)
