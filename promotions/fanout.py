@@ -36,11 +36,14 @@ _INT4 = 2**31
 
 @dataclass(frozen=True)
 class FanOutBatch:
-    """What one batch did: ``queued`` rows written; ``more`` when the walk has subscribers left."""
+    """What one batch did: ``queued`` rows written, for the subscriptions with ids in ``(after, through]``;
+    ``more`` when the walk has subscribers left."""
 
     promo_id: int
     queued: int
     more: bool
+    after: int = 0
+    through: int = 0
     #: Why nothing was done: ``busy`` (another fan-out is writing this promo's batch) or ``stopped`` (the promo
     #: is not active any more, or its walk is finished). Empty when the batch ran.
     skipped: str = ""
@@ -126,18 +129,18 @@ def promo_fan_out_batch(*, promo_id: int, now: datetime, batch_size: int | None 
         )
     if not more:
         log.info("promo.fan_out_finished", promo_id=promo_id)
-    return FanOutBatch(promo_id, int(queued), more=more)
+    return FanOutBatch(promo_id, int(queued), more=more, after=after, through=last_id or after)
 
 
 def promos_fan_out(
     *,
     promo_ids: list[int],
     now: datetime,
-    on_batch: Callable[[int], object],
+    on_batch: Callable[[FanOutBatch], object],
     batch_size: int | None = None,
     budget_seconds: float | None = None,
 ) -> FanOutRun:
-    """Walk the subscribers of ``promo_ids`` a batch per promo in turn, calling ``on_batch(queued)`` after each
+    """Walk the subscribers of ``promo_ids`` a batch per promo in turn, calling ``on_batch(batch)`` after each
     batch commits (the caller publishes its deliveries), until every walk is done or ``budget_seconds`` passed.
 
     Round robin, so each promo of a chunk gets its first batch - its first deliveries - within one round. Promos
@@ -155,7 +158,7 @@ def promos_fan_out(
             skipped += 1
             continue
         run.queued, run.batches = run.queued + batch.queued, run.batches + 1
-        on_batch(batch.queued)
+        on_batch(batch)
         if batch.more:
             queue.append(batch.promo_id)
     if skipped:

@@ -37,6 +37,7 @@ from promotions.models import (
 from promotions.ratelimit import Pacer
 
 __all__ = [
+    "BatchScope",
     "DeliveryResult",
     "OnRecorded",
     "notifications_deliver_batch",
@@ -54,6 +55,23 @@ _SUBSCRIPTION = Subscription._meta.db_table
 
 #: Called for each write of a batch's outcomes: (the delivery lag of each row written sent, rows given up on).
 OnRecorded = Callable[[list[float], int], object]
+
+
+@dataclass(frozen=True)
+class BatchScope:
+    """The rows a delivery batch published for one fan-out batch may claim: its promo's notifications for the
+    subscriptions with ids in ``(after, through]``.
+
+    Why a batch is scoped: the fan-out publishes one delivery batch per ``NOTIFICATION_BATCH_SIZE`` rows of
+    each fan-out batch it commits. Unscoped, those batches took any due row, and two of them running side by
+    side lost rows: a batch whose statement saw only the first fan-out batch, while the second batch's (seeing
+    both) had locked some of those rows, skipped them and took fewer, and as many rows of the second fan-out
+    batch were left to the 30 s queue sweep (1 of 1,000 in a CI run). Batches of one scope all see the same
+    committed rows, so between them they claim every one; what another batch (the sweep's) takes is claimed."""
+
+    promo_id: int
+    after: int
+    through: int
 
 
 @dataclass(frozen=True)
@@ -104,19 +122,24 @@ def notifications_fail_for_inactive_promos(*, now: datetime) -> int:
 
 
 def notifications_deliver_batch(
-    *, now: datetime, batch_size: int | None = None, on_recorded: OnRecorded | None = None
+    *,
+    now: datetime,
+    batch_size: int | None = None,
+    scope: BatchScope | None = None,
+    on_recorded: OnRecorded | None = None,
 ) -> DeliveryResult:
-    """Claim up to ``batch_size`` due notifications, deliver them and record each outcome - as the batch goes,
-    at least every ``RECORD_INTERVAL_SECONDS``, calling ``on_recorded(sent_lags, failed)`` for each write: the
-    delivery lag in seconds of each notification recorded sent (``sent_at`` minus its promo's activation, or
-    minus the subscription or its confirmation where those came later), and how many were given up on.
+    """Claim up to ``batch_size`` due notifications (of ``scope`` only, when given), deliver them and record each
+    outcome - as the batch goes, at least every ``RECORD_INTERVAL_SECONDS``, calling ``on_recorded(sent_lags,
+    failed)`` for each write: the delivery lag in seconds of each notification recorded sent (``sent_at`` minus
+    its promo's activation, or minus the subscription or its confirmation where those came later), and how many
+    were given up on.
     Interrupted (the soft time limit, an error outside the backend's per-message handling), it records what was
     sent and hands the rest back - ``pending``, due now, the claim's attempt given back - then re-raises: only
     the message in flight at that moment may be sent twice. Sends are paced by the channel's rate limit
     (``promotions.ratelimit``); rows the batch could not send within its waiting budget, and rows the provider
     throttled, are handed back the same way."""
     token = uuid.uuid4()
-    messages = _claim(now=now, token=token, limit=batch_size or settings.NOTIFICATION_BATCH_SIZE)
+    messages = _claim(now=now, token=token, limit=batch_size or settings.NOTIFICATION_BATCH_SIZE, scope=scope)
     if not messages:
         return DeliveryResult(0, 0, 0, 0)
     pacer = Pacer(settings.NOTIFICATION_BACKEND)
@@ -210,7 +233,17 @@ def _release(*, token: uuid.UUID, ids: list[int], why: str) -> None:
         )
 
 
-def _claim(*, now: datetime, token: uuid.UUID, limit: int) -> list[OutgoingMessage]:
+def _claim(*, now: datetime, token: uuid.UUID, limit: int, scope: BatchScope | None) -> list[OutgoingMessage]:
+    # A scope is a range of the (promo, subscription, channel) unique index, walked in its order: a scoped claim
+    # reads its own rows only, however many other rows are due.
+    in_scope, order = (
+        (
+            "AND n.promo_id = %(promo)s AND n.subscription_id > %(after)s AND n.subscription_id <= %(through)s",
+            "n.subscription_id",
+        )
+        if scope
+        else ("", "n.next_attempt_at")
+    )
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
@@ -219,7 +252,8 @@ def _claim(*, now: datetime, token: uuid.UUID, limit: int) -> list[OutgoingMessa
                  WHERE n.status = 'pending' AND n.next_attempt_at <= %(now)s
                    -- A cancelled or finished promo is a dead deal: nobody is told about it any more.
                    AND p.status = 'active' AND p.ends_at > %(now)s
-                 ORDER BY n.next_attempt_at
+                   {in_scope}
+                 ORDER BY {order}
                  LIMIT %(limit)s
                    FOR UPDATE OF n SKIP LOCKED
             )
@@ -242,6 +276,7 @@ def _claim(*, now: datetime, token: uuid.UUID, limit: int) -> list[OutgoingMessa
                 "token": token,
                 "lease_until": now + timedelta(seconds=settings.NOTIFICATION_LEASE_SECONDS),
                 "unsubscribed": consent.UNSUBSCRIBED,
+                **({"promo": scope.promo_id, "after": scope.after, "through": scope.through} if scope else {}),
             },
         )
         claimed = cursor.fetchall()

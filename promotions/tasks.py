@@ -112,9 +112,10 @@ def queue_promo_notifications(promo_ids: list[int]) -> dict[str, int]:
     batch in flight: the redelivered message (or the sweep's recovery) resumes at each promo's cursor."""
     published = 0
 
-    def publish(queued: int) -> None:
+    def publish(batch: fanout.FanOutBatch) -> None:
         nonlocal published
-        published += _publish_batches(queued)
+        scope = notifications.BatchScope(batch.promo_id, after=batch.after, through=batch.through)
+        published += _publish_batches(batch.queued, scope=scope)
 
     run = fanout.promos_fan_out(promo_ids=promo_ids, now=timezone.now(), on_batch=publish)
     if run.unfinished:
@@ -138,15 +139,24 @@ def process_notification_queue() -> dict[str, int]:
 
 
 @shared_task(ignore_result=True)
-def deliver_notification_batch() -> dict[str, int]:
-    """Deliver one batch of due notifications (claimed with SKIP LOCKED, so batches run side by side)."""
+def deliver_notification_batch(
+    promo_id: int | None = None, after_subscription: int | None = None, through_subscription: int | None = None
+) -> dict[str, int]:
+    """Deliver one batch of due notifications (claimed with SKIP LOCKED, so batches run side by side): of
+    ``promo_id``'s subscriptions in ``(after_subscription, through_subscription]`` when published by the fan-out
+    (``notifications.BatchScope`` says why), of any promo when published by the queue sweep."""
+    scope = (
+        notifications.BatchScope(promo_id, after=after_subscription or 0, through=through_subscription or 0)
+        if promo_id is not None
+        else None
+    )
 
     def count(sent_lags: list[float], failed: int) -> None:  # per write: an interrupted batch's count too
         telemetry.notifications_delivered(
             channel=settings.NOTIFICATION_BACKEND, sent_lags_seconds=sent_lags, failed=failed
         )
 
-    return notifications.notifications_deliver_batch(now=timezone.now(), on_recorded=count).summary()
+    return notifications.notifications_deliver_batch(now=timezone.now(), scope=scope, on_recorded=count).summary()
 
 
 @shared_task(base=ObservableTask, singleton=True)
@@ -202,9 +212,14 @@ def _publish_fan_outs(promo_ids: list[int]) -> int:
     return len(chunks)
 
 
-def _publish_batches(count: int) -> int:
+def _publish_batches(count: int, scope: notifications.BatchScope | None = None) -> int:
     # Delivery starts at once; the 30 s queue sweep only catches stragglers and retries.
     batches = min(math.ceil(count / settings.NOTIFICATION_BATCH_SIZE), MAX_BATCHES_PER_SWEEP)
+    kwargs = (
+        {"promo_id": scope.promo_id, "after_subscription": scope.after, "through_subscription": scope.through}
+        if scope
+        else {}
+    )
     for _ in range(batches):
-        deliver_notification_batch.delay()
+        deliver_notification_batch.apply_async(kwargs=kwargs)
     return batches

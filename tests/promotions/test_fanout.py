@@ -12,7 +12,7 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from promotions import fanout, selectors, services
+from promotions import fanout, notifications, selectors, services
 from promotions.models import FlashPromo, Notification, PromoStatus, Subscription
 from promotions.tasks import queue_promo_notifications
 from tests.conftest import one_queue, wait_for
@@ -69,7 +69,9 @@ def test_the_first_batch_is_one_delivery_batch_so_delivery_starts_at_once(settin
     promo = _live_promo(7)
     sizes: list[int] = []
 
-    fanout.promos_fan_out(promo_ids=[promo.pk], now=timezone.now(), on_batch=sizes.append, batch_size=3)
+    fanout.promos_fan_out(
+        promo_ids=[promo.pk], now=timezone.now(), on_batch=lambda batch: sizes.append(batch.queued), batch_size=3
+    )
 
     assert sizes == [2, 3, 2] and _queued_once(promo)
 
@@ -96,7 +98,7 @@ def test_each_committed_batch_is_reported_and_promos_take_turns():
         batch: fanout.FanOutBatch = original(promo_id=promo_id, **kwargs)
         return batch
 
-    reported: list[int] = []
+    reported: list[fanout.FanOutBatch] = []
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(fanout, "promo_fan_out_batch", spy)
         run = fanout.promos_fan_out(
@@ -104,7 +106,32 @@ def test_each_committed_batch_is_reported_and_promos_take_turns():
         )
 
     assert order == [first.pk, second.pk, first.pk, second.pk, first.pk]
-    assert reported == [2, 2, 2, 0, 0] and run.queued == 6
+    assert [b.queued for b in reported] == [2, 2, 2, 0, 0] and run.queued == 6
+    # Each batch names the subscriptions it wrote: its deliveries' scope (notifications.BatchScope).
+    for batch in reported:
+        rows = Notification.objects.filter(promo_id=batch.promo_id, subscription_id__gt=batch.after)
+        assert rows.filter(subscription_id__lte=batch.through).count() == batch.queued
+
+
+def test_a_delivery_batch_published_for_a_fan_out_batch_claims_that_batchs_rows_only(settings):
+    """Two fan-out batches of 3: the delivery batch of the second, though it may claim 10 and the first's rows
+    are due too, claims the second's 3; the first's then claims its own. Unscoped, two batches side by side
+    lost rows (``notifications.BatchScope`` says how)."""
+    settings.NOTIFICATION_BATCH_SIZE = 3
+    promo = _live_promo(6)
+    first, second = (fanout.promo_fan_out_batch(promo_id=promo.pk, now=timezone.now(), batch_size=3) for _ in "12")
+    subscriptions = list(promo.product.subscriptions.order_by("id").values_list("id", flat=True))
+    assert (first.after, first.through, second.after, second.through) == (
+        0, subscriptions[2], subscriptions[2], subscriptions[5],
+    )  # fmt: skip
+
+    def deliver(batch: fanout.FanOutBatch) -> set[int]:
+        scope = notifications.BatchScope(batch.promo_id, after=batch.after, through=batch.through)
+        assert notifications.notifications_deliver_batch(now=timezone.now(), batch_size=10, scope=scope).sent == 3
+        return set(Notification.objects.filter(status="sent").values_list("subscription_id", flat=True))
+
+    assert deliver(second) == set(subscriptions[3:])
+    assert deliver(first) == set(subscriptions)
 
 
 def test_a_run_past_its_budget_returns_the_promos_left_and_a_later_run_finishes_them():
@@ -264,18 +291,25 @@ def test_deliveries_begin_while_the_fan_out_is_still_queueing(start_worker):
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("celery_worker")
 def test_the_sweep_resumes_a_fan_out_that_stopped_midway():
-    """A fan-out whose worker died after 2 batches of 3 (cursor committed, no progress for 3 minutes): the next
-    sweep publishes it again, the walk resumes at the cursor, and each of the 8 subscribers is sent once."""
-    from promotions.tasks import check_active_promos
+    """A fan-out whose worker died after 2 batches of 3 (cursor committed, their deliveries never published, no
+    progress for 3 minutes): the next sweep publishes it again, the walk resumes at the cursor and delivers the
+    last 2; the 6 rows of the dead run are the queue sweep's (every 30 s, run here once). Each of the 8
+    subscribers is sent once."""
+    from promotions.tasks import check_active_promos, process_notification_queue
 
     promo = _live_promo(8)
     for _ in range(2):
         fanout.promo_fan_out_batch(promo_id=promo.pk, now=timezone.now(), batch_size=3)
     earlier = timezone.now() - timedelta(minutes=3)
     FlashPromo.objects.filter(pk=promo.pk).update(activated_at=earlier, fan_out_at=earlier)
+    dead_run = set(Notification.objects.filter(promo=promo).values_list("pk", flat=True))
 
     assert check_active_promos.delay().get(timeout=60)["fan_outs_published"] == 1
 
+    resumed = Notification.objects.filter(promo=promo).exclude(pk__in=dead_run)
+    wait_for(lambda: resumed.filter(status="sent").count() == 2, what="the resumed walk's two sent")
+    assert Notification.objects.filter(pk__in=dead_run, status="pending").count() == 6
+    assert process_notification_queue.delay().get(timeout=60)["due"] == 6
     wait_for(lambda: Notification.objects.filter(promo=promo, status="sent").count() == 8, what="all eight sent")
     promo.refresh_from_db()
     assert promo.notifications_queued and _queued_once(promo)
