@@ -67,7 +67,8 @@ class BatchScope:
     side lost rows: a batch whose statement saw only the first fan-out batch, while the second batch's (seeing
     both) had locked some of those rows, skipped them and took fewer, and as many rows of the second fan-out
     batch were left to the 30 s queue sweep (1 of 1,000 in a CI run). Batches of one scope all see the same
-    committed rows, so between them they claim every one; what another batch (the sweep's) takes is claimed."""
+    committed rows, so between them they claim every one; what another batch (the sweep's) takes is claimed.
+    Rows a batch hands back (the rate limit's budget ran out, an interrupted batch) are the sweep's, as before."""
 
     promo_id: int
     after: int
@@ -234,8 +235,9 @@ def _release(*, token: uuid.UUID, ids: list[int], why: str) -> None:
 
 
 def _claim(*, now: datetime, token: uuid.UUID, limit: int, scope: BatchScope | None) -> list[OutgoingMessage]:
-    # A scope is a range of subscription ids, read through their index in its order: a scoped claim reads its own
-    # rows only, however many others are due (1.3 ms for 500 of 400,000 pending, EXPLAIN ANALYZE).
+    # A scope is a range of subscription ids, read through the subscription_id index in its order (the promo is
+    # checked per row: a subscriber of several promos has a row for each). A scoped claim reads its own rows only,
+    # however many others are due: 1.3 ms for 500 of 400,000 pending in EXPLAIN ANALYZE, as the sweep's claim.
     in_scope, order = (
         (
             "AND n.promo_id = %(promo)s AND n.subscription_id > %(after)s AND n.subscription_id <= %(through)s",

@@ -145,11 +145,14 @@ def deliver_notification_batch(
     """Deliver one batch of due notifications (claimed with SKIP LOCKED, so batches run side by side): of
     ``promo_id``'s subscriptions in ``(after_subscription, through_subscription]`` when published by the fan-out
     (``notifications.BatchScope`` says why), of any promo when published by the queue sweep."""
-    scope = (
-        notifications.BatchScope(promo_id, after=after_subscription or 0, through=through_subscription or 0)
-        if promo_id is not None
-        else None
-    )
+    bounds = (promo_id, after_subscription, through_subscription)
+    scope = None
+    if promo_id is not None and after_subscription is not None and through_subscription is not None:
+        scope = notifications.BatchScope(promo_id, after=after_subscription, through=through_subscription)
+    elif bounds != (None, None, None):  # a partial scope would claim nothing, or everything: refused (dead letter)
+        raise ValueError(
+            f"a delivery batch's scope needs promo_id, after_subscription and through_subscription: {bounds}"
+        )
 
     def count(sent_lags: list[float], failed: int) -> None:  # per write: an interrupted batch's count too
         telemetry.notifications_delivered(

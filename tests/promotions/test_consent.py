@@ -305,7 +305,7 @@ def test_only_confirmed_subscriptions_still_subscribed_are_queued():
     SubscriptionFactory(product=promo.product, unconfirmed=True)
     SubscriptionFactory(product=promo.product, unsubscribed_at=timezone.now())
 
-    run = promos_fan_out(promo_ids=[promo.pk], now=timezone.now(), on_batch=lambda queued: None, budget_seconds=60)
+    run = promos_fan_out(promo_ids=[promo.pk], now=timezone.now(), on_batch=lambda batch: None, budget_seconds=60)
     assert run.queued == 1
     assert list(Notification.objects.values_list("subscription_id", flat=True)) == [confirmed.pk]
 

@@ -134,6 +134,15 @@ def test_a_delivery_batch_published_for_a_fan_out_batch_claims_that_batchs_rows_
     assert deliver(first) == set(subscriptions)
 
 
+def test_a_delivery_batch_with_part_of_a_scope_is_refused_with_what_it_needs():
+    """A scope without its range would claim nothing (or, read loosely, every row of the promo): refused in one
+    line, which the base task dead-letters; the rows stay pending for the queue sweep."""
+    from promotions.tasks import deliver_notification_batch
+
+    with pytest.raises(ValueError, match="needs promo_id, after_subscription and through_subscription"):
+        deliver_notification_batch.run(promo_id=1, after_subscription=0)
+
+
 def test_a_run_past_its_budget_returns_the_promos_left_and_a_later_run_finishes_them():
     """A zero budget still runs one batch (every run makes progress), then hands back what is left."""
     promo, other = _live_promo(5), _live_promo(1)

@@ -59,7 +59,7 @@ def _queue(count):
     product = ProductFactory()
     SubscriptionFactory.create_batch(count, product=product)
     promo = PromoFactory(product=product, status="active", starts_at=timezone.now() - timedelta(seconds=1))
-    run = promos_fan_out(promo_ids=[promo.pk], now=timezone.now(), on_batch=lambda queued: None, budget_seconds=3600)
+    run = promos_fan_out(promo_ids=[promo.pk], now=timezone.now(), on_batch=lambda batch: None, budget_seconds=3600)
     assert run.queued == count
     for _ in range(count // BATCH):
         deliver_notification_batch.apply_async(queue=QUEUE)
