@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from promotions import consent, services, tasks
 from promotions.models import FlashPromo, Notification, NotificationStatus, Product, PromoStatus, Subscription
-from promotions.notifications import notifications_retry
+from promotions.resend import notifications_retry
 
 
 @admin.register(Product)

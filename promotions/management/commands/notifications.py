@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from observability.deadletters.command import parse_time
 from promotions.models import NotificationStatus
-from promotions.notifications import notifications_retry
+from promotions.resend import notifications_retry
 
 
 def _promo_id(value: str) -> int:
